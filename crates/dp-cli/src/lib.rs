@@ -1,0 +1,40 @@
+//! dp-cli: what every dp binary shares. The command-line definitions (one module per
+//! tool, like cargo's `commands/`), the error reporter and exit handling. Binaries only
+//! call [`main_with`] with a command's `run`.
+
+pub mod hosts;
+pub mod io;
+
+use dp_core::Exit;
+
+/// Runs a tool and exits: with the tool's [`Exit`] on success; with 2 after printing the
+/// whole cause chain on error; with 0 when stdout was closed by the reader (a broken pipe
+/// is how `dp-hosts | head -1` ends, not a failure).
+pub fn main_with(name: &str, run: impl FnOnce() -> anyhow::Result<Exit>) -> ! {
+    let code = match run() {
+        Ok(exit) => exit.code(),
+        Err(e) if is_broken_pipe(&e) => 0,
+        Err(e) => {
+            eprintln!("{name}: error: {e:#}");
+            Exit::Usage.code()
+        }
+    };
+    std::process::exit(code)
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Prints one line per host that failed in `step`: `tool: host: step: cause`.
+pub fn report_failures(tool: &str, step: &str, records: &[dp_core::Record]) {
+    for r in records {
+        if let Some(err) = r.error.as_ref().filter(|e| e.step == step) {
+            eprintln!("{tool}: {}: {}: {}", r.host, err.step, err.message);
+        }
+    }
+}

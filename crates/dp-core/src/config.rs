@@ -1,0 +1,455 @@
+//! `deploy.toml`: the app, its deploy root, what to upload, and the hosts per stage.
+//!
+//! ```toml
+//! app = "mysite"
+//! root = "/srv/mysite"          # per stage or per host too
+//! source = "."                  # relative to this file
+//! exclude = ["*.pyc", "node_modules/"]
+//! shared = ["media", ".env"]
+//! keep = 5
+//! host_key_policy = "strict"    # or "accept-new"
+//! known_hosts = "~/.ssh/known_hosts"
+//! identity = "~/.ssh/id_ed25519"
+//! connect_timeout = "10s"
+//!
+//! [stages.prod]
+//! user = "deploy"
+//! port = 22
+//! hosts = [
+//!   { name = "web1", addr = "10.0.0.5", roles = ["web", "migrate"] },
+//!   { name = "web2", addr = "10.0.0.6", roles = ["web"], port = 2222 },
+//! ]
+//! ```
+//!
+//! Errors point to `file:line:column` and name the key.
+
+use crate::record::{HostKeyPolicy, Record, SshOptions, TransportKind};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A problem with the config file, found before any host was touched.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The config file.
+        path: String,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// The file is not a valid config; points at the line and column.
+    #[error("{path}:{line}:{column}: {message}")]
+    At {
+        /// The config file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A problem with the selection asked for (stage, role, host).
+    #[error("{path}: {message}")]
+    Select {
+        /// The config file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The parsed `deploy.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The app's name (used in logs and history).
+    #[serde(default)]
+    pub app: Option<String>,
+    /// Default deploy root on every host.
+    #[serde(default)]
+    pub root: Option<String>,
+    /// Source directory to deploy, relative to the config file.
+    #[serde(default)]
+    pub source: Option<PathBuf>,
+    /// Extra ignore globs for the source scan.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Paths under `<root>/shared/` linked into every release.
+    #[serde(default)]
+    pub shared: Vec<String>,
+    /// How many releases to keep.
+    #[serde(default)]
+    pub keep: Option<u32>,
+    /// Unknown host keys: `strict` (refuse) or `accept-new` (record).
+    #[serde(default)]
+    pub host_key_policy: Option<HostKeyPolicy>,
+    /// known_hosts file for SSH hosts.
+    #[serde(default)]
+    pub known_hosts: Option<PathBuf>,
+    /// Private key file for SSH hosts (tried after the agent).
+    #[serde(default)]
+    pub identity: Option<PathBuf>,
+    /// How long to wait for a TCP connection and the SSH handshake.
+    #[serde(default, deserialize_with = "duration::option")]
+    pub connect_timeout: Option<Duration>,
+    /// Stages by name.
+    #[serde(default)]
+    pub stages: BTreeMap<String, Spanned<Stage>>,
+    /// Directory of the config file: relative local paths are resolved against it.
+    #[serde(skip)]
+    pub dir: PathBuf,
+    /// The config file's path, for messages.
+    #[serde(skip)]
+    pub path: String,
+}
+
+/// A stage: defaults for its hosts, and the hosts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Default user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Default SSH port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Default deploy root.
+    #[serde(default)]
+    pub root: Option<String>,
+    /// Default transport.
+    #[serde(default)]
+    pub transport: Option<TransportKind>,
+    /// Default roles for hosts that name none.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// The hosts.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<HostEntry>>,
+}
+
+/// One host in a stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    /// Unique name (also the address when `addr` is not set, after ~/.ssh/config).
+    pub name: Spanned<String>,
+    /// Network address.
+    #[serde(default)]
+    pub addr: Option<String>,
+    /// SSH port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// User.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Roles.
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+    /// Transport.
+    #[serde(default)]
+    pub transport: Option<TransportKind>,
+    /// Deploy root for this host.
+    #[serde(default)]
+    pub root: Option<String>,
+    /// Free-form values for command templates.
+    #[serde(default)]
+    pub vars: BTreeMap<String, toml::Value>,
+}
+
+/// Which hosts to select from a stage.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// The stage; may be omitted when the config has exactly one.
+    pub stage: Option<String>,
+    /// Keep hosts having any of these roles (all hosts when empty).
+    pub roles: Vec<String>,
+    /// Keep only these host names (all when empty).
+    pub hosts: Vec<String>,
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, &path.display().to_string(), &dir)
+    }
+
+    /// Parses config `text`; `path` names it in errors; `dir` anchors relative paths.
+    pub fn parse(text: &str, path: &str, dir: &Path) -> Result<Config, ConfigError> {
+        let at = |span: Option<std::ops::Range<usize>>, message: String| {
+            let (line, column) = line_col(text, span.map(|s| s.start).unwrap_or(0));
+            ConfigError::At {
+                path: path.to_string(),
+                line,
+                column,
+                message,
+            }
+        };
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_string()))?;
+        config.dir = dir.to_path_buf();
+        config.path = path.to_string();
+        for (name, stage) in &config.stages {
+            let mut seen = BTreeMap::new();
+            if stage.get_ref().hosts.is_empty() {
+                return Err(at(
+                    Some(stage.span()),
+                    format!("stage {name:?} has no hosts"),
+                ));
+            }
+            for host in &stage.get_ref().hosts {
+                let host_name = &host.get_ref().name;
+                if host_name.get_ref().is_empty() {
+                    return Err(at(Some(host_name.span()), "host `name` is empty".into()));
+                }
+                if seen.insert(host_name.get_ref().clone(), ()).is_some() {
+                    return Err(at(
+                        Some(host_name.span()),
+                        format!(
+                            "duplicate host name {:?} in stage {name:?}",
+                            host_name.get_ref()
+                        ),
+                    ));
+                }
+                let h = host.get_ref();
+                if h.root.is_none() && stage.get_ref().root.is_none() && config.root.is_none() {
+                    return Err(at(
+                        Some(host.span()),
+                        format!(
+                            "host {:?} has no `root` (set it on the host, the stage or the top level)",
+                            host_name.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The stage names, sorted.
+    pub fn stage_names(&self) -> Vec<&str> {
+        self.stages.keys().map(String::as_str).collect()
+    }
+
+    /// The records of the selected hosts, in config order, with stage and top-level
+    /// defaults applied. SSH aliases are not resolved here (see [`crate::sshconfig`]).
+    pub fn select(&self, sel: &Selection) -> Result<Vec<Record>, ConfigError> {
+        let select_err = |message: String| ConfigError::Select {
+            path: self.path.clone(),
+            message,
+        };
+        let stage_name = match &sel.stage {
+            Some(s) => s.clone(),
+            None if self.stages.len() == 1 => {
+                self.stages.keys().next().cloned().unwrap_or_default()
+            }
+            None if self.stages.is_empty() => return Err(select_err("no stages defined".into())),
+            None => {
+                return Err(select_err(format!(
+                    "several stages ({}): choose one with --stage",
+                    self.stage_names().join(", ")
+                )))
+            }
+        };
+        let stage = self.stages.get(&stage_name).ok_or_else(|| {
+            select_err(format!(
+                "no stage {stage_name:?} (stages: {})",
+                self.stage_names().join(", ")
+            ))
+        })?;
+        let stage = stage.get_ref();
+        for wanted in &sel.hosts {
+            if !stage
+                .hosts
+                .iter()
+                .any(|h| h.get_ref().name.get_ref() == wanted)
+            {
+                return Err(select_err(format!(
+                    "no host {wanted:?} in stage {stage_name:?}"
+                )));
+            }
+        }
+        let records: Vec<Record> = stage
+            .hosts
+            .iter()
+            .map(|h| self.record_for(stage, h.get_ref()))
+            .filter(|r| sel.hosts.is_empty() || sel.hosts.contains(&r.host))
+            .filter(|r| sel.roles.is_empty() || sel.roles.iter().any(|role| r.has_role(role)))
+            .collect();
+        if records.is_empty() {
+            return Err(select_err(format!(
+                "no host in stage {stage_name:?} matches roles [{}]",
+                sel.roles.join(", ")
+            )));
+        }
+        Ok(records)
+    }
+
+    fn record_for(&self, stage: &Stage, h: &HostEntry) -> Record {
+        let mut r = Record::new(h.name.get_ref().clone());
+        r.transport = h.transport.or(stage.transport).unwrap_or_default();
+        r.addr = h.addr.clone();
+        r.port = h.port.or(stage.port);
+        r.user = h.user.clone().or_else(|| stage.user.clone());
+        let root = h
+            .root
+            .clone()
+            .or_else(|| stage.root.clone())
+            .or_else(|| self.root.clone());
+        r.root = root.map(|root| match r.transport {
+            TransportKind::Local => self.local_path(Path::new(&root)).display().to_string(),
+            TransportKind::Ssh => root,
+        });
+        r.roles = h.roles.clone().unwrap_or_else(|| stage.roles.clone());
+        if r.transport == TransportKind::Ssh {
+            r.ssh = SshOptions {
+                identity: self.identity.as_deref().map(|p| self.local_path(p)),
+                known_hosts: self.known_hosts.as_deref().map(|p| self.local_path(p)),
+                host_key_policy: self.host_key_policy,
+                connect_timeout_ms: self.connect_timeout.map(|d| d.as_millis() as u64),
+            };
+        }
+        if !h.vars.is_empty() {
+            let vars: serde_json::Map<String, serde_json::Value> = h
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect();
+            r.extra
+                .insert("vars".into(), serde_json::Value::Object(vars));
+        }
+        r
+    }
+
+    /// Resolves a local path: `~/` is the home directory, relative paths are relative to
+    /// the config file's directory.
+    pub fn local_path(&self, p: &Path) -> PathBuf {
+        let p = expand_home(p);
+        if p.is_absolute() {
+            p
+        } else {
+            let joined = self.dir.join(&p);
+            std::path::absolute(&joined).unwrap_or(joined)
+        }
+    }
+}
+
+/// Expands a leading `~/` to `$HOME`.
+pub fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_path_buf(),
+    }
+}
+
+fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "deploy.toml", Path::new("/cfg"))
+    }
+
+    #[test]
+    fn stage_defaults_and_overrides() {
+        let c = parse(
+            r#"root = "/srv/app"
+connect_timeout = "3s"
+[stages.prod]
+user = "deploy"
+port = 2222
+hosts = [{ name = "web1", roles = ["web"] }, { name = "db", port = 22, user = "pg", root = "/x" }]
+"#,
+        )
+        .unwrap();
+        let recs = c.select(&Selection::default()).unwrap();
+        assert_eq!(recs[0].port, Some(2222));
+        assert_eq!(recs[0].user.as_deref(), Some("deploy"));
+        assert_eq!(recs[0].root.as_deref(), Some("/srv/app"));
+        assert_eq!(recs[0].ssh.connect_timeout_ms, Some(3000));
+        assert_eq!(recs[1].port, Some(22));
+        assert_eq!(recs[1].root.as_deref(), Some("/x"));
+        let web = c
+            .select(&Selection {
+                roles: vec!["web".into()],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(web.len(), 1);
+    }
+
+    #[test]
+    fn errors_point_at_line_and_key() {
+        let e = parse("root = \"/a\"\n[stages.p]\nhosts = [{ name = \"a\", prot = 1 }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("deploy.toml:3:"), "{e}");
+        assert!(e.contains("prot"), "{e}");
+        let e =
+            parse("root = \"/a\"\n[stages.p]\nhosts = [{ name = \"a\" },\n { name = \"a\" }]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.starts_with("deploy.toml:4:"), "{e}");
+        assert!(e.contains("duplicate host name"), "{e}");
+        let e = parse("[stages.p]\nhosts = [{ name = \"a\" }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no `root`"), "{e}");
+    }
+
+    #[test]
+    fn local_roots_are_relative_to_the_config() {
+        let c = parse(
+            "[stages.l]\ntransport = \"local\"\nhosts = [{ name = \"a\", root = \"hosts/a\" }]\n",
+        )
+        .unwrap();
+        let r = c.select(&Selection::default()).unwrap();
+        assert_eq!(r[0].root.as_deref(), Some("/cfg/hosts/a"));
+    }
+}
+
+/// Parses a duration such as `10s`, `500ms` or `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}

@@ -1,0 +1,20 @@
+//! dp-core: the ground every dp tool stands on.
+//!
+//! - [`record`]: the host record that flows between tools as one JSON object per line;
+//! - [`jsonl`]: reading and writing those lines (`stdin:LINE:` errors, per-line flush);
+//! - [`exit`]: the exit codes shared by every tool;
+//! - [`quote`]: the one function that quotes arguments for a remote POSIX shell;
+//! - [`config`]: `deploy.toml`;
+//! - [`transport`]: running commands on a host, locally or over SSH.
+
+pub mod config;
+pub mod exit;
+pub mod jsonl;
+pub mod quote;
+pub mod record;
+pub mod sshconfig;
+pub mod transport;
+
+pub use exit::Exit;
+pub use quote::{quote, quote_str};
+pub use record::{HostError, Record, TransportKind};

@@ -1,0 +1,81 @@
+//! The one function that quotes arguments for a remote POSIX shell.
+//!
+//! Every path and argument that dp puts into a command line for `sh` goes through
+//! [`quote`]. Bytes are kept exactly: text is wrapped in single quotes (a single quote
+//! becomes `'\''`), and bytes that are not valid UTF-8 (which cannot travel in an SSH exec
+//! request as text) are rebuilt on the host with `printf` octal escapes inside `"$(...)"`.
+//! A NUL byte cannot be part of a shell argument and is refused.
+
+/// An argument that no shell can receive.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("argument contains a NUL byte: {0:?}")]
+pub struct QuoteError(pub String);
+
+/// Quotes `arg` as one word for a POSIX shell, byte for byte.
+pub fn quote(arg: impl AsRef<[u8]>) -> Result<String, QuoteError> {
+    let bytes = arg.as_ref();
+    if bytes.contains(&0) {
+        return Err(QuoteError(String::from_utf8_lossy(bytes).into_owned()));
+    }
+    if !bytes.is_empty() && bytes.iter().all(|b| is_safe(*b)) {
+        // Plain words stay readable in logs; a leading '-' or '=' is still fine for sh.
+        return Ok(String::from_utf8(bytes.to_vec()).expect("ascii"));
+    }
+    let mut out = String::with_capacity(bytes.len() + 2);
+    let mut rest = bytes;
+    if rest.is_empty() {
+        return Ok("''".to_string());
+    }
+    while !rest.is_empty() {
+        match std::str::from_utf8(rest) {
+            Ok(text) => {
+                push_single_quoted(&mut out, text);
+                rest = &[];
+            }
+            Err(e) => {
+                let (good, bad) = rest.split_at(e.valid_up_to());
+                if !good.is_empty() {
+                    push_single_quoted(&mut out, std::str::from_utf8(good).expect("valid"));
+                }
+                let bad_len = e.error_len().unwrap_or(bad.len());
+                out.push_str("\"$(printf '");
+                for b in &bad[..bad_len] {
+                    out.push_str(&format!("\\{b:03o}"));
+                }
+                out.push_str("')\"");
+                rest = &bad[bad_len..];
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Quotes a UTF-8 string; see [`quote`].
+pub fn quote_str(arg: &str) -> Result<String, QuoteError> {
+    quote(arg.as_bytes())
+}
+
+fn is_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_./:@%+,".contains(&b)
+}
+
+fn push_single_quoted(out: &mut String, text: &str) {
+    out.push('\'');
+    out.push_str(&text.replace('\'', "'\\''"));
+    out.push('\'');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        assert_eq!(quote("plain/path-1.txt").unwrap(), "plain/path-1.txt");
+        assert_eq!(quote("").unwrap(), "''");
+        assert_eq!(quote("a b").unwrap(), "'a b'");
+        assert_eq!(quote("it's").unwrap(), "'it'\\''s'");
+        assert_eq!(quote(b"a\xffb").unwrap(), "'a'\"$(printf '\\377')\"'b'");
+        assert!(quote(b"a\0b").is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! The local transport: scripts run under `sh -c` on this machine.
+
+use super::{ExecStatus, TailBuffer, Transport, TransportError, STDERR_TAIL};
+use std::io::{self, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+/// Runs scripts on this machine.
+#[derive(Debug, Default)]
+pub struct LocalTransport;
+
+impl LocalTransport {
+    /// A local transport.
+    pub fn new() -> Self {
+        LocalTransport
+    }
+}
+
+fn io_err(what: &str) -> impl FnOnce(io::Error) -> TransportError + '_ {
+    move |source| TransportError::Io {
+        what: what.to_string(),
+        source,
+    }
+}
+
+impl Transport for LocalTransport {
+    fn exec(
+        &mut self,
+        script: &str,
+        stdin: Option<&mut (dyn Read + Send)>,
+        stdout: &mut (dyn Write + Send),
+    ) -> Result<ExecStatus, TransportError> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_err("start sh"))?;
+        let child_in = child.stdin.take();
+        let mut child_out = child.stdout.take().expect("piped stdout");
+        let mut child_err = child.stderr.take().expect("piped stderr");
+        let (fed, tail, copied) = std::thread::scope(|s| {
+            let feeder = s.spawn(move || -> io::Result<()> {
+                if let (Some(input), Some(mut pipe)) = (stdin, child_in) {
+                    match io::copy(input, &mut pipe) {
+                        // The command may stop reading early; that is its business.
+                        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+                        other => {
+                            other?;
+                        }
+                    }
+                }
+                Ok(())
+            });
+            let errors = s.spawn(move || {
+                let mut tail = TailBuffer::new(STDERR_TAIL);
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = child_err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    tail.push(&buf[..n]);
+                }
+                tail.into_inner()
+            });
+            let copied = io::copy(&mut child_out, stdout);
+            drop(child_out);
+            let fed = feeder.join().unwrap_or(Ok(()));
+            (fed, errors.join().unwrap_or_default(), copied)
+        });
+        let status = child.wait().map_err(io_err("wait for sh"))?;
+        copied.map_err(io_err("write command output"))?;
+        fed.map_err(io_err("read command input"))?;
+        Ok(ExecStatus {
+            code: status.code(),
+            signal: status.signal().map(|s| s.to_string()),
+            stderr: tail,
+        })
+    }
+}

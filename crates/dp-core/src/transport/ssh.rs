@@ -1,0 +1,379 @@
+//! The SSH transport: libssh2 through the `ssh2` crate.
+//!
+//! One session per host, reused for every command. The socket has TCP_NODELAY (delayed
+//! ACKs otherwise add about 42 ms per round trip) and TCP keepalive (a dead host is noticed
+//! within about 30 s). Commands are pumped in non-blocking mode, so input and output flow
+//! at the same time and neither side can deadlock on a full window.
+
+use super::knownhosts::KnownHostsFile;
+use super::{ConnectInfo, ExecStatus, TailBuffer, Transport, TransportError, STDERR_TAIL};
+use crate::record::{HostKeyPolicy, Record};
+use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+use ssh2::{BlockDirections, Channel, ErrorCode, MethodType, Session};
+
+/// libssh2's "would block" and "timed out" codes.
+const EAGAIN: i32 = -37;
+const TIMEOUT: i32 = -9;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Default time allowed for TCP connect plus SSH handshake and authentication.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ciphers in order of preference: the AEAD ciphers first (measured fastest here, see
+/// scripts/bench/hosts.sh), then the CTR modes every OpenSSH server still offers.
+pub const CIPHERS: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,\
+chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr";
+
+/// Environment variable that overrides [`CIPHERS`] (for benchmarks and old servers).
+pub const CIPHERS_ENV: &str = "DP_SSH_CIPHERS";
+
+/// An authenticated SSH session to one host.
+pub struct SshTransport {
+    session: Session,
+    fd: RawFd,
+    /// What connecting learned (host key state, cipher, time).
+    pub info: ConnectInfo,
+}
+
+fn ssh_err(what: &str) -> impl FnOnce(ssh2::Error) -> TransportError + '_ {
+    move |e| TransportError::Ssh {
+        what: what.to_string(),
+        message: e.message().to_string(),
+    }
+}
+
+impl SshTransport {
+    /// Connects, verifies the host key and authenticates, all within the record's connect
+    /// timeout.
+    pub fn connect(record: &Record) -> Result<SshTransport, TransportError> {
+        let started = Instant::now();
+        let host = record.address().to_string();
+        let port = record.port.unwrap_or(22);
+        let display = format!("{host}:{port}");
+        let timeout = record
+            .ssh
+            .connect_timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let tcp = tcp_connect(&host, port, timeout)?;
+        let fd = tcp.as_raw_fd();
+
+        let mut session = Session::new().map_err(ssh_err("create SSH session"))?;
+        let known_hosts_path = record
+            .ssh
+            .known_hosts
+            .clone()
+            .unwrap_or_else(|| home().join(".ssh/known_hosts"));
+        let known = KnownHostsFile::load(&known_hosts_path)?;
+        let ciphers = std::env::var(CIPHERS_ENV).unwrap_or_else(|_| CIPHERS.to_string());
+        session
+            .method_pref(MethodType::CryptCs, &ciphers)
+            .and_then(|()| session.method_pref(MethodType::CryptSc, &ciphers))
+            .map_err(ssh_err("set cipher preference"))?;
+        session
+            .method_pref(
+                MethodType::HostKey,
+                &known.hostkey_preference(&session, &host, port),
+            )
+            .map_err(ssh_err("set host key preference"))?;
+        let remaining = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        session.set_timeout(remaining.as_millis().min(u32::MAX as u128) as u32);
+        session.set_tcp_stream(tcp);
+        session.handshake().map_err(|e| TransportError::Handshake {
+            addr: display.clone(),
+            message: timeout_message(&e, timeout),
+        })?;
+
+        let accept_new = record.ssh.host_key_policy == Some(HostKeyPolicy::AcceptNew);
+        let host_key = known.verify(&session, &host, port, accept_new)?;
+        let user = record.user.clone().unwrap_or_else(local_user);
+        authenticate(&session, &user, record.ssh.identity.as_ref())?;
+
+        session.set_timeout(0);
+        session.set_keepalive(false, 15);
+        let cipher = session.methods(MethodType::CryptCs).map(str::to_string);
+        Ok(SshTransport {
+            session,
+            fd,
+            info: ConnectInfo {
+                host_key: Some(host_key),
+                cipher,
+                connect_ms: started.elapsed().as_millis() as u64,
+            },
+        })
+    }
+
+    /// The underlying session (for channels other than exec, such as direct-tcpip).
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Waits until the socket is ready in the direction libssh2 is blocked on.
+    fn wait_socket(&self, timeout: Duration) -> io::Result<bool> {
+        let events = match self.session.block_directions() {
+            BlockDirections::Outbound => libc::POLLOUT,
+            BlockDirections::Both => libc::POLLIN | libc::POLLOUT,
+            BlockDirections::Inbound | BlockDirections::None => libc::POLLIN,
+        };
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the session's socket, which the session keeps open.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        Ok(rc > 0)
+    }
+
+    fn pump(
+        &self,
+        channel: &mut Channel,
+        mut stdin: Option<&mut (dyn Read + Send)>,
+        stdout: &mut (dyn Write + Send),
+        tail: &mut TailBuffer,
+    ) -> Result<(), TransportError> {
+        let lost = |e: io::Error| TransportError::Io {
+            what: "connection".into(),
+            source: e,
+        };
+        let mut inbuf = vec![0u8; 64 * 1024];
+        let (mut in_pos, mut in_len) = (0usize, 0usize);
+        let mut in_done = stdin.is_none();
+        let mut eof_sent = false;
+        let mut outbuf = vec![0u8; 64 * 1024];
+        let mut stderr = channel.stderr();
+        loop {
+            let mut progress = false;
+            if !eof_sent {
+                if in_pos == in_len && !in_done {
+                    let reader = stdin.as_mut().expect("stdin present until done");
+                    match reader.read(&mut inbuf) {
+                        Ok(0) => in_done = true,
+                        Ok(n) => (in_pos, in_len) = (0, n),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(source) => {
+                            return Err(TransportError::Io {
+                                what: "read command input".into(),
+                                source,
+                            })
+                        }
+                    }
+                }
+                if in_pos < in_len {
+                    match channel.write(&inbuf[in_pos..in_len]) {
+                        Ok(n) => {
+                            in_pos += n;
+                            progress |= n > 0;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(lost(e)),
+                    }
+                } else if in_done {
+                    match channel.send_eof() {
+                        Ok(()) => {
+                            eof_sent = true;
+                            progress = true;
+                        }
+                        Err(e) if e.code() == ErrorCode::Session(EAGAIN) => {}
+                        Err(e) => return Err(ssh_err("send end of input")(e)),
+                    }
+                }
+            }
+            match channel.read(&mut outbuf) {
+                Ok(0) => {}
+                Ok(n) => {
+                    stdout
+                        .write_all(&outbuf[..n])
+                        .map_err(|source| TransportError::Io {
+                            what: "write command output".into(),
+                            source,
+                        })?;
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(lost(e)),
+            }
+            match stderr.read(&mut outbuf) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tail.push(&outbuf[..n]);
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(lost(e)),
+            }
+            if channel.eof() {
+                return Ok(());
+            }
+            if !progress && !self.wait_socket(Duration::from_secs(5)).map_err(lost)? {
+                // Quiet for a while: keep NATs and the server's ClientAlive checks happy.
+                let _ = self.session.keepalive_send();
+            }
+        }
+    }
+}
+
+impl Transport for SshTransport {
+    fn exec(
+        &mut self,
+        script: &str,
+        stdin: Option<&mut (dyn Read + Send)>,
+        stdout: &mut (dyn Write + Send),
+    ) -> Result<ExecStatus, TransportError> {
+        self.session.set_blocking(true);
+        self.session.set_timeout(60_000);
+        let mut channel = self
+            .session
+            .channel_session()
+            .map_err(ssh_err("open channel"))?;
+        channel.exec(script).map_err(ssh_err("start command"))?;
+        self.session.set_blocking(false);
+        let mut tail = TailBuffer::new(STDERR_TAIL);
+        let pumped = self.pump(&mut channel, stdin, stdout, &mut tail);
+        self.session.set_blocking(true);
+        if let Err(e) = pumped {
+            let _ = channel.close();
+            return Err(e);
+        }
+        channel.wait_close().map_err(ssh_err("wait for command"))?;
+        let code = channel.exit_status().map_err(ssh_err("read exit status"))?;
+        let signal = channel
+            .exit_signal()
+            .map_err(ssh_err("read exit signal"))?
+            .exit_signal;
+        self.session.set_timeout(0);
+        Ok(ExecStatus {
+            code: if signal.is_some() { None } else { Some(code) },
+            signal,
+            stderr: tail.into_inner(),
+        })
+    }
+}
+
+fn timeout_message(e: &ssh2::Error, timeout: Duration) -> String {
+    if e.code() == ErrorCode::Session(TIMEOUT) {
+        format!("timed out after {}", humantime::format_duration(timeout))
+    } else {
+        e.message().to_string()
+    }
+}
+
+fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, TransportError> {
+    let display = format!("{host}:{port}");
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|source| TransportError::Resolve {
+            addr: display.clone(),
+            source,
+        })?
+        .collect();
+    let started = Instant::now();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no addresses");
+    for addr in addrs {
+        let remaining = timeout.saturating_sub(started.elapsed());
+        if remaining.is_zero() {
+            last = io::Error::new(io::ErrorKind::TimedOut, "connection timed out");
+            break;
+        }
+        match connect_one(addr, remaining) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    if last.kind() == io::ErrorKind::WouldBlock || last.kind() == io::ErrorKind::TimedOut {
+        last = io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("timed out after {}", humantime::format_duration(timeout)),
+        );
+    }
+    Err(TransportError::Connect {
+        addr: display,
+        source: last,
+    })
+}
+
+fn connect_one(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nodelay(true)?;
+    socket.set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(Duration::from_secs(15))
+            .with_interval(Duration::from_secs(5))
+            .with_retries(3),
+    )?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
+}
+
+fn authenticate(
+    session: &Session,
+    user: &str,
+    identity: Option<&PathBuf>,
+) -> Result<(), TransportError> {
+    let mut tried = Vec::new();
+    if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        if session.userauth_agent(user).is_ok() && session.authenticated() {
+            return Ok(());
+        }
+        tried.push("ssh-agent".to_string());
+    }
+    let candidates: Vec<PathBuf> = match identity {
+        Some(path) => vec![path.clone()],
+        None => ["id_ed25519", "id_ecdsa", "id_rsa"]
+            .iter()
+            .map(|name| home().join(".ssh").join(name))
+            .filter(|p| p.exists())
+            .collect(),
+    };
+    for key in candidates {
+        match session.userauth_pubkey_file(user, None, &key, None) {
+            Ok(()) if session.authenticated() => return Ok(()),
+            Ok(()) => tried.push(key.display().to_string()),
+            Err(e) => tried.push(format!("{} ({})", key.display(), e.message())),
+        }
+    }
+    if tried.is_empty() {
+        tried.push("no ssh-agent and no key in ~/.ssh/id_{ed25519,ecdsa,rsa}".into());
+    }
+    Err(TransportError::Auth {
+        user: user.to_string(),
+        tried: tried.join(", "),
+    })
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// The local user's name: `$USER`, else the password database.
+pub fn local_user() -> String {
+    if let Some(u) = std::env::var_os("USER").filter(|u| !u.is_empty()) {
+        return u.to_string_lossy().into_owned();
+    }
+    // SAFETY: getpwuid returns a pointer into static storage or null; we copy at once.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if !pw.is_null() && !(*pw).pw_name.is_null() {
+            return std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    "root".to_string()
+}
