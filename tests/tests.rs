@@ -1,1 +1,7 @@
+//! dp's integration tests: one binary, one module per tool or area, real servers.
 
+mod util;
+
+mod hosts;
+mod man;
+mod transport;

@@ -9,10 +9,17 @@ use dp_core::sshconfig::SshAliases;
 use dp_core::Exit;
 use std::path::PathBuf;
 
-/// Print one JSON record per selected host (from deploy.toml or from stdin), and with
-/// --check, connect to each host in parallel and report reachability and host-key state.
+/// Print the host records of a stage, one JSON object per line.
+///
+/// Hosts come from deploy.toml (stage, roles, per-host settings, ~/.ssh/config aliases) or,
+/// with --from, from records made elsewhere. With --check every host is connected to in
+/// parallel (authenticate, run `true`) and its reachability and host-key state are added
+/// to its record under steps.hosts; nothing on the hosts is changed.
+///
+/// Exit status: 0 all hosts ok; 1 at least one host failed (its record has `error`);
+/// 2 usage, config or input error, before any host was touched.
 #[derive(Debug, Parser)]
-#[command(name = "dp-hosts", version, about, long_about = None)]
+#[command(name = "dp-hosts", version)]
 pub struct Args {
     /// The config file.
     #[arg(long, short = 'c', default_value = "deploy.toml", env = "DP_CONFIG")]

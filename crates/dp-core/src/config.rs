@@ -371,15 +371,20 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Parses a duration such as `10s`, `500ms` or `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
 mod duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
     pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
+        super::parse_duration(&text)
             .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -447,9 +452,4 @@ hosts = [{ name = "web1", roles = ["web"] }, { name = "db", port = 22, user = "p
         let r = c.select(&Selection::default()).unwrap();
         assert_eq!(r[0].root.as_deref(), Some("/cfg/hosts/a"));
     }
-}
-
-/// Parses a duration such as `10s`, `500ms` or `2m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
 }

@@ -4,7 +4,7 @@
 //! - [`jsonl`]: reading and writing those lines (`stdin:LINE:` errors, per-line flush);
 //! - [`exit`]: the exit codes shared by every tool;
 //! - [`quote`]: the one function that quotes arguments for a remote POSIX shell;
-//! - [`config`]: `deploy.toml`;
+//! - [`config`]: the `deploy.toml` file;
 //! - [`transport`]: running commands on a host, locally or over SSH.
 
 pub mod config;

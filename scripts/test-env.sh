@@ -1,0 +1,29 @@
+#!/bin/sh
+# Installs what the tests need when it is missing (Debian/Ubuntu, apt-get), so that
+# `make test` works on a fresh machine: OpenSSH server and client, and the OpenSSL
+# headers libssh2 builds against.
+set -eu
+
+need=""
+[ -x /usr/sbin/sshd ] || need="$need openssh-server"
+command -v ssh-keygen >/dev/null 2>&1 || need="$need openssh-client"
+command -v ssh >/dev/null 2>&1 || need="$need openssh-client"
+[ -f /usr/include/openssl/ssl.h ] || need="$need libssl-dev"
+command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
+command -v cc >/dev/null 2>&1 || need="$need gcc"
+
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+
+if [ -n "$need" ]; then
+    echo "test-env: installing$need" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    # shellcheck disable=SC2086
+    $sudo apt-get install -y -qq --no-install-recommends $need >/dev/null 2>&1 ||
+        { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends $need; }
+fi
+
+# sshd running as root wants its privilege-separation directory.
+if [ "$(id -u)" = 0 ]; then
+    mkdir -p /run/sshd
+fi

@@ -1,0 +1,32 @@
+//! Man pages in man/ are generated from the clap definitions and must be current.
+//! Regenerate with `make man` (runs this test with DP_BLESS=1).
+
+use clap::CommandFactory;
+use std::path::Path;
+
+fn render(cmd: clap::Command) -> Vec<u8> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd).render(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn man_pages_are_current() {
+    let pages = [("dp-hosts.1", dp_cli::hosts::Args::command())];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    let bless = std::env::var_os("DP_BLESS").is_some();
+    for (name, cmd) in pages {
+        let want = render(cmd);
+        let path = dir.join(name);
+        if bless {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &want).unwrap();
+            continue;
+        }
+        let have = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            have == want,
+            "man/{name} is stale: run `make man` and commit the result"
+        );
+    }
+}

@@ -1,0 +1,512 @@
+//! Test harness: a command builder for the dp binaries, and fixtures that start real
+//! servers (OpenSSH sshd on loopback) and stop exactly those processes when done.
+//!
+//! Every sshd runs under a small `sh` guard whose stdin is a pipe held by this test
+//! process: when the fixture is dropped, or the test binary exits for any reason, the
+//! pipe closes and the guard stops its sshd. Shared fixtures ([`Fleet::shared`]) live for
+//! the whole test run; tests that stop hosts start their own.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A fresh directory under the target dir, removed on drop.
+pub struct Dir {
+    dir: tempfile::TempDir,
+}
+
+impl Dir {
+    /// A new empty directory.
+    pub fn new(name: &str) -> Dir {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("dp-{name}-"))
+            .tempdir_in(base)
+            .unwrap();
+        Dir { dir }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `contents` to `rel`, creating parents.
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+
+    /// Reads `rel` as text.
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path().join(rel)).unwrap()
+    }
+}
+
+/// Path of one of the project's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    PathBuf::from(match name {
+        "dp-hosts" => env!("CARGO_BIN_EXE_dp-hosts"),
+        other => panic!("unknown binary {other}"),
+    })
+}
+
+/// Runs a dp binary with a clean environment: HOME is a fresh directory (no ~/.ssh of
+/// the developer's), no ssh-agent.
+pub struct TestCommand {
+    cmd: Command,
+    stdin: Option<Vec<u8>>,
+    home: Option<Dir>,
+}
+
+/// What a finished command left.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Exit code.
+    pub code: i32,
+    /// Stdout as text.
+    pub stdout: String,
+    /// Stderr as text.
+    pub stderr: String,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// Stdout decoded as records, one per line.
+    pub fn records(&self) -> Vec<dp_core::Record> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Asserts the exit code, showing everything when it differs.
+    #[track_caller]
+    pub fn code(&self, code: i32) -> &Outcome {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+impl TestCommand {
+    /// A command for binary `name`.
+    pub fn new(name: &str) -> TestCommand {
+        let home = Dir::new("home");
+        let mut cmd = Command::new(bin(name));
+        cmd.env("HOME", home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("DP_CONFIG")
+            .env_remove("DP_STAGE")
+            .env_remove("DP_HOST_KEY_POLICY");
+        TestCommand {
+            cmd,
+            stdin: None,
+            home: Some(home),
+        }
+    }
+
+    /// The fake HOME of this command.
+    pub fn home(&self) -> &Path {
+        self.home.as_ref().unwrap().path()
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+
+    /// Runs in `dir`.
+    pub fn current_dir(mut self, dir: &Path) -> Self {
+        self.cmd.current_dir(dir);
+        self
+    }
+
+    /// Feeds `input` on stdin (from a thread, so large inputs cannot deadlock).
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    /// Runs to completion.
+    pub fn run(mut self) -> Outcome {
+        let started = Instant::now();
+        self.cmd
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self.cmd.spawn().expect("spawn");
+        let feeder = self.stdin.take().map(|input| {
+            let mut pipe = child.stdin.take().unwrap();
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&input);
+            })
+        });
+        let out = child.wait_with_output().unwrap();
+        if let Some(f) = feeder {
+            f.join().unwrap();
+        }
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+/// Runs a program and returns its stdout; panics with its stderr on failure.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The user tests log in as (sshd runs as this user too when not root).
+pub fn user() -> String {
+    sh("id", &["-un"]).trim().to_string()
+}
+
+/// A free loopback TCP port (free when asked; callers retry if it is taken meanwhile).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sshd_path() -> PathBuf {
+    for p in ["/usr/sbin/sshd", "/usr/local/sbin/sshd"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("sshd not found: run `make test` (it installs openssh-server) or apt-get install openssh-server");
+}
+
+/// One sshd on loopback.
+pub struct SshHost {
+    /// Name used in configs (`h1`, `h2`, ...).
+    pub name: String,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// A deploy root directory reserved for this host.
+    pub root: PathBuf,
+    /// `ssh-ed25519 AAAA...` of its host key.
+    pub host_key: String,
+    dir: PathBuf,
+    guard: Option<(Child, ChildStdin)>,
+}
+
+impl SshHost {
+    /// The known_hosts line for this host.
+    pub fn known_hosts_line(&self) -> String {
+        format!("[127.0.0.1]:{} {}\n", self.port, self.host_key)
+    }
+
+    /// Stops this sshd (its open sessions continue until they close).
+    pub fn stop(&mut self) {
+        if let Some((mut child, stdin)) = self.guard.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+        // The guard kills sshd; wait until the port is closed.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops this sshd and every session it serves (kills the whole connection tree).
+    pub fn kill_all(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-f", &format!("{}/sshd_config", self.dir.display())])
+            .status();
+        self.stop();
+    }
+
+    fn start(dir: &Path, name: &str, client_pub: &str) -> SshHost {
+        std::fs::create_dir_all(dir).unwrap();
+        let key = dir.join("host_ed25519");
+        sh(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                name,
+                "-f",
+                key.to_str().unwrap(),
+            ],
+        );
+        let host_key = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let host_key = host_key
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        std::fs::write(dir.join("authorized_keys"), client_pub).unwrap();
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let mut host = SshHost {
+            name: name.to_string(),
+            port: 0,
+            root,
+            host_key,
+            dir: dir.to_path_buf(),
+            guard: None,
+        };
+        host.launch();
+        host
+    }
+
+    /// (Re)starts sshd on a free port (a port kept from before when restarting).
+    pub fn launch(&mut self) {
+        if getuid_is_root() {
+            let _ = std::fs::create_dir_all("/run/sshd");
+        }
+        let keep_port = self.port != 0;
+        for _attempt in 0..10 {
+            let port = if keep_port { self.port } else { free_port() };
+            let config = self.dir.join("sshd_config");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_ed25519\n\
+                     PidFile {dir}/sshd.pid\nAuthorizedKeysFile {dir}/authorized_keys\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                     PubkeyAuthentication yes\nUsePAM no\nStrictModes no\nPermitRootLogin yes\n\
+                     PrintMotd no\nMaxStartups 200\nMaxSessions 100\nLogLevel VERBOSE\n",
+                    dir = self.dir.display()
+                ),
+            )
+            .unwrap();
+            let script = format!(
+                "{sshd} -D -f {cfg} -E {log} & pid=$!; read _; kill $pid 2>/dev/null; wait $pid",
+                sshd = sshd_path().display(),
+                cfg = config.display(),
+                log = self.dir.join("sshd.log").display(),
+            );
+            let mut child = Command::new("sh")
+                .args(["-c", &script])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let stdin = child.stdin.take().unwrap();
+            if wait_for_banner(port, Duration::from_secs(5)) {
+                self.port = port;
+                self.guard = Some((child, stdin));
+                return;
+            }
+            drop(stdin);
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default();
+        panic!("sshd {} did not start; log:\n{log}", self.name);
+    }
+}
+
+impl Drop for SshHost {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn getuid_is_root() -> bool {
+    user() == "root"
+}
+
+fn wait_for_banner(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 16];
+            if s.read(&mut buf)
+                .map(|n| buf[..n].starts_with(b"SSH-2.0-OpenSSH"))
+                .unwrap_or(false)
+            {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// N sshd hosts sharing one client key and one known_hosts file.
+pub struct Fleet {
+    /// The hosts.
+    pub hosts: Vec<SshHost>,
+    /// Private key accepted by every host.
+    pub client_key: PathBuf,
+    /// A known_hosts file listing every host.
+    pub known_hosts: PathBuf,
+    /// The login user.
+    pub user: String,
+    dir: PathBuf,
+    _owned: Option<Dir>,
+}
+
+static FLEET_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+impl Fleet {
+    /// Starts `n` sshd hosts for this test alone.
+    pub fn start(n: usize) -> Fleet {
+        let seq = FLEET_SEQ.fetch_add(1, Ordering::SeqCst);
+        let dir = Dir::new(&format!("fleet{seq}"));
+        let path = dir.path().to_path_buf();
+        Fleet::start_in(path, Some(dir), n)
+    }
+
+    fn start_in(dir: PathBuf, owned: Option<Dir>, n: usize) -> Fleet {
+        std::fs::create_dir_all(&dir).unwrap();
+        let client_key = dir.join("client_ed25519");
+        sh(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "dp-test",
+                "-f",
+                client_key.to_str().unwrap(),
+            ],
+        );
+        let client_pub = std::fs::read_to_string(client_key.with_extension("pub")).unwrap();
+        let hosts: Vec<SshHost> = std::thread::scope(|s| {
+            let handles: Vec<_> = (1..=n)
+                .map(|i| {
+                    let (d, p) = (dir.join(format!("h{i}")), client_pub.clone());
+                    s.spawn(move || SshHost::start(&d, &format!("h{i}"), &p))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let known_hosts = dir.join("known_hosts");
+        let lines: String = hosts.iter().map(SshHost::known_hosts_line).collect();
+        std::fs::write(&known_hosts, lines).unwrap();
+        Fleet {
+            hosts,
+            client_key,
+            known_hosts,
+            user: user(),
+            dir,
+            _owned: owned,
+        }
+    }
+
+    /// The fleet shared by every test of this run (4 hosts). Tests must not stop its hosts
+    /// and use deploy roots of their own under [`Fleet::root_for`].
+    pub fn shared() -> &'static Fleet {
+        static SHARED: OnceLock<Fleet> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            // Shared fleets outlive their test run (statics are never dropped); remove the
+            // directories of runs that have ended, then start this run's in its own.
+            let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+            for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("dp-shared-") {
+                    if !Path::new("/proc").join(pid).exists() {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+            }
+            let dir = base.join(format!("dp-shared-{}", std::process::id()));
+            Fleet::start_in(dir, None, 4)
+        })
+    }
+
+    /// A fresh deploy root for `test` on host `i` (all hosts live on this machine).
+    pub fn root_for(&self, i: usize, test: &str) -> PathBuf {
+        let p = self.hosts[i].root.join(test);
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// The fleet's scratch directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A `[stages.test]` deploy.toml for the hosts `which`, with `extra` top-level lines.
+    pub fn deploy_toml(&self, which: &[usize], root: &str, extra: &str) -> String {
+        let hosts: Vec<String> = which
+            .iter()
+            .map(|&i| {
+                let h = &self.hosts[i];
+                format!(
+                    "  {{ name = \"{}\", addr = \"127.0.0.1\", port = {}, roles = [\"web\"] }},",
+                    h.name, h.port
+                )
+            })
+            .collect();
+        format!(
+            "app = \"test\"\nroot = \"{root}\"\nknown_hosts = \"{kh}\"\nidentity = \"{key}\"\n{extra}\n\
+             [stages.test]\nuser = \"{user}\"\nhosts = [\n{hosts}\n]\n",
+            kh = self.known_hosts.display(),
+            key = self.client_key.display(),
+            user = self.user,
+            hosts = hosts.join("\n"),
+        )
+    }
+
+    /// A record for host `i` as dp-hosts would print it.
+    pub fn record(&self, i: usize) -> dp_core::Record {
+        let h = &self.hosts[i];
+        let mut r = dp_core::Record::new(h.name.clone());
+        r.addr = Some("127.0.0.1".into());
+        r.port = Some(h.port);
+        r.user = Some(self.user.clone());
+        r.root = Some(h.root.display().to_string());
+        r.ssh.identity = Some(self.client_key.clone());
+        r.ssh.known_hosts = Some(self.known_hosts.clone());
+        r
+    }
+}
