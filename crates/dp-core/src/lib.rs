@@ -5,11 +5,16 @@
 //! - [`exit`]: the exit codes shared by every tool;
 //! - [`quote`]: the one function that quotes arguments for a remote POSIX shell;
 //! - [`config`]: the `deploy.toml` file;
-//! - [`transport`]: running commands on a host, locally or over SSH.
+//! - [`transport`]: running commands on a host, locally or over SSH;
+//! - [`layout`] and [`lock`]: the deploy root on a host and its deploy lock;
+//! - [`parallel`]: running a step on many hosts at once, one session per host.
 
 pub mod config;
 pub mod exit;
 pub mod jsonl;
+pub mod layout;
+pub mod lock;
+pub mod parallel;
 pub mod quote;
 pub mod record;
 pub mod sshconfig;

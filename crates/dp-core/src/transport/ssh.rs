@@ -181,7 +181,9 @@ impl SshTransport {
                             progress |= n > 0;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(lost(e)),
+                        // The command stopped reading (it exited or closed stdin): stop
+                        // sending and collect its output and exit status.
+                        Err(_) => eof_sent = true,
                     }
                 } else if in_done {
                     match channel.send_eof() {

@@ -1,0 +1,91 @@
+//! `dp-sync`: upload the source as a new release to every host of the input records.
+
+use crate::io::{read_input, write_output};
+use anyhow::Context;
+use clap::Parser;
+use dp_core::config::Config;
+use dp_core::parallel::Sessions;
+use dp_core::Exit;
+use dp_sync::{ScanOptions, SyncOptions};
+use std::path::PathBuf;
+
+/// Upload the source tree as a new release to every host read from stdin.
+///
+/// The source is scanned once (honouring .gitignore/.ignore, `exclude` from deploy.toml and
+/// --exclude; .git is always skipped) and hashed in parallel. On each host, in parallel,
+/// dp-sync takes the deploy lock (a lease renewed by later steps and released by
+/// dp-restart), hard-links unchanged files from the newest complete release, streams only
+/// new and changed files as one tar, links the `shared` paths, writes the manifest and
+/// marks the release complete. Each record leaves with `release` and `steps.sync`.
+///
+/// Exit status: 0 all hosts ok; 1 at least one host failed (its record has `error`);
+/// 2 usage, config, source or input error, before any host was touched.
+#[derive(Debug, Parser)]
+#[command(name = "dp-sync", version)]
+pub struct Args {
+    /// Config file for `source`, `exclude` and `shared` (used when it exists).
+    #[arg(long, short = 'c', default_value = "deploy.toml", env = "DP_CONFIG")]
+    pub config: PathBuf,
+    /// Source directory (default: `source` from the config, else the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub src: Option<PathBuf>,
+    /// Release id for every host (default: UTC time plus a content hash prefix).
+    #[arg(long, value_name = "ID")]
+    pub release: Option<String>,
+    /// Leave out paths matching this gitignore-style glob (repeatable).
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// How many hosts at once.
+    #[arg(long, short = 'j', default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
+    /// Recompute every file's SHA-256 on the host (sha256sum) before marking it complete.
+    #[arg(long)]
+    pub verify: bool,
+    /// Deploy lock lease, renewed by each later step, such as `15m`.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = dp_core::config::parse_duration)]
+    pub lease: std::time::Duration,
+}
+
+/// Runs `dp-sync`.
+pub fn run() -> anyhow::Result<Exit> {
+    exec(Args::parse())
+}
+
+/// Runs `dp-sync` with parsed arguments.
+pub fn exec(args: Args) -> anyhow::Result<Exit> {
+    let config = load_optional_config(&args.config, std::env::var_os("DP_CONFIG").is_some())?;
+    let src = match (&args.src, &config) {
+        (Some(src), _) => src.clone(),
+        (None, Some(c)) => c.local_path(c.source.as_deref().unwrap_or(std::path::Path::new("."))),
+        (None, None) => PathBuf::from("."),
+    };
+    let mut excludes = config.as_ref().map(|c| c.exclude.clone()).unwrap_or_default();
+    excludes.extend(args.excludes.iter().cloned());
+    let opts = SyncOptions {
+        src,
+        release: args.release.clone(),
+        scan: ScanOptions {
+            excludes,
+            shared: config.as_ref().map(|c| c.shared.clone()).unwrap_or_default(),
+        },
+        jobs: usize::from(args.jobs),
+        verify: args.verify,
+        lease: args.lease,
+    };
+    let mut records = read_input("-")?;
+    let prepared = dp_sync::prepare(&opts).context("cannot prepare the release")?;
+    dp_sync::run(&mut records, &mut Sessions::new(), &prepared, &opts);
+    crate::report_failures("dp-sync", dp_sync::STEP, &records);
+    crate::report_warnings("dp-sync", dp_sync::STEP, &records);
+    write_output(&records)?;
+    Ok(Exit::for_records(&records))
+}
+
+/// Loads the config when it exists; a missing file is an error only when it was named.
+pub fn load_optional_config(path: &std::path::Path, named: bool) -> anyhow::Result<Option<Config>> {
+    let explicit = named || path != std::path::Path::new("deploy.toml");
+    if !explicit && !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(Config::load(path)?))
+}

@@ -1,0 +1,63 @@
+//! The remote layout of a deploy root (Capistrano-style), shared by every step:
+//!
+//! ```text
+//! <root>/releases/<release>/                code of one deploy, never changed after switch
+//! <root>/releases/<release>/.dp/manifest    path, type, mode, size, hash of every entry
+//! <root>/releases/<release>/.dp/complete    written last: only complete releases go live
+//! <root>/shared/                            persistent files linked into each release
+//! <root>/current -> releases/<release>      switched atomically (symlink + rename)
+//! <root>/.dp/lock                           deploy lock (a lease), see [`crate::lock`]
+//! <root>/.dp/history.jsonl                  one line per deploy/rollback
+//! <root>/.dp/deps/<key>/                    dependency environments
+//! ```
+
+use crate::quote::{quote_str, QuoteError};
+
+/// Checks that `id` can name a release: 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting
+/// with `.` or `-`. Release ids appear in paths and scripts; keeping them plain keeps
+/// every listing and glob on the host simple.
+pub fn check_release_id(id: &str) -> Result<(), String> {
+    let ok_chars = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if id.is_empty() || id.len() > 128 || !ok_chars || id.starts_with(['.', '-']) {
+        return Err(format!(
+            "invalid release id {id:?}: use 1-128 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Shell assignments `root=...` and `releases=...` that start every remote script, with the
+/// root quoted. Scripts then use "$root" and "$releases".
+pub fn script_prelude(root: &str) -> Result<String, QuoteError> {
+    let root = root.trim_end_matches('/');
+    let root = if root.is_empty() { "/" } else { root };
+    Ok(format!(
+        "set -e\numask 022\nroot={}\nreleases=\"$root/releases\"\n",
+        quote_str(root)?
+    ))
+}
+
+/// The record's root, or an error message naming what is missing.
+pub fn root_of(record: &crate::Record) -> Result<&str, String> {
+    record
+        .root
+        .as_deref()
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| "record has no `root`".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_ids() {
+        assert!(check_release_id("20261127T124500Z-3f2a1c9b").is_ok());
+        assert!(check_release_id("v1.2_rc-3").is_ok());
+        for bad in ["", "-x", ".x", "a/b", "a b", "a$b", "..", &"x".repeat(129)] {
+            assert!(check_release_id(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The deploy lock: `<root>/.dp/lock`, one JSON line naming the release, the holder
+//! (user@machine), its pid, when it was taken and when the lease expires (host clock).
+//!
+//! The lock is a lease: taken by dp-sync, renewed by each later step of the same release,
+//! released by dp-restart at the end of the pipeline (or by `dp unlock`). A lease that
+//! expired (default 15 minutes after the last renewal) is taken over with a warning, so a
+//! deploy killed by Ctrl-C never wedges the next one. Creating the file uses `set -C`
+//! (O_EXCL), so two deploys cannot both take a free lock; a takeover renames the stale
+//! file away first, so only one of two racing deploys can win it.
+
+use crate::quote::{quote_str, QuoteError};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Default lease length.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(15 * 60);
+
+/// Exit status of the lock script when another release holds the lock.
+pub const HELD_STATUS: i32 = 75;
+
+/// What the lock file says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    /// The release being deployed.
+    pub release: String,
+    /// `user@machine` of the deploying side.
+    pub holder: String,
+    /// Process id of the deploying tool.
+    pub pid: u32,
+    /// When the lock was taken or last renewed (Unix seconds, host clock).
+    pub time: u64,
+    /// When the lease ends (Unix seconds, host clock).
+    pub expires: u64,
+}
+
+impl std::fmt::Display for LockInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "release {} by {} (pid {}), lease until {}",
+            self.release,
+            self.holder,
+            self.pid,
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(self.expires)
+            )
+        )
+    }
+}
+
+/// `user@machine` for this process.
+pub fn holder() -> String {
+    let user = crate::transport::ssh::local_user();
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{user}@{machine}")
+}
+
+/// Shell lines (after [`crate::layout::script_prelude`]) that take or renew the lock for
+/// `release`, or exit [`HELD_STATUS`] with the holder's lock line on stderr. Prints one of
+/// `lock taken`, `lock renewed`, `lock taken-over <old line>` on stdout.
+pub fn acquire_script(release: &str, lease: Duration) -> Result<String, QuoteError> {
+    let prefix = format!(
+        "{{\"release\":\"{}\",\"holder\":{},\"pid\":{},\"time\":",
+        release,
+        serde_json::to_string(&holder()).unwrap_or_default(),
+        std::process::id()
+    );
+    Ok(format!(
+        r#"mkdir -p "$root/.dp" "$releases" "$root/shared"
+lock="$root/.dp/lock"
+dp_now=$(date +%s)
+dp_info={prefix}"$dp_now",'"expires":'"$((dp_now + {lease}))"'}}'
+
+dp_rel={release}
+dp_create() {{ ( set -C; printf '%s\n' "$dp_info" > "$lock" ) 2>/dev/null; }}
+dp_field() {{ printf '%s' "$1" | sed -n "s/.*\"$2\":\"*\([^\",}}]*\).*/\1/p"; }}
+if dp_create; then
+  echo "lock taken"
+else
+  dp_cur=$(cat "$lock" 2>/dev/null || true)
+  dp_cur_rel=$(dp_field "$dp_cur" release)
+  dp_cur_exp=$(dp_field "$dp_cur" expires)
+  if [ "$dp_cur_rel" = "$dp_rel" ]; then
+    printf '%s\n' "$dp_info" > "$lock.$$" && mv -f "$lock.$$" "$lock"
+    echo "lock renewed"
+  elif [ -n "$dp_cur_exp" ] && [ "$dp_cur_exp" -lt "$dp_now" ] && mv "$lock" "$lock.stale.$$" 2>/dev/null; then
+    if [ "$(cat "$lock.stale.$$")" = "$dp_cur" ] && dp_create; then
+      rm -f "$lock.stale.$$"
+      echo "lock taken-over $dp_cur"
+    else
+      mv -f "$lock.stale.$$" "$lock" 2>/dev/null || true
+      cat "$lock" >&2 2>/dev/null || true
+      exit {held}
+    fi
+  else
+    printf '%s\n' "$dp_cur" >&2
+    exit {held}
+  fi
+fi
+"#,
+        prefix = quote_str(&prefix)?,
+        lease = lease.as_secs(),
+        release = quote_str(release)?,
+        held = HELD_STATUS,
+    ))
+}
+
+/// Shell lines that remove the lock if (and only if) `release` holds it.
+pub fn release_script(release: &str) -> Result<String, QuoteError> {
+    Ok(format!(
+        r#"lock="$root/.dp/lock"
+if [ -f "$lock" ] && grep -q "\"release\":\"$(printf '%s' {release})\"" "$lock"; then rm -f "$lock"; echo "lock released"; fi
+"#,
+        release = quote_str(release)?
+    ))
+}
+
+/// The message for a lock held by someone else, from the lock line the script printed.
+pub fn held_message(stderr: &str) -> String {
+    let line = stderr.lines().rev().find(|l| l.trim_start().starts_with('{'));
+    match line.and_then(|l| serde_json::from_str::<LockInfo>(l.trim()).ok()) {
+        Some(info) => format!("deploy lock is held by {info}; wait, or remove it with `dp unlock`"),
+        None => format!("deploy lock is held ({})", stderr.trim()),
+    }
+}
+
+/// Parses the `lock taken-over <line>` output into a warning, if any.
+pub fn takeover_warning(stdout: &str) -> Option<String> {
+    let old = stdout.lines().find_map(|l| l.strip_prefix("lock taken-over "))?;
+    Some(match serde_json::from_str::<LockInfo>(old) {
+        Ok(info) => format!("took over an expired deploy lock ({info})"),
+        Err(_) => format!("took over an expired deploy lock ({old})"),
+    })
+}

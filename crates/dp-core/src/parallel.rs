@@ -1,0 +1,58 @@
+//! Running a step on many hosts at once: one session per host, opened on first use and
+//! kept for every later step of the same process, on a bounded pool of threads.
+
+use crate::transport::Connection;
+use crate::Record;
+use rayon::prelude::*;
+
+/// Open sessions, one slot per record (same order as the records).
+#[derive(Default)]
+pub struct Sessions {
+    slots: Vec<Option<Connection>>,
+}
+
+impl Sessions {
+    /// No sessions yet.
+    pub fn new() -> Sessions {
+        Sessions::default()
+    }
+
+    /// Runs `work` for every record that has not failed, at most `jobs` at once, with an
+    /// open session to its host. A host that cannot be reached, or whose `work` returns
+    /// an error, gets `error` set for `step`; no record is dropped, order is kept.
+    pub fn run<F>(&mut self, records: &mut [Record], jobs: usize, step: &str, work: F)
+    where
+        F: Fn(&mut Connection, &mut Record) -> Result<(), String> + Sync,
+    {
+        if self.slots.len() < records.len() {
+            self.slots.resize_with(records.len(), || None);
+        }
+        let run_one = |(record, slot): (&mut Record, &mut Option<Connection>)| {
+            if record.failed() {
+                return;
+            }
+            if slot.is_none() {
+                match Connection::open(record) {
+                    Ok(c) => *slot = Some(c),
+                    Err(e) => {
+                        record.fail(step, e.to_string());
+                        return;
+                    }
+                }
+            }
+            let conn = slot.as_mut().expect("opened above");
+            if let Err(message) = work(conn, record) {
+                record.fail(step, message);
+                // A session that failed mid-command may be unusable: reopen next time.
+                *slot = None;
+            }
+        };
+        let pairs = records.iter_mut().zip(self.slots.iter_mut());
+        match rayon::ThreadPoolBuilder::new().num_threads(jobs.max(1)).build() {
+            Ok(pool) => pool.install(|| {
+                pairs.collect::<Vec<_>>().into_par_iter().for_each(run_one);
+            }),
+            Err(_) => pairs.for_each(run_one),
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! dp-sync: upload a release to every host, sending only what the host lacks.
+//!
+//! The source is scanned and hashed once ([`scan`]); each host then needs two commands
+//! ([`remote`]): one to take the deploy lock and read the manifest of its newest complete
+//! release, one that receives a tar of the new and changed entries and builds the release
+//! by hard-linking everything else from that base. A release only gets its final name
+//! once complete, so a half-synced release can never become `current`.
+
+pub mod manifest;
+pub mod remote;
+pub mod scan;
+pub mod tarstream;
+
+use dp_core::layout::{check_release_id, root_of};
+use dp_core::lock;
+use dp_core::parallel::Sessions;
+use dp_core::transport::Transport;
+use dp_core::Record;
+use manifest::Manifest;
+use serde::Serialize;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+pub use scan::{ScanError, ScanOptions};
+
+/// The step name in records.
+pub const STEP: &str = "sync";
+
+/// How to sync.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// The source directory.
+    pub src: PathBuf,
+    /// The release id; generated from time and content when `None`.
+    pub release: Option<String>,
+    /// Excludes and shared paths.
+    pub scan: ScanOptions,
+    /// Hosts at once.
+    pub jobs: usize,
+    /// Recompute every hash on the host with sha256sum before marking complete.
+    pub verify: bool,
+    /// Deploy lock lease.
+    pub lease: Duration,
+}
+
+/// A problem found before any host was touched.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The source could not be scanned.
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    /// A bad option.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The scanned source, ready to be sent to any number of hosts.
+pub struct Prepared {
+    /// Source directory.
+    pub src: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// The release id for every host.
+    pub release: String,
+    manifest_text: String,
+    sha256sums: String,
+}
+
+/// Scans the source and fixes the release id.
+pub fn prepare(opts: &SyncOptions) -> Result<Prepared, SyncError> {
+    for p in &opts.scan.shared {
+        if !manifest::is_clean_relative(p.trim_end_matches('/')) {
+            return Err(SyncError::Invalid(format!(
+                "shared path {p:?} must be relative, without `.` or `..`"
+            )));
+        }
+    }
+    if let Some(id) = &opts.release {
+        check_release_id(id).map_err(SyncError::Invalid)?;
+    }
+    let manifest = scan::scan(&opts.src, &opts.scan)?;
+    let release = match &opts.release {
+        Some(id) => id.clone(),
+        None => release_id(SystemTime::now(), &manifest),
+    };
+    Ok(Prepared {
+        src: opts.src.clone(),
+        manifest_text: manifest.to_text(),
+        sha256sums: manifest.sha256sums(),
+        manifest,
+        release,
+    })
+}
+
+/// `YYYYMMDDTHHMMSSZ-<first 8 hex of the manifest digest>`.
+pub fn release_id(now: SystemTime, manifest: &Manifest) -> String {
+    let stamp = humantime::format_rfc3339_seconds(now).to_string().replace(['-', ':'], "");
+    format!("{stamp}-{}", &manifest.digest()[..8])
+}
+
+/// What dp-sync did on one host (`steps.sync`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncStats {
+    /// The release built.
+    pub release: String,
+    /// The release its unchanged files were hard-linked from.
+    pub base: Option<String>,
+    /// `current` before this sync.
+    pub current: Option<String>,
+    /// Entries in the release.
+    pub entries: usize,
+    /// Regular files sent.
+    pub files_sent: usize,
+    /// Regular files hard-linked from the base.
+    pub linked: usize,
+    /// Paths of the base not carried over.
+    pub removed: usize,
+    /// Bytes written to the host (scripts and tar stream).
+    pub bytes_sent: u64,
+    /// Bytes read back from the host.
+    pub bytes_received: u64,
+    /// The release was already complete with the same content: nothing was done.
+    pub noop: bool,
+    /// Things the user should know (an expired lock taken over, leftovers cleaned).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Milliseconds on this host.
+    pub ms: u64,
+}
+
+/// Syncs every record that has not failed, at most `opts.jobs` hosts at once.
+pub fn run(records: &mut [Record], sessions: &mut Sessions, prepared: &Prepared, opts: &SyncOptions) {
+    sessions.run(records, opts.jobs, STEP, |conn, record| {
+        let started = Instant::now();
+        let mut stats = sync_host(conn, record, prepared, opts)?;
+        stats.ms = started.elapsed().as_millis() as u64;
+        record.release = Some(prepared.release.clone());
+        record.set_step(STEP, stats);
+        Ok(())
+    });
+}
+
+/// Syncs one host over an open transport.
+pub fn sync_host(
+    conn: &mut dyn Transport,
+    record: &Record,
+    p: &Prepared,
+    opts: &SyncOptions,
+) -> Result<SyncStats, String> {
+    let root = root_of(record)?;
+    let mut stats = SyncStats {
+        release: p.release.clone(),
+        entries: p.manifest.entries.len(),
+        ..SyncStats::default()
+    };
+    let script = remote::prepare(root, &p.release, opts.lease).map_err(|e| e.to_string())?;
+    stats.bytes_sent += script.len() as u64;
+    let out = conn.run(&script).map_err(|e| e.to_string())?;
+    stats.bytes_received += (out.stdout.len() + out.status.stderr.len()) as u64;
+    if out.status.code == Some(lock::HELD_STATUS) {
+        return Err(lock::held_message(&String::from_utf8_lossy(&out.status.stderr)));
+    }
+    out.status.check("preparing the release").map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (head, manifest_text) = text.split_once(remote::MANIFEST_MARK).unwrap_or((&text, ""));
+    let manifest_text = manifest_text.strip_prefix('\n').unwrap_or(manifest_text);
+    let mut base = None;
+    let mut self_complete = false;
+    for line in head.lines() {
+        if let Some(w) = lock::takeover_warning(line) {
+            stats.warnings.push(w);
+        } else if let Some(c) = line.strip_prefix("current ") {
+            stats.current = Some(c.to_string()).filter(|c| !c.is_empty());
+        } else if let Some(b) = line.strip_prefix("base ") {
+            base = Some(b.to_string()).filter(|b| check_release_id(b).is_ok());
+        } else if line == "self complete" {
+            self_complete = true;
+        } else if let Some(d) = line.strip_prefix("cleaned ") {
+            stats.warnings.push(format!("removed {d}, left by an interrupted sync"));
+        }
+    }
+    if self_complete {
+        return match Manifest::parse(manifest_text) {
+            Some(m) if m == p.manifest => {
+                stats.noop = true;
+                stats.linked = p.manifest.file_count();
+                Ok(stats)
+            }
+            _ => Err(format!(
+                "release {} already exists on the host with different content; choose another --release",
+                p.release
+            )),
+        };
+    }
+    let base_manifest = match base.as_deref().map(|_| Manifest::parse(manifest_text)) {
+        Some(Some(m)) => m,
+        Some(None) => {
+            stats
+                .warnings
+                .push(format!("manifest of {} unreadable: sending everything", base.unwrap_or_default()));
+            base = None;
+            Manifest::default()
+        }
+        None => Manifest::default(),
+    };
+    stats.base = base.clone();
+    let diff = manifest::diff(&base_manifest, &p.manifest);
+    stats.files_sent = diff.send.iter().filter(|e| e.is_file()).count();
+    stats.linked = diff.linked;
+    stats.removed = diff.remove.len();
+    let remove_list: Vec<u8> = diff.remove.iter().flat_map(|r| r.bytes().chain([0u8])).collect();
+
+    let plan = remote::BuildPlan {
+        root,
+        release: &p.release,
+        base: base.as_deref(),
+        shared: &opts.scan.shared,
+        verify: opts.verify,
+    };
+    let script = remote::build(&plan).map_err(|e| e.to_string())?;
+    stats.bytes_sent += script.len() as u64;
+    let extra: [(&str, &[u8]); 3] = [
+        (".dp/remove", &remove_list),
+        (".dp/sha256sums", p.sha256sums.as_bytes()),
+        (".dp/manifest", p.manifest_text.as_bytes()),
+    ];
+    let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+    let mut counted = Counting { inner: reader, count: 0 };
+    let mut stdout = Vec::new();
+    let (status, sent, produced) = std::thread::scope(|s| {
+        let producer = s.spawn(move || tarstream::write_tar(&p.src, &diff.send, &extra, writer));
+        let status = conn.exec(&script, Some(&mut counted), &mut stdout);
+        let sent = counted.count;
+        // Closing the read end stops the producer if the host stopped reading early.
+        drop(counted);
+        let produced = producer
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("tar writer panicked")));
+        (status, sent, produced)
+    });
+    stats.bytes_sent += sent;
+    let status = status.map_err(|e| format!("sending the release: {e}"))?;
+    stats.bytes_received += (stdout.len() + status.stderr.len()) as u64;
+    if let Err(e) = produced {
+        if e.kind() != std::io::ErrorKind::BrokenPipe || status.success() {
+            return Err(format!("reading the source: {e}"));
+        }
+    }
+    status.check("building the release").map_err(|e| e.to_string())?;
+    Ok(stats)
+}
+
+/// Counts the bytes read through it.
+struct Counting<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}

@@ -1,0 +1,128 @@
+//! The shell scripts dp-sync runs on a host: two per host, whatever the tree's size.
+//!
+//! 1. [`prepare`]: take the deploy lock, remove leftovers of interrupted syncs, and print
+//!    the newest complete release and its manifest (or the manifest of this release when
+//!    it is already complete: a re-run is then a no-op).
+//! 2. [`build`]: with the tar stream on stdin, build the release under a hidden temporary
+//!    name: hard-link the base (`cp -al`), unpack the sent entries beside it, remove what
+//!    is gone, move the sent entries in (replacing links, never writing through them),
+//!    link shared paths, optionally verify with sha256sum, mark complete, then rename the
+//!    temporary directory to its final name. An interrupted build leaves only hidden
+//!    `.tmp-*`/`.incoming-*` directories, which the next prepare removes.
+
+use dp_core::layout::script_prelude;
+use dp_core::quote::{quote_str, QuoteError};
+use std::time::Duration;
+
+/// Marks the start of the manifest in [`prepare`]'s output.
+pub const MANIFEST_MARK: &str = "---dp-manifest---";
+
+/// Script 1: lock, clean, report base and manifest.
+pub fn prepare(root: &str, release: &str, lease: Duration) -> Result<String, QuoteError> {
+    let mut s = script_prelude(root)?;
+    s.push_str(&dp_core::lock::acquire_script(release, lease)?);
+    s.push_str(&format!(
+        r#"rel={rel}
+for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
+  [ -e "$d" ] || continue
+  rm -rf "$d" && echo "cleaned ${{d##*/}}"
+done
+cur=$(readlink "$root/current" 2>/dev/null || true)
+echo "current ${{cur##*/}}"
+if [ -f "$releases/$rel/.dp/complete" ]; then
+  echo "self complete"
+  echo "{mark}"
+  cat "$releases/$rel/.dp/manifest"
+  exit 0
+fi
+if [ -e "$releases/$rel" ]; then
+  echo "release directory $releases/$rel exists but is not complete; remove it" >&2
+  exit 3
+fi
+base=$(cd "$releases" && ls -1t -- */.dp/complete 2>/dev/null | head -n 1 | sed 's|/\.dp/complete$||')
+echo "base $base"
+echo "{mark}"
+if [ -n "$base" ]; then cat "$releases/$base/.dp/manifest" 2>/dev/null || true; fi
+"#,
+        rel = quote_str(release)?,
+        mark = MANIFEST_MARK,
+    ));
+    Ok(s)
+}
+
+/// What the build script needs to know.
+pub struct BuildPlan<'a> {
+    /// The deploy root.
+    pub root: &'a str,
+    /// The new release id.
+    pub release: &'a str,
+    /// The release to hard-link from, if any.
+    pub base: Option<&'a str>,
+    /// Shared paths (relative; a trailing `/` means a directory).
+    pub shared: &'a [String],
+    /// Check every file with sha256sum before marking complete.
+    pub verify: bool,
+}
+
+/// Script 2: build the release from the tar on stdin.
+pub fn build(plan: &BuildPlan) -> Result<String, QuoteError> {
+    let mut s = script_prelude(plan.root)?;
+    s.push_str(&format!(
+        r#"rel={rel}
+inc="$releases/.incoming-$rel"
+tmp="$releases/.tmp-$rel"
+rm -rf "$inc" "$tmp"
+mkdir -p "$inc"
+tar -x -p --no-same-owner -f - -C "$inc"
+"#,
+        rel = quote_str(plan.release)?
+    ));
+    match plan.base {
+        Some(base) => s.push_str(&format!(
+            "cp -al \"$releases\"/{} \"$tmp\"\nrm -rf \"$tmp/.dp\"\n",
+            quote_str(base)?
+        )),
+        None => s.push_str("mkdir \"$tmp\"\n"),
+    }
+    s.push_str(
+        r#"if [ -s "$inc/.dp/remove" ]; then (cd "$tmp" && xargs -0 rm -rf -- < "$inc/.dp/remove"); fi
+rm -f "$inc/.dp/remove"
+cp -al --remove-destination "$inc/." "$tmp/"
+rm -rf "$inc"
+"#,
+    );
+    for path in plan.shared {
+        let dir = path.ends_with('/');
+        let rel = path.trim_end_matches('/');
+        let depth = rel.matches('/').count() + 2;
+        let target = format!("{}shared/{rel}", "../".repeat(depth));
+        let q = quote_str(rel)?;
+        if dir {
+            s.push_str(&format!("mkdir -p \"$root/shared/\"{q}\n"));
+        } else {
+            s.push_str(&format!(
+                "[ -e \"$root/shared/\"{q} ] || {{ echo \"shared file $root/shared/\"{q}\" is missing: create it on the host\" >&2; exit 1; }}\n"
+            ));
+        }
+        s.push_str(&format!(
+            "rm -rf \"$tmp/\"{q}\nmkdir -p \"$(dirname \"$tmp/\"{q})\"\nln -s {} \"$tmp/\"{q}\n",
+            quote_str(&target)?
+        ));
+    }
+    if plan.verify {
+        s.push_str(
+            r#"if ! (cd "$tmp" && sha256sum --quiet --strict -c .dp/sha256sums >&2); then
+  echo "verify: the release on the host differs from the source" >&2
+  exit 1
+fi
+"#,
+        );
+    }
+    s.push_str(
+        r#": > "$tmp/.dp/complete"
+mv "$tmp" "$releases/$rel"
+echo "built"
+"#,
+    );
+    Ok(s)
+}

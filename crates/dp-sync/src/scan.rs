@@ -1,0 +1,179 @@
+//! Scanning the source tree once: walk it honouring .gitignore/.ignore and excludes
+//! (always skipping `.git` and a top-level `.dp`), then hash every file in parallel.
+
+use crate::manifest::{is_clean_relative, Entry, Kind, Manifest};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+/// A problem with the source tree; nothing has been sent anywhere yet.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The source is not a readable directory.
+    #[error("source directory {0}: {1}")]
+    Source(String, std::io::Error),
+    /// An exclude glob does not parse.
+    #[error("invalid exclude {0:?}: {1}")]
+    Exclude(String, String),
+    /// Walking or reading failed.
+    #[error("{0}: {1}")]
+    Io(String, String),
+    /// A symlink points outside the tree (or is absolute).
+    #[error("symlink {path} points outside the source tree (-> {target})")]
+    SymlinkEscapes {
+        /// The link, relative to the source.
+        path: String,
+        /// Its target.
+        target: String,
+    },
+    /// A name that is not UTF-8, or a special file.
+    #[error("{0}: {1}")]
+    Unsupported(String, &'static str),
+}
+
+/// What to leave out.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Gitignore-style globs to exclude, on top of .gitignore/.ignore files.
+    pub excludes: Vec<String>,
+    /// Paths (relative to the source) left out because they are linked from `shared/`.
+    pub shared: Vec<String>,
+}
+
+/// Walks `src` and hashes every file, in parallel.
+pub fn scan(src: &Path, opts: &ScanOptions) -> Result<Manifest, ScanError> {
+    let meta = std::fs::metadata(src).map_err(|e| ScanError::Source(src.display().to_string(), e))?;
+    if !meta.is_dir() {
+        return Err(ScanError::Source(
+            src.display().to_string(),
+            std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        ));
+    }
+    let mut overrides = ignore::overrides::OverrideBuilder::new(src);
+    for glob in opts.excludes.iter().chain(opts.shared.iter()) {
+        let g = glob.trim_end_matches('/');
+        let anchored = if opts.shared.contains(glob) { format!("!/{g}") } else { format!("!{g}") };
+        overrides
+            .add(&anchored)
+            .map_err(|e| ScanError::Exclude(glob.clone(), e.to_string()))?;
+    }
+    let overrides = overrides
+        .build()
+        .map_err(|e| ScanError::Exclude(opts.excludes.join(" "), e.to_string()))?;
+    let root = src.to_path_buf();
+    let walker = ignore::WalkBuilder::new(src)
+        .hidden(false)
+        .parents(false)
+        .git_global(false)
+        .require_git(false)
+        .follow_links(false)
+        .overrides(overrides)
+        .filter_entry(move |e| {
+            let name = e.file_name();
+            !(name == ".git" || (name == ".dp" && e.path().parent() == Some(root.as_path())))
+        })
+        .build();
+
+    let mut files: Vec<(String, PathBuf, u32)> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
+    for item in walker {
+        let item = item.map_err(|e| ScanError::Io(src.display().to_string(), e.to_string()))?;
+        if item.depth() == 0 {
+            continue;
+        }
+        let full = item.path().to_path_buf();
+        let rel_path = full.strip_prefix(src).expect("walk stays under src");
+        let rel = rel_path
+            .to_str()
+            .ok_or_else(|| ScanError::Unsupported(full.display().to_string(), "file name is not UTF-8"))?
+            .to_string();
+        if !is_clean_relative(&rel) {
+            return Err(ScanError::Unsupported(rel, "unusual path"));
+        }
+        let meta = std::fs::symlink_metadata(&full).map_err(|e| ScanError::Io(rel.clone(), e.to_string()))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            entries.push(Entry { path: rel, mode, kind: Kind::Dir });
+        } else if ft.is_file() {
+            files.push((rel, full, mode));
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&full).map_err(|e| ScanError::Io(rel.clone(), e.to_string()))?;
+            let target_str = target
+                .to_str()
+                .ok_or_else(|| ScanError::Unsupported(rel.clone(), "symlink target is not UTF-8"))?
+                .to_string();
+            if !stays_inside(rel_path, &target) {
+                return Err(ScanError::SymlinkEscapes { path: rel, target: target_str });
+            }
+            entries.push(Entry { path: rel, mode: 0o777, kind: Kind::Symlink { target: target_str } });
+        } else {
+            return Err(ScanError::Unsupported(rel, "not a regular file, directory or symlink"));
+        }
+    }
+    let hashed: Result<Vec<Entry>, ScanError> = files
+        .into_par_iter()
+        .map(|(rel, full, mode)| {
+            let (size, sha256) = hash_file(&full).map_err(|e| ScanError::Io(rel.clone(), e.to_string()))?;
+            Ok(Entry { path: rel, mode, kind: Kind::File { size, sha256 } })
+        })
+        .collect();
+    entries.extend(hashed?);
+    Ok(Manifest::new(entries))
+}
+
+/// Size and SHA-256 of a file, streamed.
+pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// True when a link at `link` (relative to the tree) pointing at `target` resolves inside
+/// the tree, judged on the names alone.
+fn stays_inside(link: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth: i64 = link.components().count() as i64 - 1;
+    for c in target.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            _ => return false,
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stays_inside;
+    use std::path::Path;
+
+    #[test]
+    fn symlink_containment() {
+        assert!(stays_inside(Path::new("a/link"), Path::new("../b")));
+        assert!(stays_inside(Path::new("link"), Path::new("a/b")));
+        assert!(!stays_inside(Path::new("link"), Path::new("../x")));
+        assert!(!stays_inside(Path::new("a/link"), Path::new("../../x")));
+        assert!(!stays_inside(Path::new("a/link"), Path::new("/etc/passwd")));
+        assert!(!stays_inside(Path::new("a/link"), Path::new("b/../../../x")));
+    }
+}
