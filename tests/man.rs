@@ -12,7 +12,10 @@ fn render(cmd: clap::Command) -> Vec<u8> {
 
 #[test]
 fn man_pages_are_current() {
-    let pages = [("dp-hosts.1", dp_cli::hosts::Args::command())];
+    let pages = [
+        ("dp-hosts.1", dp_cli::hosts::Args::command()),
+        ("dp-sync.1", dp_cli::sync::Args::command()),
+    ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
     let bless = std::env::var_os("DP_BLESS").is_some();
     for (name, cmd) in pages {

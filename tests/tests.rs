@@ -4,4 +4,5 @@ mod util;
 
 mod hosts;
 mod man;
+mod sync;
 mod transport;

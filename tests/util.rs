@@ -56,6 +56,7 @@ impl Dir {
 pub fn bin(name: &str) -> PathBuf {
     PathBuf::from(match name {
         "dp-hosts" => env!("CARGO_BIN_EXE_dp-hosts"),
+        "dp-sync" => env!("CARGO_BIN_EXE_dp-sync"),
         other => panic!("unknown binary {other}"),
     })
 }
@@ -255,9 +256,15 @@ impl SshHost {
 
     /// Stops this sshd and every session it serves (kills the whole connection tree).
     pub fn kill_all(&mut self) {
-        let _ = Command::new("pkill")
-            .args(["-f", &format!("{}/sshd_config", self.dir.display())])
-            .status();
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("sshd.pid")) {
+            if let Ok(pid) = pid.trim().parse::<u32>() {
+                for p in descendants(pid).into_iter().chain([pid]) {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &p.to_string()])
+                        .status();
+                }
+            }
+        }
         self.stop();
     }
 
@@ -312,7 +319,7 @@ impl SshHost {
                 &config,
                 format!(
                     "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_ed25519\n\
-                     PidFile {dir}/sshd.pid\nAuthorizedKeysFile {dir}/authorized_keys\n\
+                     PidFile none\nAuthorizedKeysFile {dir}/authorized_keys\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                      PubkeyAuthentication yes\nUsePAM no\nStrictModes no\nPermitRootLogin yes\n\
                      PrintMotd no\nMaxStartups 200\nMaxSessions 100\nLogLevel VERBOSE\n",
@@ -321,10 +328,11 @@ impl SshHost {
             )
             .unwrap();
             let script = format!(
-                "{sshd} -D -f {cfg} -E {log} & pid=$!; read _; kill $pid 2>/dev/null; wait $pid",
+                "{sshd} -D -f {cfg} -E {log} & pid=$!; echo $pid > {pidfile}; read _; kill $pid 2>/dev/null; wait $pid",
                 sshd = sshd_path().display(),
                 cfg = config.display(),
                 log = self.dir.join("sshd.log").display(),
+                pidfile = self.dir.join("sshd.pid").display(),
             );
             let mut child = Command::new("sh")
                 .args(["-c", &script])
@@ -352,6 +360,40 @@ impl Drop for SshHost {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Every process below `pid`, found through /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command name: state, ppid, ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|f| f.parse().ok()) {
+            parent_of.push((p, ppid));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parent_of
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 fn getuid_is_root() -> bool {
@@ -495,6 +537,13 @@ impl Fleet {
             user = self.user,
             hosts = hosts.join("\n"),
         )
+    }
+
+    /// A record for host `i` with deploy root `root`, as one JSON line.
+    pub fn record_line(&self, i: usize, root: &Path) -> String {
+        let mut r = self.record(i);
+        r.root = Some(root.display().to_string());
+        serde_json::to_string(&r).unwrap() + "\n"
     }
 
     /// A record for host `i` as dp-hosts would print it.

@@ -43,9 +43,17 @@ pub fn report_failures(tool: &str, step: &str, records: &[dp_core::Record]) {
 /// Prints the `warnings` a step left in each record's `steps.<step>`: `tool: host: warning`.
 pub fn report_warnings(tool: &str, step: &str, records: &[dp_core::Record]) {
     for r in records {
-        let warnings = r.steps.get(step).and_then(|s| s.get("warnings")).and_then(|w| w.as_array());
+        let warnings = r
+            .steps
+            .get(step)
+            .and_then(|s| s.get("warnings"))
+            .and_then(|w| w.as_array());
         for w in warnings.into_iter().flatten() {
-            eprintln!("{tool}: {}: warning: {}", r.host, w.as_str().unwrap_or_default());
+            eprintln!(
+                "{tool}: {}: warning: {}",
+                r.host,
+                w.as_str().unwrap_or_default()
+            );
         }
     }
 }

@@ -41,6 +41,9 @@ pub struct Args {
     /// Recompute every file's SHA-256 on the host (sha256sum) before marking it complete.
     #[arg(long)]
     pub verify: bool,
+    /// Do not use the local manifest cache (the host then sends its manifest back).
+    #[arg(long)]
+    pub no_cache: bool,
     /// Deploy lock lease, renewed by each later step, such as `15m`.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = dp_core::config::parse_duration)]
     pub lease: std::time::Duration,
@@ -59,18 +62,25 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         (None, Some(c)) => c.local_path(c.source.as_deref().unwrap_or(std::path::Path::new("."))),
         (None, None) => PathBuf::from("."),
     };
-    let mut excludes = config.as_ref().map(|c| c.exclude.clone()).unwrap_or_default();
+    let mut excludes = config
+        .as_ref()
+        .map(|c| c.exclude.clone())
+        .unwrap_or_default();
     excludes.extend(args.excludes.iter().cloned());
     let opts = SyncOptions {
         src,
         release: args.release.clone(),
         scan: ScanOptions {
             excludes,
-            shared: config.as_ref().map(|c| c.shared.clone()).unwrap_or_default(),
+            shared: config
+                .as_ref()
+                .map(|c| c.shared.clone())
+                .unwrap_or_default(),
         },
         jobs: usize::from(args.jobs),
         verify: args.verify,
         lease: args.lease,
+        cache: !args.no_cache,
     };
     let mut records = read_input("-")?;
     let prepared = dp_sync::prepare(&opts).context("cannot prepare the release")?;

@@ -121,7 +121,10 @@ if [ -f "$lock" ] && grep -q "\"release\":\"$(printf '%s' {release})\"" "$lock";
 
 /// The message for a lock held by someone else, from the lock line the script printed.
 pub fn held_message(stderr: &str) -> String {
-    let line = stderr.lines().rev().find(|l| l.trim_start().starts_with('{'));
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'));
     match line.and_then(|l| serde_json::from_str::<LockInfo>(l.trim()).ok()) {
         Some(info) => format!("deploy lock is held by {info}; wait, or remove it with `dp unlock`"),
         None => format!("deploy lock is held ({})", stderr.trim()),
@@ -130,7 +133,9 @@ pub fn held_message(stderr: &str) -> String {
 
 /// Parses the `lock taken-over <line>` output into a warning, if any.
 pub fn takeover_warning(stdout: &str) -> Option<String> {
-    let old = stdout.lines().find_map(|l| l.strip_prefix("lock taken-over "))?;
+    let old = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("lock taken-over "))?;
     Some(match serde_json::from_str::<LockInfo>(old) {
         Ok(info) => format!("took over an expired deploy lock ({info})"),
         Err(_) => format!("took over an expired deploy lock ({old})"),

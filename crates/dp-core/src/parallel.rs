@@ -48,7 +48,10 @@ impl Sessions {
             }
         };
         let pairs = records.iter_mut().zip(self.slots.iter_mut());
-        match rayon::ThreadPoolBuilder::new().num_threads(jobs.max(1)).build() {
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs.max(1))
+            .build()
+        {
             Ok(pool) => pool.install(|| {
                 pairs.collect::<Vec<_>>().into_par_iter().for_each(run_one);
             }),

@@ -6,6 +6,7 @@
 //! by hard-linking everything else from that base. A release only gets its final name
 //! once complete, so a half-synced release can never become `current`.
 
+pub mod cache;
 pub mod manifest;
 pub mod remote;
 pub mod scan;
@@ -42,6 +43,8 @@ pub struct SyncOptions {
     pub verify: bool,
     /// Deploy lock lease.
     pub lease: Duration,
+    /// Use the local manifest cache (see [`cache`]).
+    pub cache: bool,
 }
 
 /// A problem found before any host was touched.
@@ -63,8 +66,9 @@ pub struct Prepared {
     pub manifest: Manifest,
     /// The release id for every host.
     pub release: String,
-    manifest_text: String,
+    digest: String,
     sha256sums: String,
+    cache: cache::ManifestCache,
 }
 
 /// Scans the source and fixes the release id.
@@ -86,16 +90,27 @@ pub fn prepare(opts: &SyncOptions) -> Result<Prepared, SyncError> {
     };
     Ok(Prepared {
         src: opts.src.clone(),
-        manifest_text: manifest.to_text(),
-        sha256sums: manifest.sha256sums(),
+        digest: manifest.digest(),
+        sha256sums: if opts.verify {
+            manifest.sha256sums()
+        } else {
+            String::new()
+        },
         manifest,
         release,
+        cache: if opts.cache {
+            cache::ManifestCache::open_default()
+        } else {
+            cache::ManifestCache::disabled()
+        },
     })
 }
 
 /// `YYYYMMDDTHHMMSSZ-<first 8 hex of the manifest digest>`.
 pub fn release_id(now: SystemTime, manifest: &Manifest) -> String {
-    let stamp = humantime::format_rfc3339_seconds(now).to_string().replace(['-', ':'], "");
+    let stamp = humantime::format_rfc3339_seconds(now)
+        .to_string()
+        .replace(['-', ':'], "");
     format!("{stamp}-{}", &manifest.digest()[..8])
 }
 
@@ -130,7 +145,12 @@ pub struct SyncStats {
 }
 
 /// Syncs every record that has not failed, at most `opts.jobs` hosts at once.
-pub fn run(records: &mut [Record], sessions: &mut Sessions, prepared: &Prepared, opts: &SyncOptions) {
+pub fn run(
+    records: &mut [Record],
+    sessions: &mut Sessions,
+    prepared: &Prepared,
+    opts: &SyncOptions,
+) {
     sessions.run(records, opts.jobs, STEP, |conn, record| {
         let started = Instant::now();
         let mut stats = sync_host(conn, record, prepared, opts)?;
@@ -154,18 +174,26 @@ pub fn sync_host(
         entries: p.manifest.entries.len(),
         ..SyncStats::default()
     };
-    let script = remote::prepare(root, &p.release, opts.lease).map_err(|e| e.to_string())?;
+    let script = remote::prepare(root, &p.release, opts.lease, &p.cache.offer())
+        .map_err(|e| e.to_string())?;
     stats.bytes_sent += script.len() as u64;
     let out = conn.run(&script).map_err(|e| e.to_string())?;
     stats.bytes_received += (out.stdout.len() + out.status.stderr.len()) as u64;
     if out.status.code == Some(lock::HELD_STATUS) {
-        return Err(lock::held_message(&String::from_utf8_lossy(&out.status.stderr)));
+        return Err(lock::held_message(&String::from_utf8_lossy(
+            &out.status.stderr,
+        )));
     }
-    out.status.check("preparing the release").map_err(|e| e.to_string())?;
+    out.status
+        .check("preparing the release")
+        .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let (head, manifest_text) = text.split_once(remote::MANIFEST_MARK).unwrap_or((&text, ""));
+    let (head, manifest_text) = text
+        .split_once(remote::MANIFEST_MARK)
+        .unwrap_or((&text, ""));
     let manifest_text = manifest_text.strip_prefix('\n').unwrap_or(manifest_text);
     let mut base = None;
+    let mut digest = None;
     let mut self_complete = false;
     for line in head.lines() {
         if let Some(w) = lock::takeover_warning(line) {
@@ -174,15 +202,31 @@ pub fn sync_host(
             stats.current = Some(c.to_string()).filter(|c| !c.is_empty());
         } else if let Some(b) = line.strip_prefix("base ") {
             base = Some(b.to_string()).filter(|b| check_release_id(b).is_ok());
+        } else if let Some(d) = line.strip_prefix("digest ") {
+            digest = Some(d.to_string());
         } else if line == "self complete" {
             self_complete = true;
         } else if let Some(d) = line.strip_prefix("cleaned ") {
-            stats.warnings.push(format!("removed {d}, left by an interrupted sync"));
+            stats
+                .warnings
+                .push(format!("removed {d}, left by an interrupted sync"));
         }
     }
+    // The manifest the host reported: sent in full, or named by a digest we have cached.
+    let reported = |digest: &Option<String>| -> Option<Manifest> {
+        let digest = digest.as_deref()?;
+        if manifest_text.is_empty() {
+            return p.cache.get(digest);
+        }
+        let m = Manifest::parse(manifest_text)?;
+        (m.digest() == digest).then(|| {
+            p.cache.put(&m);
+            m
+        })
+    };
     if self_complete {
-        return match Manifest::parse(manifest_text) {
-            Some(m) if m == p.manifest => {
+        return match digest {
+            Some(d) if d == p.digest => {
                 stats.noop = true;
                 stats.linked = p.manifest.file_count();
                 Ok(stats)
@@ -193,12 +237,13 @@ pub fn sync_host(
             )),
         };
     }
-    let base_manifest = match base.as_deref().map(|_| Manifest::parse(manifest_text)) {
+    let base_manifest = match base.as_deref().map(|_| reported(&digest)) {
         Some(Some(m)) => m,
         Some(None) => {
-            stats
-                .warnings
-                .push(format!("manifest of {} unreadable: sending everything", base.unwrap_or_default()));
+            stats.warnings.push(format!(
+                "manifest of {} unreadable: sending everything",
+                base.unwrap_or_default()
+            ));
             base = None;
             Manifest::default()
         }
@@ -209,7 +254,34 @@ pub fn sync_host(
     stats.files_sent = diff.send.iter().filter(|e| e.is_file()).count();
     stats.linked = diff.linked;
     stats.removed = diff.remove.len();
-    let remove_list: Vec<u8> = diff.remove.iter().flat_map(|r| r.bytes().chain([0u8])).collect();
+    let remove_list: Vec<u8> = diff
+        .remove
+        .iter()
+        .flat_map(|r| r.bytes().chain([0u8]))
+        .collect();
+    // The host rebuilds the new manifest: base lines of changed or removed paths are
+    // dropped, lines of sent entries added (with the header when there is no base).
+    let sent_paths: std::collections::HashSet<&str> =
+        diff.send.iter().map(|e| e.path.as_str()).collect();
+    let removed: std::collections::HashSet<&str> = diff.remove.iter().map(String::as_str).collect();
+    let mut drop_lines = String::new();
+    for (e, line) in base_manifest.entries.iter().zip(base_manifest.lines()) {
+        if sent_paths.contains(e.path.as_str()) || removed.contains(e.path.as_str()) {
+            drop_lines.push_str(line);
+            drop_lines.push('\n');
+        }
+    }
+    let mut add_lines = String::new();
+    if base.is_none() {
+        add_lines.push_str(Manifest::header());
+        add_lines.push('\n');
+    }
+    for (e, line) in p.manifest.entries.iter().zip(p.manifest.lines()) {
+        if sent_paths.contains(e.path.as_str()) {
+            add_lines.push_str(line);
+            add_lines.push('\n');
+        }
+    }
 
     let plan = remote::BuildPlan {
         root,
@@ -217,16 +289,23 @@ pub fn sync_host(
         base: base.as_deref(),
         shared: &opts.scan.shared,
         verify: opts.verify,
+        digest: &p.digest,
     };
     let script = remote::build(&plan).map_err(|e| e.to_string())?;
     stats.bytes_sent += script.len() as u64;
-    let extra: [(&str, &[u8]); 3] = [
+    let mut extra: Vec<(&str, &[u8])> = vec![
         (".dp/remove", &remove_list),
-        (".dp/sha256sums", p.sha256sums.as_bytes()),
-        (".dp/manifest", p.manifest_text.as_bytes()),
+        (".dp/manifest.drop", drop_lines.as_bytes()),
+        (".dp/manifest.add", add_lines.as_bytes()),
     ];
+    if opts.verify {
+        extra.push((".dp/sha256sums", p.sha256sums.as_bytes()));
+    }
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
-    let mut counted = Counting { inner: reader, count: 0 };
+    let mut counted = Counting {
+        inner: reader,
+        count: 0,
+    };
     let mut stdout = Vec::new();
     let (status, sent, produced) = std::thread::scope(|s| {
         let producer = s.spawn(move || tarstream::write_tar(&p.src, &diff.send, &extra, writer));
@@ -247,7 +326,10 @@ pub fn sync_host(
             return Err(format!("reading the source: {e}"));
         }
     }
-    status.check("building the release").map_err(|e| e.to_string())?;
+    status
+        .check("building the release")
+        .map_err(|e| e.to_string())?;
+    p.cache.put(&p.manifest);
     Ok(stats)
 }
 

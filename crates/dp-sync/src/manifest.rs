@@ -64,53 +64,44 @@ struct Line {
 
 const HEADER: &str = "{\"dp_manifest\":1}";
 
-/// Every entry of a release, sorted by path.
+/// Every entry of a release, in canonical order: sorted by their manifest lines as bytes,
+/// which is what `LC_ALL=C sort` gives, so a host can rebuild a manifest from its base
+/// plus the lines that changed and get the same digest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Manifest {
-    /// Entries, sorted by path (parents before children).
+    /// Entries, in canonical order.
     pub entries: Vec<Entry>,
+    lines: Vec<String>,
 }
 
 impl Manifest {
-    /// Builds a manifest, sorting `entries`.
-    pub fn new(mut entries: Vec<Entry>) -> Manifest {
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
-        Manifest { entries }
+    /// Builds a manifest, putting `entries` in canonical order.
+    pub fn new(entries: Vec<Entry>) -> Manifest {
+        let mut pairs: Vec<(String, Entry)> =
+            entries.into_iter().map(|e| (line_of(&e), e)).collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        let (lines, entries) = pairs.into_iter().unzip();
+        Manifest { entries, lines }
+    }
+
+    /// The header line every manifest starts with.
+    pub fn header() -> &'static str {
+        HEADER
+    }
+
+    /// The entry lines, in order (without the header), one per entry.
+    pub fn lines(&self) -> &[String] {
+        &self.lines
     }
 
     /// The `.dp/manifest` text.
     pub fn to_text(&self) -> String {
-        let mut out = String::with_capacity(self.entries.len() * 100);
+        let mut out =
+            String::with_capacity(self.lines.iter().map(|l| l.len() + 1).sum::<usize>() + 20);
         out.push_str(HEADER);
         out.push('\n');
-        for e in &self.entries {
-            let line = match &e.kind {
-                Kind::File { size, sha256 } => Line {
-                    p: e.path.clone(),
-                    t: 'f',
-                    m: e.mode,
-                    s: Some(*size),
-                    h: Some(sha256.clone()),
-                    l: None,
-                },
-                Kind::Dir => Line {
-                    p: e.path.clone(),
-                    t: 'd',
-                    m: e.mode,
-                    s: None,
-                    h: None,
-                    l: None,
-                },
-                Kind::Symlink { target } => Line {
-                    p: e.path.clone(),
-                    t: 'l',
-                    m: e.mode,
-                    s: None,
-                    h: None,
-                    l: Some(target.clone()),
-                },
-            };
-            out.push_str(&serde_json::to_string(&line).expect("plain data"));
+        for line in &self.lines {
+            out.push_str(line);
             out.push('\n');
         }
         out
@@ -175,11 +166,31 @@ impl Manifest {
     }
 }
 
+/// The manifest line of one entry.
+fn line_of(e: &Entry) -> String {
+    let (t, s, h, l) = match &e.kind {
+        Kind::File { size, sha256 } => ('f', Some(*size), Some(sha256.clone()), None),
+        Kind::Dir => ('d', None, None, None),
+        Kind::Symlink { target } => ('l', None, None, Some(target.clone())),
+    };
+    let line = Line {
+        p: e.path.clone(),
+        t,
+        m: e.mode,
+        s,
+        h,
+        l,
+    };
+    serde_json::to_string(&line).expect("plain data")
+}
+
 /// True for a non-empty relative `/`-separated path without `.`, `..` or empty parts.
 pub fn is_clean_relative(path: &str) -> bool {
     !path.is_empty()
         && !path.starts_with('/')
-        && path.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
         && !path.contains('\0')
 }
 
@@ -212,7 +223,8 @@ pub fn diff<'a>(base: &Manifest, new: &'a Manifest) -> Diff<'a> {
             _ => d.send.push(e),
         }
     }
-    let new_paths: std::collections::HashSet<&str> = new.entries.iter().map(|e| e.path.as_str()).collect();
+    let new_paths: std::collections::HashSet<&str> =
+        new.entries.iter().map(|e| e.path.as_str()).collect();
     for o in &base.entries {
         if !new_paths.contains(o.path.as_str()) {
             d.remove.push(o.path.clone());
@@ -240,8 +252,16 @@ mod tests {
     fn text_round_trips() {
         let m = Manifest::new(vec![
             file("a\nb", "00"),
-            Entry { path: "d".into(), mode: 0o755, kind: Kind::Dir },
-            Entry { path: "l".into(), mode: 0o777, kind: Kind::Symlink { target: "d".into() } },
+            Entry {
+                path: "d".into(),
+                mode: 0o755,
+                kind: Kind::Dir,
+            },
+            Entry {
+                path: "l".into(),
+                mode: 0o777,
+                kind: Kind::Symlink { target: "d".into() },
+            },
         ]);
         assert_eq!(Manifest::parse(&m.to_text()), Some(m.clone()));
         assert!(m.sha256sums().starts_with("\\00  a\\nb\n"));
@@ -250,19 +270,31 @@ mod tests {
     #[test]
     fn hostile_manifests_are_refused() {
         for p in ["../etc", "/etc", "a/../../b", "a//b", ""] {
-            let text = format!("{HEADER}\n{{\"p\":{},\"t\":\"d\",\"m\":493}}\n", serde_json::to_string(p).unwrap());
+            let text = format!(
+                "{HEADER}\n{{\"p\":{},\"t\":\"d\",\"m\":493}}\n",
+                serde_json::to_string(p).unwrap()
+            );
             assert_eq!(Manifest::parse(&text), None, "{p}");
         }
     }
 
     #[test]
     fn diff_sends_changes_and_removes_gone_or_retyped() {
-        let base = Manifest::new(vec![file("same", "1"), file("changed", "1"), file("gone", "1"), file("x", "1")]);
+        let base = Manifest::new(vec![
+            file("same", "1"),
+            file("changed", "1"),
+            file("gone", "1"),
+            file("x", "1"),
+        ]);
         let new = Manifest::new(vec![
             file("same", "1"),
             file("changed", "2"),
             file("added", "3"),
-            Entry { path: "x".into(), mode: 0o755, kind: Kind::Dir },
+            Entry {
+                path: "x".into(),
+                mode: 0o755,
+                kind: Kind::Dir,
+            },
         ]);
         let d = diff(&base, &new);
         let sent: Vec<&str> = d.send.iter().map(|e| e.path.as_str()).collect();

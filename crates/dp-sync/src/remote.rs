@@ -17,12 +17,25 @@ use std::time::Duration;
 /// Marks the start of the manifest in [`prepare`]'s output.
 pub const MANIFEST_MARK: &str = "---dp-manifest---";
 
-/// Script 1: lock, clean, report base and manifest.
-pub fn prepare(root: &str, release: &str, lease: Duration) -> Result<String, QuoteError> {
+/// Script 1: lock, clean, report base and its manifest's digest, and the manifest itself
+/// unless its digest is one of `known` (manifests the caller has cached).
+pub fn prepare(
+    root: &str,
+    release: &str,
+    lease: Duration,
+    known: &[String],
+) -> Result<String, QuoteError> {
     let mut s = script_prelude(root)?;
     s.push_str(&dp_core::lock::acquire_script(release, lease)?);
     s.push_str(&format!(
         r#"rel={rel}
+known={known}
+dp_manifest() {{
+  d=$(sha256sum < "$1" | cut -d ' ' -f 1)
+  echo "digest $d"
+  echo "{mark}"
+  case " $known " in *" $d "*) ;; *) cat "$1" ;; esac
+}}
 for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
   [ -e "$d" ] || continue
   rm -rf "$d" && echo "cleaned ${{d##*/}}"
@@ -31,8 +44,7 @@ cur=$(readlink "$root/current" 2>/dev/null || true)
 echo "current ${{cur##*/}}"
 if [ -f "$releases/$rel/.dp/complete" ]; then
   echo "self complete"
-  echo "{mark}"
-  cat "$releases/$rel/.dp/manifest"
+  dp_manifest "$releases/$rel/.dp/manifest"
   exit 0
 fi
 if [ -e "$releases/$rel" ]; then
@@ -41,10 +53,10 @@ if [ -e "$releases/$rel" ]; then
 fi
 base=$(cd "$releases" && ls -1t -- */.dp/complete 2>/dev/null | head -n 1 | sed 's|/\.dp/complete$||')
 echo "base $base"
-echo "{mark}"
-if [ -n "$base" ]; then cat "$releases/$base/.dp/manifest" 2>/dev/null || true; fi
+if [ -n "$base" ] && [ -f "$releases/$base/.dp/manifest" ]; then dp_manifest "$releases/$base/.dp/manifest"; fi
 "#,
         rel = quote_str(release)?,
+        known = quote_str(&known.join(" "))?,
         mark = MANIFEST_MARK,
     ));
     Ok(s)
@@ -62,6 +74,9 @@ pub struct BuildPlan<'a> {
     pub shared: &'a [String],
     /// Check every file with sha256sum before marking complete.
     pub verify: bool,
+    /// SHA-256 of the new manifest, which the host rebuilds from the base's manifest,
+    /// `.dp/manifest.drop` (base lines to leave out) and `.dp/manifest.add` (lines to add).
+    pub digest: &'a str,
 }
 
 /// Script 2: build the release from the tar on stdin.
@@ -69,24 +84,37 @@ pub fn build(plan: &BuildPlan) -> Result<String, QuoteError> {
     let mut s = script_prelude(plan.root)?;
     s.push_str(&format!(
         r#"rel={rel}
+digest={digest}
 inc="$releases/.incoming-$rel"
 tmp="$releases/.tmp-$rel"
 rm -rf "$inc" "$tmp"
 mkdir -p "$inc"
 tar -x -p --no-same-owner -f - -C "$inc"
 "#,
-        rel = quote_str(plan.release)?
+        rel = quote_str(plan.release)?,
+        digest = quote_str(plan.digest)?,
     ));
     match plan.base {
         Some(base) => s.push_str(&format!(
-            "cp -al \"$releases\"/{} \"$tmp\"\nrm -rf \"$tmp/.dp\"\n",
-            quote_str(base)?
+            "cp -al \"$releases\"/{b} \"$tmp\"\nmv \"$tmp/.dp/manifest\" \"$inc/.dp/base\"\nrm -rf \"$tmp/.dp\"\n",
+            b = quote_str(base)?
         )),
         None => s.push_str("mkdir \"$tmp\"\n"),
     }
     s.push_str(
         r#"if [ -s "$inc/.dp/remove" ]; then (cd "$tmp" && xargs -0 rm -rf -- < "$inc/.dp/remove"); fi
-rm -f "$inc/.dp/remove"
+{
+  if [ -f "$inc/.dp/base" ]; then
+    grep -v -x -F -f "$inc/.dp/manifest.drop" "$inc/.dp/base" || [ $? -eq 1 ]
+  fi
+  cat "$inc/.dp/manifest.add"
+} | LC_ALL=C sort > "$inc/.dp/manifest"
+rm -f "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.dp/base"
+dp_digest=$(sha256sum < "$inc/.dp/manifest" | cut -d ' ' -f 1)
+if [ "$dp_digest" != "$digest" ]; then
+  echo "the manifest rebuilt on the host does not match (got $dp_digest)" >&2
+  exit 1
+fi
 cp -al --remove-destination "$inc/." "$tmp/"
 rm -rf "$inc"
 "#,

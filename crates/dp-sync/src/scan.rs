@@ -44,7 +44,8 @@ pub struct ScanOptions {
 
 /// Walks `src` and hashes every file, in parallel.
 pub fn scan(src: &Path, opts: &ScanOptions) -> Result<Manifest, ScanError> {
-    let meta = std::fs::metadata(src).map_err(|e| ScanError::Source(src.display().to_string(), e))?;
+    let meta =
+        std::fs::metadata(src).map_err(|e| ScanError::Source(src.display().to_string(), e))?;
     if !meta.is_dir() {
         return Err(ScanError::Source(
             src.display().to_string(),
@@ -54,7 +55,11 @@ pub fn scan(src: &Path, opts: &ScanOptions) -> Result<Manifest, ScanError> {
     let mut overrides = ignore::overrides::OverrideBuilder::new(src);
     for glob in opts.excludes.iter().chain(opts.shared.iter()) {
         let g = glob.trim_end_matches('/');
-        let anchored = if opts.shared.contains(glob) { format!("!/{g}") } else { format!("!{g}") };
+        let anchored = if opts.shared.contains(glob) {
+            format!("!/{g}")
+        } else {
+            format!("!{g}")
+        };
         overrides
             .add(&anchored)
             .map_err(|e| ScanError::Exclude(glob.clone(), e.to_string()))?;
@@ -87,37 +92,60 @@ pub fn scan(src: &Path, opts: &ScanOptions) -> Result<Manifest, ScanError> {
         let rel_path = full.strip_prefix(src).expect("walk stays under src");
         let rel = rel_path
             .to_str()
-            .ok_or_else(|| ScanError::Unsupported(full.display().to_string(), "file name is not UTF-8"))?
+            .ok_or_else(|| {
+                ScanError::Unsupported(full.display().to_string(), "file name is not UTF-8")
+            })?
             .to_string();
         if !is_clean_relative(&rel) {
             return Err(ScanError::Unsupported(rel, "unusual path"));
         }
-        let meta = std::fs::symlink_metadata(&full).map_err(|e| ScanError::Io(rel.clone(), e.to_string()))?;
+        let meta = std::fs::symlink_metadata(&full)
+            .map_err(|e| ScanError::Io(rel.clone(), e.to_string()))?;
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         if ft.is_dir() {
-            entries.push(Entry { path: rel, mode, kind: Kind::Dir });
+            entries.push(Entry {
+                path: rel,
+                mode,
+                kind: Kind::Dir,
+            });
         } else if ft.is_file() {
             files.push((rel, full, mode));
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&full).map_err(|e| ScanError::Io(rel.clone(), e.to_string()))?;
+            let target =
+                std::fs::read_link(&full).map_err(|e| ScanError::Io(rel.clone(), e.to_string()))?;
             let target_str = target
                 .to_str()
                 .ok_or_else(|| ScanError::Unsupported(rel.clone(), "symlink target is not UTF-8"))?
                 .to_string();
             if !stays_inside(rel_path, &target) {
-                return Err(ScanError::SymlinkEscapes { path: rel, target: target_str });
+                return Err(ScanError::SymlinkEscapes {
+                    path: rel,
+                    target: target_str,
+                });
             }
-            entries.push(Entry { path: rel, mode: 0o777, kind: Kind::Symlink { target: target_str } });
+            entries.push(Entry {
+                path: rel,
+                mode: 0o777,
+                kind: Kind::Symlink { target: target_str },
+            });
         } else {
-            return Err(ScanError::Unsupported(rel, "not a regular file, directory or symlink"));
+            return Err(ScanError::Unsupported(
+                rel,
+                "not a regular file, directory or symlink",
+            ));
         }
     }
     let hashed: Result<Vec<Entry>, ScanError> = files
         .into_par_iter()
         .map(|(rel, full, mode)| {
-            let (size, sha256) = hash_file(&full).map_err(|e| ScanError::Io(rel.clone(), e.to_string()))?;
-            Ok(Entry { path: rel, mode, kind: Kind::File { size, sha256 } })
+            let (size, sha256) =
+                hash_file(&full).map_err(|e| ScanError::Io(rel.clone(), e.to_string()))?;
+            Ok(Entry {
+                path: rel,
+                mode,
+                kind: Kind::File { size, sha256 },
+            })
         })
         .collect();
     entries.extend(hashed?);
@@ -174,6 +202,9 @@ mod tests {
         assert!(!stays_inside(Path::new("link"), Path::new("../x")));
         assert!(!stays_inside(Path::new("a/link"), Path::new("../../x")));
         assert!(!stays_inside(Path::new("a/link"), Path::new("/etc/passwd")));
-        assert!(!stays_inside(Path::new("a/link"), Path::new("b/../../../x")));
+        assert!(!stays_inside(
+            Path::new("a/link"),
+            Path::new("b/../../../x")
+        ));
     }
 }

@@ -7,7 +7,12 @@ use std::path::Path;
 use tar::{EntryType, Header};
 
 /// Writes a tar of `entries` (read from `src`) and then `extra` (name, bytes) to `out`.
-pub fn write_tar(src: &Path, entries: &[&Entry], extra: &[(&str, &[u8])], out: impl Write) -> io::Result<()> {
+pub fn write_tar(
+    src: &Path,
+    entries: &[&Entry],
+    extra: &[(&str, &[u8])],
+    out: impl Write,
+) -> io::Result<()> {
     let mut tar = tar::Builder::new(out);
     for e in entries {
         let mut h = Header::new_gnu();
@@ -47,7 +52,11 @@ pub fn write_tar(src: &Path, entries: &[&Entry], extra: &[(&str, &[u8])], out: i
                         .map(|d| d.as_secs())
                         .unwrap_or(0),
                 );
-                tar.append_data(&mut h, &e.path, io::BufReader::with_capacity(256 * 1024, file))?;
+                tar.append_data(
+                    &mut h,
+                    &e.path,
+                    io::BufReader::with_capacity(256 * 1024, file),
+                )?;
             }
         }
     }

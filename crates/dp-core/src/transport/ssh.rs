@@ -148,7 +148,7 @@ impl SshTransport {
         tail: &mut TailBuffer,
     ) -> Result<(), TransportError> {
         let lost = |e: io::Error| TransportError::Io {
-            what: "connection".into(),
+            what: "connection lost".into(),
             source: e,
         };
         let mut inbuf = vec![0u8; 64 * 1024];
