@@ -204,7 +204,16 @@ fn a_second_deploy_sends_only_what_changed() {
         .map(|r| snapshot(&r.join("releases/r1")))
         .collect();
 
-    let changed = vec![b'z'; 50_000];
+    // Incompressible, so the bytes on the wire show the whole file went (and only it).
+    let mut x = 0x2545F4914F6CDD1Du64;
+    let changed: Vec<u8> = (0..50_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
     std::fs::write(src.join("static/big.bin"), &changed).unwrap();
     let out = run("r2");
     out.code(0);
@@ -213,6 +222,7 @@ fn a_second_deploy_sends_only_what_changed() {
         let s = &r.steps["sync"];
         assert_eq!(s["base"], "r1");
         assert_eq!(s["files_sent"], 1, "{s}");
+        assert_eq!(s["gzip"], true, "small uploads are compressed: {s}");
         assert_eq!(s["linked"], files - 1);
         let sent = s["bytes_sent"].as_u64().unwrap();
         assert!(

@@ -41,9 +41,13 @@ pub struct Args {
     /// Recompute every file's SHA-256 on the host (sha256sum) before marking it complete.
     #[arg(long)]
     pub verify: bool,
-    /// Do not use the local manifest cache (the host then sends its manifest back).
+    /// Do not use the local caches (manifests by digest, file hashes by stat): the host
+    /// then sends its manifest back and every file is hashed.
     #[arg(long)]
     pub no_cache: bool,
+    /// Never compress the upload (by default small uploads are gzip-compressed).
+    #[arg(long)]
+    pub no_compress: bool,
     /// Deploy lock lease, renewed by each later step, such as `15m`.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = dp_core::config::parse_duration)]
     pub lease: std::time::Duration,
@@ -76,15 +80,17 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 .as_ref()
                 .map(|c| c.shared.clone())
                 .unwrap_or_default(),
+            hash_cache: None,
         },
         jobs: usize::from(args.jobs),
         verify: args.verify,
         lease: args.lease,
         cache: !args.no_cache,
+        compress: !args.no_compress,
     };
     let mut records = read_input("-")?;
-    let prepared = dp_sync::prepare(&opts).context("cannot prepare the release")?;
-    dp_sync::run(&mut records, &mut Sessions::new(), &prepared, &opts);
+    dp_sync::scan_and_run(&mut records, &mut Sessions::new(), &opts)
+        .context("cannot prepare the release")?;
     crate::report_failures("dp-sync", dp_sync::STEP, &records);
     crate::report_warnings("dp-sync", dp_sync::STEP, &records);
     write_output(&records)?;

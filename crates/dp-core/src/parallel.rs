@@ -17,6 +17,12 @@ impl Sessions {
         Sessions::default()
     }
 
+    /// Opens a session to every host that has not failed and has none yet (a host that
+    /// cannot be reached gets `error` set for `step`).
+    pub fn connect(&mut self, records: &mut [Record], jobs: usize, step: &str) {
+        self.run(records, jobs, step, |_, _| Ok(()));
+    }
+
     /// Runs `work` for every record that has not failed, at most `jobs` at once, with an
     /// open session to its host. A host that cannot be reached, or whose `work` returns
     /// an error, gets `error` set for `step`; no record is dropped, order is kept.

@@ -2,8 +2,8 @@
 //! read the base release's manifest back from every host: the host only says which
 //! manifest it has (its SHA-256), and the text comes from here.
 //!
-//! Location: `$DP_CACHE_DIR`, else `$XDG_CACHE_HOME/dp/manifests`, else
-//! `~/.cache/dp/manifests`. Entries are written atomically and checked against their name
+//! Location: `manifests/` under [`cache_root`]: `$DP_CACHE_DIR`, else `$XDG_CACHE_HOME/dp`,
+//! else `~/.cache/dp`. Entries are written atomically and checked against their name
 //! when read; only the newest [`KEEP`] are kept. A missing or unwritable cache only costs
 //! bytes on the wire.
 
@@ -15,6 +15,15 @@ pub const KEEP: usize = 32;
 
 /// How many digests to offer a host.
 pub const OFFER: usize = 8;
+
+/// dp's local cache directory: `$DP_CACHE_DIR`, else `$XDG_CACHE_HOME/dp`, else
+/// `~/.cache/dp`.
+pub fn cache_root() -> Option<PathBuf> {
+    std::env::var_os("DP_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("dp")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/dp")))
+}
 
 /// The manifest cache.
 #[derive(Debug, Clone)]

@@ -25,6 +25,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 pub use scan::{ScanError, ScanOptions};
 
+/// Payloads up to this many bytes are compressed with gzip level 6.
+pub const GZIP_BEST_BELOW: u64 = 2 << 20;
+/// Payloads up to this many bytes are compressed with gzip level 1; larger ones are not.
+pub const GZIP_FAST_BELOW: u64 = 16 << 20;
+
 /// The step name in records.
 pub const STEP: &str = "sync";
 
@@ -43,8 +48,10 @@ pub struct SyncOptions {
     pub verify: bool,
     /// Deploy lock lease.
     pub lease: Duration,
-    /// Use the local manifest cache (see [`cache`]).
+    /// Use the local caches (see [`cache`] and [`scan::HashCache`]).
     pub cache: bool,
+    /// Compress small payloads with gzip when the host has it.
+    pub compress: bool,
 }
 
 /// A problem found before any host was touched.
@@ -60,6 +67,8 @@ pub enum SyncError {
 
 /// The scanned source, ready to be sent to any number of hosts.
 pub struct Prepared {
+    /// Milliseconds the scan took (once, for all hosts).
+    pub scan_ms: u64,
     /// Source directory.
     pub src: PathBuf,
     /// Its manifest.
@@ -83,12 +92,28 @@ pub fn prepare(opts: &SyncOptions) -> Result<Prepared, SyncError> {
     if let Some(id) = &opts.release {
         check_release_id(id).map_err(SyncError::Invalid)?;
     }
-    let manifest = scan::scan(&opts.src, &opts.scan)?;
+    let started = Instant::now();
+    let cache = if opts.cache {
+        cache::ManifestCache::open_default()
+    } else {
+        cache::ManifestCache::disabled()
+    };
+    let mut scan_opts = opts.scan.clone();
+    if scan_opts.hash_cache.is_none() {
+        scan_opts.hash_cache = opts
+            .cache
+            .then(cache::cache_root)
+            .flatten()
+            .map(|d| d.join("hashes"));
+    }
+    let manifest = scan::scan(&opts.src, &scan_opts)?;
+    let scan_ms = started.elapsed().as_millis() as u64;
     let release = match &opts.release {
         Some(id) => id.clone(),
         None => release_id(SystemTime::now(), &manifest),
     };
     Ok(Prepared {
+        scan_ms,
         src: opts.src.clone(),
         digest: manifest.digest(),
         sha256sums: if opts.verify {
@@ -98,11 +123,7 @@ pub fn prepare(opts: &SyncOptions) -> Result<Prepared, SyncError> {
         },
         manifest,
         release,
-        cache: if opts.cache {
-            cache::ManifestCache::open_default()
-        } else {
-            cache::ManifestCache::disabled()
-        },
+        cache,
     })
 }
 
@@ -137,11 +158,31 @@ pub struct SyncStats {
     pub bytes_received: u64,
     /// The release was already complete with the same content: nothing was done.
     pub noop: bool,
+    /// The upload was gzip-compressed.
+    pub gzip: bool,
     /// Things the user should know (an expired lock taken over, leftovers cleaned).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// Milliseconds on this host.
     pub ms: u64,
+    /// Milliseconds scanning and hashing the source (once for all hosts).
+    pub scan_ms: u64,
+}
+
+/// Scans the source while connecting to the hosts, then syncs them: the whole step.
+pub fn scan_and_run(
+    records: &mut [Record],
+    sessions: &mut Sessions,
+    opts: &SyncOptions,
+) -> Result<Prepared, SyncError> {
+    let prepared = std::thread::scope(|s| {
+        let scan = s.spawn(|| prepare(opts));
+        sessions.connect(records, opts.jobs, STEP);
+        scan.join()
+            .unwrap_or_else(|_| Err(SyncError::Invalid("the scan panicked".into())))
+    })?;
+    run(records, sessions, &prepared, opts);
+    Ok(prepared)
 }
 
 /// Syncs every record that has not failed, at most `opts.jobs` hosts at once.
@@ -155,6 +196,7 @@ pub fn run(
         let started = Instant::now();
         let mut stats = sync_host(conn, record, prepared, opts)?;
         stats.ms = started.elapsed().as_millis() as u64;
+        stats.scan_ms = prepared.scan_ms;
         record.release = Some(prepared.release.clone());
         record.set_step(STEP, stats);
         Ok(())
@@ -195,6 +237,7 @@ pub fn sync_host(
     let mut base = None;
     let mut digest = None;
     let mut self_complete = false;
+    let mut has_gzip = false;
     for line in head.lines() {
         if let Some(w) = lock::takeover_warning(line) {
             stats.warnings.push(w);
@@ -204,6 +247,8 @@ pub fn sync_host(
             base = Some(b.to_string()).filter(|b| check_release_id(b).is_ok());
         } else if let Some(d) = line.strip_prefix("digest ") {
             digest = Some(d.to_string());
+        } else if line == "has gzip" {
+            has_gzip = true;
         } else if line == "self complete" {
             self_complete = true;
         } else if let Some(d) = line.strip_prefix("cleaned ") {
@@ -290,9 +335,31 @@ pub fn sync_host(
         shared: &opts.scan.shared,
         verify: opts.verify,
         digest: &p.digest,
+        gzip: false,
+    };
+    // Small payloads (most redeploys) are compressed: cheap for the CPU, and text
+    // shrinks three- to four-fold. Large ones go as they are: there the CPU is the limit.
+    let payload: u64 = diff
+        .send
+        .iter()
+        .map(|e| match e.kind {
+            manifest::Kind::File { size, .. } => size + 512,
+            _ => 512,
+        })
+        .sum();
+    let level = match payload {
+        _ if !has_gzip || !opts.compress => None,
+        0..=GZIP_BEST_BELOW => Some(6),
+        ..=GZIP_FAST_BELOW => Some(1),
+        _ => None,
+    };
+    let plan = remote::BuildPlan {
+        gzip: level.is_some(),
+        ..plan
     };
     let script = remote::build(&plan).map_err(|e| e.to_string())?;
     stats.bytes_sent += script.len() as u64;
+    stats.gzip = plan.gzip;
     let mut extra: Vec<(&str, &[u8])> = vec![
         (".dp/remove", &remove_list),
         (".dp/manifest.drop", drop_lines.as_bytes()),
@@ -308,7 +375,15 @@ pub fn sync_host(
     };
     let mut stdout = Vec::new();
     let (status, sent, produced) = std::thread::scope(|s| {
-        let producer = s.spawn(move || tarstream::write_tar(&p.src, &diff.send, &extra, writer));
+        let producer = s.spawn(move || match level {
+            Some(level) => {
+                let gz = flate2::write::GzEncoder::new(writer, flate2::Compression::new(level));
+                tarstream::write_tar(&p.src, &diff.send, &extra, gz)?
+                    .finish()
+                    .map(drop)
+            }
+            None => tarstream::write_tar(&p.src, &diff.send, &extra, writer).map(drop),
+        });
         let status = conn.exec(&script, Some(&mut counted), &mut stdout);
         let sent = counted.count;
         // Closing the read end stops the producer if the host stopped reading early.

@@ -40,6 +40,7 @@ for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
   [ -e "$d" ] || continue
   rm -rf "$d" && echo "cleaned ${{d##*/}}"
 done
+if command -v gzip >/dev/null 2>&1; then echo "has gzip"; fi
 cur=$(readlink "$root/current" 2>/dev/null || true)
 echo "current ${{cur##*/}}"
 if [ -f "$releases/$rel/.dp/complete" ]; then
@@ -74,6 +75,8 @@ pub struct BuildPlan<'a> {
     pub shared: &'a [String],
     /// Check every file with sha256sum before marking complete.
     pub verify: bool,
+    /// The tar stream is gzip-compressed.
+    pub gzip: bool,
     /// SHA-256 of the new manifest, which the host rebuilds from the base's manifest,
     /// `.dp/manifest.drop` (base lines to leave out) and `.dp/manifest.add` (lines to add).
     pub digest: &'a str,
@@ -89,36 +92,50 @@ inc="$releases/.incoming-$rel"
 tmp="$releases/.tmp-$rel"
 rm -rf "$inc" "$tmp"
 mkdir -p "$inc"
-tar -x -p --no-same-owner -f - -C "$inc"
+tar -x {z}-p --no-same-owner -f - -C "$inc"
 "#,
         rel = quote_str(plan.release)?,
         digest = quote_str(plan.digest)?,
+        z = if plan.gzip { "-z " } else { "" },
     ));
     match plan.base {
         Some(base) => s.push_str(&format!(
-            "cp -al \"$releases\"/{b} \"$tmp\"\nmv \"$tmp/.dp/manifest\" \"$inc/.dp/base\"\nrm -rf \"$tmp/.dp\"\n",
+            r#"cp -al "$releases"/{b} "$tmp"
+mv "$tmp/.dp/manifest" "$inc/.dp/base"
+rm -rf "$tmp/.dp"
+if [ -s "$inc/.dp/remove" ]; then (cd "$tmp" && xargs -0 rm -rf -- < "$inc/.dp/remove"); fi
+if [ -s "$inc/.dp/manifest.drop" ] || [ -s "$inc/.dp/manifest.add" ]; then
+  {{
+    grep -v -x -F -f "$inc/.dp/manifest.drop" "$inc/.dp/base" || [ $? -eq 1 ]
+    cat "$inc/.dp/manifest.add"
+  }} | LC_ALL=C sort > "$inc/.dp/manifest"
+else
+  mv "$inc/.dp/base" "$inc/.dp/manifest"
+fi
+rm -f "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.dp/base"
+"#,
             b = quote_str(base)?
         )),
-        None => s.push_str("mkdir \"$tmp\"\n"),
+        None => s.push_str(
+            r#"LC_ALL=C sort "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
+rm -f "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add"
+"#,
+        ),
     }
     s.push_str(
-        r#"if [ -s "$inc/.dp/remove" ]; then (cd "$tmp" && xargs -0 rm -rf -- < "$inc/.dp/remove"); fi
-{
-  if [ -f "$inc/.dp/base" ]; then
-    grep -v -x -F -f "$inc/.dp/manifest.drop" "$inc/.dp/base" || [ $? -eq 1 ]
-  fi
-  cat "$inc/.dp/manifest.add"
-} | LC_ALL=C sort > "$inc/.dp/manifest"
-rm -f "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.dp/base"
-dp_digest=$(sha256sum < "$inc/.dp/manifest" | cut -d ' ' -f 1)
+        r#"dp_digest=$(sha256sum < "$inc/.dp/manifest" | cut -d ' ' -f 1)
 if [ "$dp_digest" != "$digest" ]; then
   echo "the manifest rebuilt on the host does not match (got $dp_digest)" >&2
   exit 1
 fi
-cp -al --remove-destination "$inc/." "$tmp/"
-rm -rf "$inc"
 "#,
     );
+    match plan.base {
+        Some(_) => {
+            s.push_str("cp -al --remove-destination \"$inc/.\" \"$tmp/\"\nrm -rf \"$inc\"\n")
+        }
+        None => s.push_str("mv \"$inc\" \"$tmp\"\n"),
+    }
     for path in plan.shared {
         let dir = path.ends_with('/');
         let rel = path.trim_end_matches('/');

@@ -40,6 +40,103 @@ pub struct ScanOptions {
     pub excludes: Vec<String>,
     /// Paths (relative to the source) left out because they are linked from `shared/`.
     pub shared: Vec<String>,
+    /// Directory for the hash cache (see [`HashCache`]); `None` hashes every file.
+    pub hash_cache: Option<PathBuf>,
+}
+
+/// What identifies a file's content without reading it: size, mtime, ctime, inode.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stamp {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            size: m.len(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
+            ino: m.ino(),
+        }
+    }
+}
+
+/// Hashes of the last scan of a source directory, reused for files whose [`Stamp`] has
+/// not changed, as git's index does. A file modified within a second of the cache being
+/// written could keep its stamp, so such "racy" entries are never trusted and are hashed
+/// again. Stored as `scan-<digest of the source path>` in the cache directory.
+pub struct HashCache {
+    written_ns: i128,
+    entries: std::collections::HashMap<String, (Stamp, String)>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheLine {
+    p: String,
+    s: Stamp,
+    h: String,
+}
+
+impl HashCache {
+    fn file(dir: &Path, src: &Path) -> PathBuf {
+        let abs = std::fs::canonicalize(src).unwrap_or_else(|_| src.to_path_buf());
+        let key = hex::encode(Sha256::digest(abs.as_os_str().as_encoded_bytes()));
+        dir.join(format!("scan-{}", &key[..32]))
+    }
+
+    /// Loads the cache for `src` (empty when missing or unreadable).
+    pub fn load(dir: &Path, src: &Path) -> HashCache {
+        let mut cache = HashCache {
+            written_ns: 0,
+            entries: Default::default(),
+        };
+        let Ok(text) = std::fs::read_to_string(Self::file(dir, src)) else {
+            return cache;
+        };
+        let mut lines = text.lines();
+        cache.written_ns = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+        for line in lines {
+            if let Ok(l) = serde_json::from_str::<CacheLine>(line) {
+                cache.entries.insert(l.p, (l.s, l.h));
+            }
+        }
+        cache
+    }
+
+    fn get(&self, path: &str, stamp: &Stamp) -> Option<String> {
+        let (known, hash) = self.entries.get(path)?;
+        let racy = stamp.mtime_ns >= self.written_ns - 1_000_000_000
+            || stamp.ctime_ns >= self.written_ns - 1_000_000_000;
+        (known == stamp && !racy).then(|| hash.clone())
+    }
+
+    fn save(&self, dir: &Path, src: &Path, files: &[(Entry, Option<Stamp>)]) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        let mut out = format!("{now}\n");
+        for (e, stamp) in files {
+            if let (Kind::File { sha256, .. }, Some(s)) = (&e.kind, stamp) {
+                let line = CacheLine {
+                    p: e.path.clone(),
+                    s: s.clone(),
+                    h: sha256.clone(),
+                };
+                out.push_str(&serde_json::to_string(&line).unwrap_or_default());
+                out.push('\n');
+            }
+        }
+        let path = Self::file(dir, src);
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::create_dir_all(dir).is_ok() && std::fs::write(&tmp, out).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
 }
 
 /// Walks `src` and hashes every file, in parallel.
@@ -136,19 +233,37 @@ pub fn scan(src: &Path, opts: &ScanOptions) -> Result<Manifest, ScanError> {
             ));
         }
     }
-    let hashed: Result<Vec<Entry>, ScanError> = files
+    let cache = opts
+        .hash_cache
+        .as_ref()
+        .map(|dir| HashCache::load(dir, src));
+    let hashed: Result<Vec<(Entry, Option<Stamp>)>, ScanError> = files
         .into_par_iter()
         .map(|(rel, full, mode)| {
-            let (size, sha256) =
-                hash_file(&full).map_err(|e| ScanError::Io(rel.clone(), e.to_string()))?;
-            Ok(Entry {
-                path: rel,
-                mode,
-                kind: Kind::File { size, sha256 },
-            })
+            let io = |e: std::io::Error| ScanError::Io(rel.clone(), e.to_string());
+            let stamp = std::fs::metadata(&full)
+                .map(|m| Stamp::of(&m))
+                .map_err(io)?;
+            let known = cache.as_ref().and_then(|c| c.get(&rel, &stamp));
+            let (size, sha256) = match known {
+                Some(hash) => (stamp.size, hash),
+                None => hash_file(&full).map_err(io)?,
+            };
+            Ok((
+                Entry {
+                    path: rel,
+                    mode,
+                    kind: Kind::File { size, sha256 },
+                },
+                Some(stamp),
+            ))
         })
         .collect();
-    entries.extend(hashed?);
+    let hashed = hashed?;
+    if let (Some(dir), Some(cache)) = (&opts.hash_cache, cache) {
+        cache.save(dir, src, &hashed);
+    }
+    entries.extend(hashed.into_iter().map(|(e, _)| e));
     Ok(Manifest::new(entries))
 }
 

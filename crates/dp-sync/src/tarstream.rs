@@ -6,13 +6,14 @@ use std::io::{self, Write};
 use std::path::Path;
 use tar::{EntryType, Header};
 
-/// Writes a tar of `entries` (read from `src`) and then `extra` (name, bytes) to `out`.
-pub fn write_tar(
+/// Writes a tar of `entries` (read from `src`) and then `extra` (name, bytes) to `out`,
+/// and gives `out` back.
+pub fn write_tar<W: Write>(
     src: &Path,
     entries: &[&Entry],
     extra: &[(&str, &[u8])],
-    out: impl Write,
-) -> io::Result<()> {
+    out: W,
+) -> io::Result<W> {
     let mut tar = tar::Builder::new(out);
     for e in entries {
         let mut h = Header::new_gnu();
@@ -68,5 +69,7 @@ pub fn write_tar(
         h.set_mtime(0);
         tar.append_data(&mut h, name, *bytes)?;
     }
-    tar.into_inner()?.flush()
+    let mut out = tar.into_inner()?;
+    out.flush()?;
+    Ok(out)
 }
