@@ -347,11 +347,12 @@ pub fn sync_host(
             _ => 512,
         })
         .sum();
-    let level = match payload {
-        _ if !has_gzip || !opts.compress => None,
-        0..=GZIP_BEST_BELOW => Some(6),
-        ..=GZIP_FAST_BELOW => Some(1),
-        _ => None,
+    let level = if !has_gzip || !opts.compress || payload > GZIP_FAST_BELOW {
+        None
+    } else if payload > GZIP_BEST_BELOW {
+        Some(1)
+    } else {
+        Some(6)
     };
     let plan = remote::BuildPlan {
         gzip: level.is_some(),
