@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs what the tests need when it is missing (Debian/Ubuntu, apt-get), so that
-# `make test` works on a fresh machine: OpenSSH server and client, and the OpenSSL
-# headers libssh2 builds against.
+# `make test` works on a fresh machine: OpenSSH server and client, the OpenSSL headers
+# libssh2 builds against, Python (venv, pip) and Node.js (npm) for dependency tests.
 set -eu
 
 need=""
@@ -11,6 +11,10 @@ command -v ssh >/dev/null 2>&1 || need="$need openssh-client"
 [ -f /usr/include/openssl/ssl.h ] || need="$need libssl-dev"
 command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
 command -v cc >/dev/null 2>&1 || need="$need gcc"
+# dp-deps tests: a Python with venv and pip, and Node.js with npm.
+command -v python3 >/dev/null 2>&1 || need="$need python3"
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need="$need python3-venv"
+command -v npm >/dev/null 2>&1 || need="$need nodejs npm"
 
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -15,6 +15,7 @@ fn man_pages_are_current() {
     let pages = [
         ("dp-hosts.1", dp_cli::hosts::Args::command()),
         ("dp-sync.1", dp_cli::sync::Args::command()),
+        ("dp-deps.1", dp_cli::deps::Args::command()),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
     let bless = std::env::var_os("DP_BLESS").is_some();

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod deps;
 mod hosts;
 mod man;
 mod sync;

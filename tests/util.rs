@@ -57,6 +57,7 @@ pub fn bin(name: &str) -> PathBuf {
     PathBuf::from(match name {
         "dp-hosts" => env!("CARGO_BIN_EXE_dp-hosts"),
         "dp-sync" => env!("CARGO_BIN_EXE_dp-sync"),
+        "dp-deps" => env!("CARGO_BIN_EXE_dp-deps"),
         other => panic!("unknown binary {other}"),
     })
 }
@@ -112,7 +113,9 @@ impl TestCommand {
             .env_remove("SSH_AUTH_SOCK")
             .env_remove("DP_CONFIG")
             .env_remove("DP_STAGE")
-            .env_remove("DP_HOST_KEY_POLICY");
+            .env_remove("DP_HOST_KEY_POLICY")
+            // Tests that install packages mean "offline, from this directory" only.
+            .env_remove("PIP_FIND_LINKS");
         TestCommand {
             cmd,
             stdin: None,

@@ -97,6 +97,9 @@ pub struct Config {
     /// How long to wait for a TCP connection and the SSH handshake.
     #[serde(default, deserialize_with = "duration::option")]
     pub connect_timeout: Option<Duration>,
+    /// How dependencies are installed (`[deps]`).
+    #[serde(default)]
+    pub deps: Option<DepsConfig>,
     /// Stages by name.
     #[serde(default)]
     pub stages: BTreeMap<String, Spanned<Stage>>,
@@ -106,6 +109,33 @@ pub struct Config {
     /// The config file's path, for messages.
     #[serde(skip)]
     pub path: String,
+}
+
+/// `[deps]`: how each release gets its dependencies.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DepsConfig {
+    /// `pip`, `npm`, `command` or `auto` (pip when requirements.txt exists, else npm when
+    /// package-lock.json exists, else nothing).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Files (relative to the release) whose contents key the environment.
+    #[serde(default)]
+    pub lockfiles: Vec<String>,
+    /// Extra `pip install` arguments, such as `["--no-index", "--find-links", "wheels"]`
+    /// (relative paths are relative to the release).
+    #[serde(default)]
+    pub pip_args: Vec<String>,
+    /// The Python interpreter on the hosts (default `python3`).
+    #[serde(default)]
+    pub python: Option<String>,
+    /// For `kind = "command"`: the build command, run in the release with
+    /// `$DP_DEPS_DIR` set to the environment directory.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// For `kind = "command"`: where the environment is linked inside the release.
+    #[serde(default)]
+    pub link: Option<String>,
 }
 
 /// A stage: defaults for its hosts, and the hosts.

@@ -1,0 +1,104 @@
+//! `dp-deps`: make each host's release dependencies ready, reusing unchanged ones.
+
+use crate::io::{read_input, write_output};
+use crate::sync::load_optional_config;
+use clap::Parser;
+use dp_core::parallel::Sessions;
+use dp_core::Exit;
+use dp_deps::{DepsOptions, Kind};
+use std::path::PathBuf;
+
+/// Make the dependencies of each record's release ready on its host.
+///
+/// The environment is keyed by the lockfiles' contents, the kind and its options, and the
+/// interpreter version on that host. When `<root>/.dp/deps/<key>/` is complete it is
+/// linked into the release in one round trip (`.venv` for pip, `node_modules` for npm);
+/// otherwise it is built there (python3 -m venv + pip install -r, npm ci, or a command)
+/// under a per-key build lock and marked complete only on success. Each record leaves
+/// with `steps.deps` (kind, key, cache hit or built, ms). Defaults come from `[deps]` in
+/// deploy.toml.
+///
+/// Exit status: 0 all hosts ok; 1 at least one host failed (its record has `error`, with
+/// the installer's last lines); 2 usage, config or input error.
+#[derive(Debug, Parser)]
+#[command(name = "dp-deps", version)]
+pub struct Args {
+    /// Config file for `[deps]` (used when it exists).
+    #[arg(long, short = 'c', default_value = "deploy.toml", env = "DP_CONFIG")]
+    pub config: PathBuf,
+    /// pip, npm, command or auto (default: `kind` in [deps], else auto).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Lockfile relative to the release (repeatable; default by kind).
+    #[arg(long = "lockfile", value_name = "FILE")]
+    pub lockfiles: Vec<String>,
+    /// Build command for `--kind command` (run in the release with $DP_DEPS_DIR set).
+    #[arg(long, value_name = "CMD")]
+    pub command: Option<String>,
+    /// Where `--kind command` links the environment in the release.
+    #[arg(long, value_name = "PATH")]
+    pub link: Option<String>,
+    /// Extra argument for `pip install` (repeatable), such as --pip-arg=--no-index.
+    #[arg(long = "pip-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub pip_args: Vec<String>,
+    /// Python interpreter on the hosts (default: `python` in [deps], else python3).
+    #[arg(long)]
+    pub python: Option<String>,
+    /// How many hosts at once.
+    #[arg(long, short = 'j', default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
+    /// How long to wait for another deploy building the same environment.
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = dp_core::config::parse_duration)]
+    pub wait: std::time::Duration,
+    /// Deploy lock lease to renew, such as `15m`.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = dp_core::config::parse_duration)]
+    pub lease: std::time::Duration,
+}
+
+/// Runs `dp-deps`.
+pub fn run() -> anyhow::Result<Exit> {
+    exec(Args::parse())
+}
+
+/// Runs `dp-deps` with parsed arguments.
+pub fn exec(args: Args) -> anyhow::Result<Exit> {
+    let config = load_optional_config(&args.config, std::env::var_os("DP_CONFIG").is_some())?;
+    let deps = config.and_then(|c| c.deps).unwrap_or_default();
+    let kind_name = args
+        .kind
+        .clone()
+        .or(deps.kind.clone())
+        .unwrap_or_else(|| "auto".into());
+    let kind = Kind::parse(
+        &kind_name,
+        args.command.as_deref().or(deps.command.as_deref()),
+        args.link.as_deref().or(deps.link.as_deref()),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let opts = DepsOptions {
+        kind,
+        lockfiles: if args.lockfiles.is_empty() {
+            deps.lockfiles
+        } else {
+            args.lockfiles.clone()
+        },
+        pip_args: if args.pip_args.is_empty() {
+            deps.pip_args
+        } else {
+            args.pip_args.clone()
+        },
+        python: args
+            .python
+            .clone()
+            .or(deps.python)
+            .unwrap_or_else(|| "python3".into()),
+        jobs: usize::from(args.jobs),
+        wait: args.wait,
+        lease: args.lease,
+    };
+    let mut records = read_input("-")?;
+    dp_deps::run(&mut records, &mut Sessions::new(), &opts);
+    crate::report_failures("dp-deps", dp_deps::STEP, &records);
+    write_output(&records)?;
+    Ok(Exit::for_records(&records))
+}

@@ -1,0 +1,165 @@
+//! dp-deps: make each release's dependencies ready, reusing an environment whenever the
+//! lockfile (and interpreter) did not change.
+//!
+//! Environments live in `<root>/.dp/deps/<key>/`, where the key hashes the lockfiles'
+//! contents, the kind, its options and the interpreter version on that host. A hit costs
+//! one round trip: the host computes the key, finds `<key>/.dp-complete`, and links the
+//! environment into the release (`.venv` for pip, `node_modules` for npm, the configured
+//! path for a command). A miss builds the environment at its final path (a virtualenv is
+//! not relocatable) under a per-key build lock, and marks it complete only when the build
+//! succeeded; an entry without the marker is removed and rebuilt.
+
+mod script;
+
+use dp_core::layout::{check_release_id, root_of};
+use dp_core::lock;
+use dp_core::parallel::Sessions;
+use dp_core::transport::Transport;
+use dp_core::Record;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+
+pub use script::cleanup_script;
+
+/// The step name in records.
+pub const STEP: &str = "deps";
+
+/// What kind of environment to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// pip when the release has requirements.txt, npm when it has package-lock.json,
+    /// else nothing.
+    Auto,
+    /// A Python virtualenv, `pip install -r` each lockfile; linked as `.venv`.
+    Pip,
+    /// `npm ci`; linked as `node_modules`.
+    Npm,
+    /// Any command, run in the release with `$DP_DEPS_DIR` set; linked at `link`.
+    Command {
+        /// The command (a shell script).
+        command: String,
+        /// Where the environment is linked in the release.
+        link: String,
+    },
+}
+
+impl Kind {
+    /// Parses `pip`, `npm`, `auto`, or `command` (with its command and link).
+    pub fn parse(kind: &str, command: Option<&str>, link: Option<&str>) -> Result<Kind, String> {
+        match kind {
+            "auto" => Ok(Kind::Auto),
+            "pip" => Ok(Kind::Pip),
+            "npm" => Ok(Kind::Npm),
+            "command" => {
+                let command = command
+                    .filter(|c| !c.trim().is_empty())
+                    .ok_or("kind \"command\" needs a command (--command or `command` in [deps])")?;
+                let link = link.unwrap_or("deps").trim_end_matches('/');
+                let clean = !link.is_empty()
+                    && !link.starts_with('/')
+                    && link
+                        .split('/')
+                        .all(|p| !p.is_empty() && p != "." && p != ".." && p != ".dp");
+                if !clean {
+                    return Err(format!(
+                        "invalid link {link:?}: a relative path inside the release"
+                    ));
+                }
+                Ok(Kind::Command {
+                    command: command.to_string(),
+                    link: link.to_string(),
+                })
+            }
+            other => Err(format!(
+                "unknown dependency kind {other:?} (expected pip, npm, command or auto)"
+            )),
+        }
+    }
+}
+
+/// How to make dependencies ready.
+#[derive(Debug, Clone)]
+pub struct DepsOptions {
+    /// The kind.
+    pub kind: Kind,
+    /// Lockfiles relative to the release (default by kind).
+    pub lockfiles: Vec<String>,
+    /// Extra `pip install` arguments.
+    pub pip_args: Vec<String>,
+    /// Python interpreter on the hosts.
+    pub python: String,
+    /// Hosts at once.
+    pub jobs: usize,
+    /// How long to wait for another deploy building the same environment.
+    pub wait: Duration,
+    /// Deploy lock lease to renew.
+    pub lease: Duration,
+}
+
+/// What dp-deps did on one host (`steps.deps`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DepsStats {
+    /// `pip`, `npm`, `command`, or `none` (auto found nothing to install).
+    pub kind: String,
+    /// The environment key (empty for `none`).
+    pub key: String,
+    /// `hit` (reused) or `built`.
+    pub cache: String,
+    /// Seconds waited for another deploy building the same key, when it happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waited_s: Option<u64>,
+    /// Milliseconds on this host.
+    pub ms: u64,
+}
+
+/// Makes dependencies ready on every record that has not failed.
+pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &DepsOptions) {
+    sessions.run(records, opts.jobs, STEP, |conn, record| {
+        let started = Instant::now();
+        let mut stats = deps_host(conn, record, opts)?;
+        stats.ms = started.elapsed().as_millis() as u64;
+        record.set_step(STEP, stats);
+        Ok(())
+    });
+}
+
+/// Makes dependencies ready on one host.
+pub fn deps_host(
+    conn: &mut dyn Transport,
+    record: &Record,
+    opts: &DepsOptions,
+) -> Result<DepsStats, String> {
+    let root = root_of(record)?;
+    let release = record
+        .release
+        .as_deref()
+        .ok_or("record has no `release`: run dp-sync first")?;
+    check_release_id(release)?;
+    let script = script::deps(root, release, opts).map_err(|e| e.to_string())?;
+    let out = conn.run(&script).map_err(|e| e.to_string())?;
+    if out.status.code == Some(lock::HELD_STATUS) {
+        return Err(lock::held_message(&String::from_utf8_lossy(
+            &out.status.stderr,
+        )));
+    }
+    out.status
+        .check("installing dependencies")
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut stats = DepsStats::default();
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("kind ") {
+            stats.kind = v.to_string();
+        } else if let Some(v) = line.strip_prefix("key ") {
+            stats.key = v.to_string();
+        } else if let Some(v) = line.strip_prefix("cache ") {
+            stats.cache = v.to_string();
+        } else if let Some(v) = line.strip_prefix("waited ") {
+            stats.waited_s = v.parse().ok().filter(|w| *w > 0);
+        }
+    }
+    if stats.kind.is_empty() {
+        return Err(format!("unexpected output from the host: {}", text.trim()));
+    }
+    Ok(stats)
+}

@@ -1,0 +1,156 @@
+//! The one shell script dp-deps runs per host, and the cleanup lines dp-restart runs.
+
+use crate::{DepsOptions, Kind};
+use dp_core::layout::script_prelude;
+use dp_core::quote::{quote_str, QuoteError};
+
+/// Quotes each word and joins them with spaces.
+fn words(list: &[String]) -> Result<String, QuoteError> {
+    Ok(list
+        .iter()
+        .map(|w| quote_str(w))
+        .collect::<Result<Vec<_>, _>>()?
+        .join(" "))
+}
+
+/// The script: renew the deploy lock, compute the key on the host, reuse or build the
+/// environment, link it into the release. Prints `kind`, `key`, `cache` and `waited`.
+pub fn deps(root: &str, release: &str, opts: &DepsOptions) -> Result<String, QuoteError> {
+    let mut s = script_prelude(root)?;
+    s.push_str(&dp_core::lock::acquire_script(release, opts.lease)?);
+    let (kind, command, link) = match &opts.kind {
+        Kind::Auto => ("auto", String::new(), String::new()),
+        Kind::Pip => ("pip", String::new(), String::new()),
+        Kind::Npm => ("npm", String::new(), String::new()),
+        Kind::Command { command, link } => ("command", command.clone(), link.clone()),
+    };
+    s.push_str(&format!(
+        r#"rel={rel}
+rd="$releases/$rel"
+[ -f "$rd/.dp/complete" ] || {{ echo "release $rel is not complete on this host (run dp-sync first)" >&2; exit 3; }}
+cd "$rd"
+kind={kind}
+python={python}
+cmd={command}
+link={link}
+pip_args={pip_args_text}
+set -- {lockfiles}
+if [ "$kind" = auto ]; then
+  if [ -f requirements.txt ]; then kind=pip
+  elif [ -f package-lock.json ]; then kind=npm
+  else echo "kind none"; echo "key "; echo "cache none"; exit 0
+  fi
+fi
+case $kind in
+pip)
+  [ $# -gt 0 ] || set -- requirements.txt
+  link=.venv; sub=
+  ver=$("$python" --version 2>&1) || {{ echo "$python is not installed on this host (needed for pip dependencies): $ver" >&2; exit 12; }}
+  ;;
+npm)
+  [ $# -gt 0 ] || set -- package.json package-lock.json
+  link=node_modules; sub=/node_modules
+  ver=$(node --version 2>&1) || {{ echo "node is not installed on this host (needed for npm dependencies): $ver" >&2; exit 12; }}
+  command -v npm >/dev/null 2>&1 || {{ echo "npm is not installed on this host" >&2; exit 12; }}
+  ;;
+command)
+  sub=; ver=
+  ;;
+esac
+for f; do
+  [ -f "$f" ] || {{ echo "lockfile $f is missing from release $rel" >&2; exit 4; }}
+done
+key=$({{ printf '%s\n' dp-deps-1 "$kind" "$ver" "$pip_args" "$cmd"; for f; do printf '%s\n' "$f"; cat -- "$f"; done; }} | sha256sum | cut -c 1-16)
+deps="$root/.dp/deps"
+env="$deps/$key"
+mkdir -p "$deps"
+cache=hit
+waited=0
+if [ ! -f "$env/.dp-complete" ]; then
+  # One builder per key: mkdir is atomic. A lock older than an hour is a crashed build.
+  own=
+  while :; do
+    if mkdir "$env.lock" 2>/dev/null; then own=1; break; fi
+    [ -f "$env/.dp-complete" ] && break
+    if [ -n "$(find "$env.lock" -maxdepth 0 -mmin +60 2>/dev/null)" ]; then rm -rf "$env.lock"; continue; fi
+    if [ "$waited" -ge {wait} ]; then
+      echo "gave up after {wait}s waiting for another deploy building dependencies $key" >&2; exit 1
+    fi
+    sleep 1; waited=$((waited + 1))
+  done
+  if [ -n "$own" ]; then
+    trap 'rm -rf "$env.lock"' EXIT
+    if [ -f "$env/.dp-complete" ]; then :; else
+      cache=built
+      rm -rf "$env"
+      log="$env.log"
+      if ! (
+        set -e
+        case $kind in
+        pip)
+          "$python" -m venv "$env"
+          for f; do set -- "$@" -r "$f"; shift; done
+          eval "set -- \"\$@\" $pip_args"
+          "$env/bin/python" -m pip install --disable-pip-version-check --no-input "$@"
+          ;;
+        npm)
+          # Installed in the release (so file: dependencies resolve), then moved into
+          # the environment; node_modules keeps working there (its links are relative).
+          rm -rf node_modules
+          npm ci --no-audit --no-fund
+          mkdir -p "$env"
+          if [ -d node_modules ]; then mv node_modules "$env/node_modules"; else mkdir "$env/node_modules"; fi
+          ;;
+        command)
+          mkdir -p "$env"
+          DP_DEPS_DIR="$env" sh -c "$cmd"
+          ;;
+        esac
+      ) > "$log" 2>&1; then
+        tail -n 25 "$log" >&2
+        rm -rf "$env"
+        exit 1
+      fi
+      : > "$env/.dp-complete"
+    fi
+  fi
+fi
+case $link in */*) up=$(printf '%s' "$link" | sed 's|[^/]*/|../|g; s|[^/]*$||') ;; *) up= ;; esac
+rm -rf "$rd/$link"
+mkdir -p "$(dirname "$rd/$link")"
+ln -s "$up../../.dp/deps/$key$sub" "$rd/$link"
+printf '%s\n' "$key" > "$rd/.dp/deps-key"
+echo "kind $kind"
+echo "key $key"
+echo "cache $cache"
+echo "waited $waited"
+"#,
+        rel = quote_str(release)?,
+        kind = kind,
+        python = quote_str(&opts.python)?,
+        command = quote_str(&command)?,
+        link = quote_str(&link)?,
+        pip_args_text = quote_str(&words(&opts.pip_args)?)?,
+        lockfiles = words(&opts.lockfiles)?,
+        wait = opts.wait.as_secs(),
+    ));
+    Ok(s)
+}
+
+/// Shell lines (after the layout prelude) that remove dependency environments no
+/// remaining release uses, and never one being built. Prints `removed deps <key>` lines.
+pub fn cleanup_script() -> &'static str {
+    r#"deps="$root/.dp/deps"
+if [ -d "$deps" ]; then
+  used=" $(cat "$releases"/*/.dp/deps-key 2>/dev/null | tr '\n' ' ') "
+  for d in "$deps"/*; do
+    [ -d "$d" ] || continue
+    k=${d##*/}
+    case $k in *.lock) continue ;; esac
+    case $used in *" $k "*) continue ;; esac
+    [ -d "$d.lock" ] && continue
+    rm -rf "$d" "$d.log" && echo "removed deps $k"
+  done
+fi
+"#
+}
