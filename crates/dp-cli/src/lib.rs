@@ -5,6 +5,7 @@
 pub mod deps;
 pub mod hosts;
 pub mod io;
+pub mod migrate;
 pub mod sync;
 
 use dp_core::Exit;

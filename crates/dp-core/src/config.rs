@@ -100,6 +100,9 @@ pub struct Config {
     /// How dependencies are installed (`[deps]`).
     #[serde(default)]
     pub deps: Option<DepsConfig>,
+    /// How database migrations are applied (`[migrate]`).
+    #[serde(default)]
+    pub migrate: Option<MigrateConfig>,
     /// Stages by name.
     #[serde(default)]
     pub stages: BTreeMap<String, Spanned<Stage>>,
@@ -136,6 +139,25 @@ pub struct DepsConfig {
     /// For `kind = "command"`: where the environment is linked inside the release.
     #[serde(default)]
     pub link: Option<String>,
+}
+
+/// `[migrate]`: where migrations are and how they run. The database URL is never here:
+/// it comes from the environment (`DATABASE_URL`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateConfig {
+    /// Migrations directory, relative to this file (default `<source>/migrations`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Framework mode: the command to run once in the new release instead of SQL files.
+    #[serde(default)]
+    pub exec: Option<String>,
+    /// Reach the database through this host (an SSH tunnel).
+    #[serde(default)]
+    pub via: Option<String>,
+    /// How long to wait for another run's lock, such as `60s`.
+    #[serde(default, deserialize_with = "duration::option")]
+    pub lock_timeout: Option<Duration>,
 }
 
 /// A stage: defaults for its hosts, and the hosts.

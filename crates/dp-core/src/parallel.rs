@@ -23,6 +23,29 @@ impl Sessions {
         self.run(records, jobs, step, |_, _| Ok(()));
     }
 
+    /// Runs `work` on the one host `records[index]`, opening its session if needed. The
+    /// record is not marked failed here: the caller decides what a failure means.
+    pub fn run_one<T>(
+        &mut self,
+        records: &mut [Record],
+        index: usize,
+        work: impl FnOnce(&mut Connection, &mut Record) -> Result<T, String>,
+    ) -> Result<T, String> {
+        if self.slots.len() < records.len() {
+            self.slots.resize_with(records.len(), || None);
+        }
+        let record = &mut records[index];
+        let slot = &mut self.slots[index];
+        if slot.is_none() {
+            *slot = Some(Connection::open(record).map_err(|e| e.to_string())?);
+        }
+        let result = work(slot.as_mut().expect("opened above"), record);
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    }
+
     /// Runs `work` for every record that has not failed, at most `jobs` at once, with an
     /// open session to its host. A host that cannot be reached, or whose `work` returns
     /// an error, gets `error` set for `step`; no record is dropped, order is kept.

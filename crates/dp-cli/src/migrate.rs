@@ -1,0 +1,201 @@
+//! `dp-migrate`: apply database migrations once, at the right moment, for a deploy.
+
+use crate::io::{read_input, write_output};
+use crate::sync::load_optional_config;
+use clap::{Parser, Subcommand};
+use dp_core::parallel::Sessions;
+use dp_core::Exit;
+use dp_migrate::source::Phase;
+use dp_migrate::{ExecOptions, MigrateOptions};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// Apply pending database migrations once per deploy, under a lock, at the right moment.
+///
+/// A barrier: all records are read first; if any host has failed, nothing is migrated
+/// and every record passes through (exit 1). SQL files `<version>_<name>.sql` are tracked
+/// in sqlx's `_sqlx_migrations` table (version, description, checksum, execution time).
+/// Before anything is applied, a read-only preflight checks that applied files are
+/// unchanged and present, that no row is dirty, and that nothing pending is older than
+/// what is applied. `--phase pre` (before the switch) applies expand migrations;
+/// `--phase post` (after every host switched) applies those in `post/` or tagged
+/// `-- dp:post`. A failed migration is rolled back and fails every record, so no host
+/// switches. With --exec the framework's own command runs once instead, on the first
+/// host with role `migrate`, inside the new release.
+///
+/// The database URL comes from DATABASE_URL and never appears in records, logs or errors.
+#[derive(Debug, Parser)]
+#[command(name = "dp-migrate", version, args_conflicts_with_subcommands = true)]
+pub struct Args {
+    /// `status`: one JSON line per migration (version, name, phase, applied_at, checksum_ok).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Database URL (prefer the DATABASE_URL environment variable: argv is visible to
+    /// other users of the machine).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// Config file for `[migrate]` (used when it exists).
+    #[arg(
+        long,
+        short = 'c',
+        default_value = "deploy.toml",
+        env = "DP_CONFIG",
+        global = true
+    )]
+    pub config: PathBuf,
+    /// Migrations directory (default: `dir` in [migrate], else `<source>/migrations`).
+    #[arg(long, global = true)]
+    pub dir: Option<PathBuf>,
+    /// Which migrations to apply: `pre` (expand, before the switch) or `post` (contract).
+    #[arg(long, default_value = "pre", value_parser = ["pre", "post"])]
+    pub phase: String,
+    /// Print the plan as JSON lines and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long to wait for another run's lock.
+    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
+    pub lock_timeout: Option<std::time::Duration>,
+    /// Apply pending migrations older than applied ones.
+    #[arg(long)]
+    pub allow_out_of_order: bool,
+    /// Framework mode: run this command once in the new release instead of SQL files.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Deploy lock lease to renew in exec mode.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = dp_core::config::parse_duration)]
+    pub lease: std::time::Duration,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print one JSON line per migration: version, name, phase, applied_at, checksum_ok.
+    Status,
+}
+
+/// Runs `dp-migrate`.
+pub fn run() -> anyhow::Result<Exit> {
+    exec(Args::parse())
+}
+
+/// Runs `dp-migrate` with parsed arguments.
+pub fn exec(args: Args) -> anyhow::Result<Exit> {
+    let config = load_optional_config(&args.config, std::env::var_os("DP_CONFIG").is_some())?;
+    let section = config
+        .as_ref()
+        .and_then(|c| c.migrate.clone())
+        .unwrap_or_default();
+    let dir = match (&args.dir, &config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(c)) => match &section.dir {
+            Some(d) => c.local_path(d),
+            None => c
+                .local_path(c.source.as_deref().unwrap_or(std::path::Path::new(".")))
+                .join("migrations"),
+        },
+        (None, None) => PathBuf::from("migrations"),
+    };
+    let url = || {
+        args.database_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!("no database: set DATABASE_URL (or --database-url), or use --exec")
+            })
+    };
+    if let Some(Command::Status) = args.command {
+        let lines = dp_migrate::status(&url()?, &dir)?;
+        print_lines(&lines)?;
+        return Ok(Exit::Ok);
+    }
+    let phase = if args.phase == "post" {
+        Phase::Post
+    } else {
+        Phase::Pre
+    };
+    let exec_cmd = args.exec.clone().or(section.exec.clone());
+    if args.dry_run {
+        let opts = sql_options(url()?, dir, phase, &args, &section);
+        print_lines(&dp_migrate::dry_run(&opts)?)?;
+        return Ok(Exit::Ok);
+    }
+    let mut records = if std::io::stdin().is_terminal() {
+        Vec::new()
+    } else {
+        read_input("-")?
+    };
+    match exec_cmd {
+        Some(command) => {
+            let opts = ExecOptions {
+                command,
+                lease: args.lease,
+            };
+            dp_migrate::run_exec(&mut records, &mut Sessions::new(), &opts);
+        }
+        None => {
+            let opts = sql_options(url()?, dir, phase, &args, &section);
+            if records.is_empty() {
+                // Standalone use: no record to carry the result, so stderr does.
+                return Ok(match dp_migrate::migrate(&opts) {
+                    Ok(stats) => {
+                        eprintln!(
+                            "dp-migrate: {} phase: applied {:?}",
+                            args.phase, stats.applied
+                        );
+                        Exit::Ok
+                    }
+                    Err(e) => {
+                        eprintln!("dp-migrate: {e}");
+                        Exit::HostFailed
+                    }
+                });
+            }
+            dp_migrate::run_sql(&mut records, &opts);
+        }
+    }
+    if let Some(first) = records
+        .iter()
+        .find(|r| r.error.as_ref().is_some_and(|e| e.step == dp_migrate::STEP))
+    {
+        eprintln!(
+            "dp-migrate: {}",
+            first
+                .error
+                .as_ref()
+                .map(|e| e.message.as_str())
+                .unwrap_or_default()
+        );
+    }
+    write_output(&records)?;
+    Ok(Exit::for_records(&records))
+}
+
+fn sql_options(
+    database_url: String,
+    dir: PathBuf,
+    phase: Phase,
+    args: &Args,
+    section: &dp_core::config::MigrateConfig,
+) -> MigrateOptions {
+    MigrateOptions {
+        database_url,
+        dir,
+        phase,
+        allow_out_of_order: args.allow_out_of_order,
+        lock_timeout: args
+            .lock_timeout
+            .or(section.lock_timeout)
+            .unwrap_or(std::time::Duration::from_secs(60)),
+    }
+}
+
+fn print_lines<T: serde::Serialize>(lines: &[T]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for l in lines {
+        serde_json::to_writer(&mut out, l)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}

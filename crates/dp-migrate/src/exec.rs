@@ -1,0 +1,60 @@
+//! Framework mode: run the app's own migration command (`python manage.py migrate`) once,
+//! on one host, inside the new release, with its environment first on PATH, under the
+//! deploy lock of that release.
+
+use dp_core::layout::{check_release_id, root_of, script_prelude};
+use dp_core::lock;
+use dp_core::parallel::Sessions;
+use dp_core::quote::quote_str;
+use dp_core::transport::Transport;
+use dp_core::Record;
+use std::time::Duration;
+
+/// Exec-mode options.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    /// The command (a shell script), run in the release directory.
+    pub command: String,
+    /// Deploy lock lease to renew.
+    pub lease: Duration,
+}
+
+pub(crate) fn run_on(
+    records: &mut [Record],
+    chosen: usize,
+    sessions: &mut Sessions,
+    opts: &ExecOptions,
+) -> Result<(), String> {
+    sessions.run_one(records, chosen, |conn, record| {
+        exec_host(conn, record, opts)
+    })
+}
+
+fn exec_host(conn: &mut dyn Transport, record: &Record, opts: &ExecOptions) -> Result<(), String> {
+    let root = root_of(record)?;
+    let release = record
+        .release
+        .as_deref()
+        .ok_or("record has no `release`: run dp-sync first")?;
+    check_release_id(release)?;
+    let mut s = script_prelude(root).map_err(|e| e.to_string())?;
+    s.push_str(&lock::acquire_script(release, opts.lease).map_err(|e| e.to_string())?);
+    s.push_str(&format!(
+        r#"cd "$releases"/{rel}
+PATH="$PWD/.venv/bin:$PWD/node_modules/.bin:$PATH"
+export PATH
+exec sh -c {cmd} >&2
+"#,
+        rel = quote_str(release).map_err(|e| e.to_string())?,
+        cmd = quote_str(&opts.command).map_err(|e| e.to_string())?,
+    ));
+    let out = conn.run(&s).map_err(|e| e.to_string())?;
+    if out.status.code == Some(lock::HELD_STATUS) {
+        return Err(lock::held_message(&String::from_utf8_lossy(
+            &out.status.stderr,
+        )));
+    }
+    out.status
+        .check(&format!("`{}`", opts.command))
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,305 @@
+//! dp-migrate: database migrations, tracked in sqlx's `_sqlx_migrations` table, applied
+//! exactly once per deploy under a lock, at the right moment: `pre` (expand, before any
+//! host switches) or `post` (contract, after every host switched).
+//!
+//! It is a barrier: it reads every record first, and if any host has failed it applies
+//! nothing. A preflight checks the whole state read-only before anything is applied.
+//! A failed migration marks every record failed, so no host switches.
+
+pub mod db;
+mod exec;
+pub mod plan;
+pub mod source;
+
+use db::{describe, Db, DbError};
+use dp_core::parallel::Sessions;
+use dp_core::Record;
+use plan::PlanLine;
+use serde::Serialize;
+use source::{Migration, Phase};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use exec::ExecOptions;
+
+/// The step name in records.
+pub const STEP: &str = "migrate";
+
+/// SQL-mode options.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// Database URL (from the environment; never printed).
+    pub database_url: String,
+    /// Migrations directory (on this machine).
+    pub dir: PathBuf,
+    /// Which phase to apply.
+    pub phase: Phase,
+    /// Apply pending migrations older than applied ones.
+    pub allow_out_of_order: bool,
+    /// How long to wait for another run's lock.
+    pub lock_timeout: Duration,
+}
+
+/// What dp-migrate did (`steps.migrate`, the same on every record).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MigrateStats {
+    /// `sql` or `exec`.
+    pub mode: String,
+    /// `pre` or `post` (sql mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Versions applied by this run, in order.
+    pub applied: Vec<i64>,
+    /// Milliseconds waited for another run's lock, when it had to wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<u64>,
+    /// The host the command ran on (exec mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Milliseconds in all.
+    pub ms: u64,
+}
+
+/// Why a run did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// The migration files are unusable.
+    #[error(transparent)]
+    Source(#[from] source::SourceError),
+    /// The preflight refused.
+    #[error("refused before applying anything: {0}")]
+    Preflight(#[from] plan::PreflightError),
+    /// A migration failed (and was rolled back unless it opted out of transactions).
+    #[error("migration {version} ({path}) failed and was rolled back: {cause}")]
+    Failed {
+        /// Version.
+        version: i64,
+        /// The file.
+        path: String,
+        /// The database's error.
+        cause: String,
+    },
+    /// The database could not be reached or used.
+    #[error("database {url}: {cause}")]
+    Db {
+        /// The redacted URL.
+        url: String,
+        /// What happened.
+        cause: String,
+    },
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Applies the pending migrations of `opts.phase`. Returns what was applied.
+pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
+    let started = Instant::now();
+    let migrations = source::load(&opts.dir)?;
+    let url = db::redact(&opts.database_url);
+    let db_err = |e: DbError| MigrateError::Db {
+        url: url.clone(),
+        cause: e.0,
+    };
+    runtime().block_on(async {
+        let (mut db, waited) = Db::open(&opts.database_url, opts.lock_timeout)
+            .await
+            .map_err(db_err)?;
+        let result = apply_all(&mut db, &migrations, opts).await;
+        // Keep what was applied before a failure (each migration is its own unit) and
+        // always release the lock.
+        let closed = db.close().await.map_err(db_err);
+        let applied = result?;
+        closed?;
+        Ok(MigrateStats {
+            mode: "sql".into(),
+            phase: Some(opts.phase),
+            applied,
+            waited_ms: Some(waited.as_millis() as u64).filter(|ms| *ms >= 100),
+            host: None,
+            ms: started.elapsed().as_millis() as u64,
+        })
+    })
+}
+
+async fn apply_all(
+    db: &mut Db,
+    migrations: &[Migration],
+    opts: &MigrateOptions,
+) -> Result<Vec<i64>, MigrateError> {
+    let url = db::redact(&opts.database_url);
+    let applied = db.applied().await.map_err(|e| MigrateError::Db {
+        url: url.clone(),
+        cause: e.0,
+    })?;
+    let plan = plan::preflight(migrations, &applied, opts.phase, opts.allow_out_of_order)?;
+    let mut done = Vec::new();
+    for line in plan.iter().filter(|l| l.would_apply) {
+        let m = migrations
+            .iter()
+            .find(|m| m.version == line.version)
+            .expect("planned from these");
+        db.apply(m).await.map_err(|e| MigrateError::Failed {
+            version: m.version,
+            path: m.path.display().to_string(),
+            cause: e.0,
+        })?;
+        done.push(m.version);
+    }
+    Ok(done)
+}
+
+/// The plan for `opts.phase`, read-only: nothing is locked, created or applied.
+pub fn dry_run(opts: &MigrateOptions) -> Result<Vec<PlanLine>, MigrateError> {
+    let migrations = source::load(&opts.dir)?;
+    let url = db::redact(&opts.database_url);
+    let db_err = |e: DbError| MigrateError::Db {
+        url: url.clone(),
+        cause: e.0,
+    };
+    runtime().block_on(async {
+        let applied = read_applied(&opts.database_url).await.map_err(db_err)?;
+        Ok(plan::preflight(
+            &migrations,
+            &applied,
+            opts.phase,
+            opts.allow_out_of_order,
+        )?)
+    })
+}
+
+async fn read_applied(url: &str) -> Result<Vec<db::Applied>, DbError> {
+    if url.starts_with("sqlite:") {
+        let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+        let path = path.split('?').next().unwrap_or(path);
+        if !std::path::Path::new(path).exists() {
+            return Ok(Vec::new());
+        }
+    }
+    let mut db = Db::open_read_only(url).await?;
+    let applied = if db.has_table().await? {
+        db.applied().await?
+    } else {
+        Vec::new()
+    };
+    db.close().await?;
+    Ok(applied)
+}
+
+/// One line of `dp-migrate status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusLine {
+    /// Version.
+    pub version: i64,
+    /// Name.
+    pub name: String,
+    /// `pre`, `post`, or null when the file is missing.
+    pub phase: Option<Phase>,
+    /// When it was applied; null when pending.
+    pub applied_at: Option<String>,
+    /// Whether the file still matches what was applied; null when pending.
+    pub checksum_ok: Option<bool>,
+    /// False for a dirty row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub success: Option<bool>,
+    /// The file; null when it is missing.
+    pub file: Option<String>,
+}
+
+/// Every migration, in files or in the table, with its state.
+pub fn status(url: &str, dir: &std::path::Path) -> Result<Vec<StatusLine>, MigrateError> {
+    let migrations = source::load(dir)?;
+    let redacted = db::redact(url);
+    let applied = runtime()
+        .block_on(read_applied(url))
+        .map_err(|e| MigrateError::Db {
+            url: redacted,
+            cause: e.0,
+        })?;
+    let mut versions: Vec<i64> = migrations
+        .iter()
+        .map(|m| m.version)
+        .chain(applied.iter().map(|a| a.version))
+        .collect();
+    versions.sort_unstable();
+    versions.dedup();
+    Ok(versions
+        .into_iter()
+        .map(|v| {
+            let m = migrations.iter().find(|m| m.version == v);
+            let a = applied.iter().find(|a| a.version == v);
+            StatusLine {
+                version: v,
+                name: m
+                    .map(|m| m.description.clone())
+                    .or(a.map(|a| a.description.clone()))
+                    .unwrap_or_default(),
+                phase: m.map(|m| m.phase),
+                applied_at: a.map(|a| a.installed_on.clone()),
+                checksum_ok: a.map(|a| m.is_some_and(|m| m.checksum == a.checksum)),
+                success: a.map(|a| a.success).filter(|s| !s),
+                file: m.map(|m| m.path.display().to_string()),
+            }
+        })
+        .collect())
+}
+
+/// The barrier: if any record failed, nothing is migrated and `false` is returned.
+pub fn all_ok(records: &[Record]) -> bool {
+    !records.iter().any(Record::failed)
+}
+
+/// SQL mode over records: migrate once, record the result on every record (or fail
+/// them all).
+pub fn run_sql(records: &mut [Record], opts: &MigrateOptions) {
+    if !all_ok(records) {
+        return;
+    }
+    match migrate(opts) {
+        Ok(stats) => records.iter_mut().for_each(|r| r.set_step(STEP, &stats)),
+        Err(e) => records.iter_mut().for_each(|r| r.fail(STEP, e.to_string())),
+    }
+}
+
+/// Exec mode over records: run the framework's command once, on the first host with
+/// role `migrate` (else the first host), in its new release.
+pub fn run_exec(records: &mut [Record], sessions: &mut Sessions, opts: &ExecOptions) {
+    if !all_ok(records) || records.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let chosen = records
+        .iter()
+        .position(|r| r.has_role("migrate"))
+        .unwrap_or(0);
+    let result = exec::run_on(records, chosen, sessions, opts);
+    let stats = MigrateStats {
+        mode: "exec".into(),
+        phase: None,
+        applied: Vec::new(),
+        waited_ms: None,
+        host: Some(records[chosen].host.clone()),
+        ms: started.elapsed().as_millis() as u64,
+    };
+    match result {
+        Ok(()) => records.iter_mut().for_each(|r| r.set_step(STEP, &stats)),
+        Err(message) => {
+            let host = records[chosen].host.clone();
+            records.iter_mut().for_each(|r| {
+                r.fail(
+                    STEP,
+                    format!("migration command on {host} failed: {message}"),
+                )
+            });
+        }
+    }
+}
+
+/// Used by error paths that only have a sqlx error.
+pub fn sqlx_message(e: &sqlx::Error) -> String {
+    describe(e)
+}
