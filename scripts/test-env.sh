@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs what the tests need when it is missing (Debian/Ubuntu, apt-get), so that
 # `make test` works on a fresh machine: OpenSSH server and client, the OpenSSL headers
-# libssh2 builds against, Python (venv, pip) and Node.js (npm) for dependency tests.
+# libssh2 builds against, Python (venv, pip) and Node.js (npm) for dependency tests,
+# and PostgreSQL for migration tests.
 set -eu
 
 need=""
@@ -15,6 +16,11 @@ command -v cc >/dev/null 2>&1 || need="$need gcc"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need="$need python3-venv"
 command -v npm >/dev/null 2>&1 || need="$need nodejs npm"
+# dp-migrate tests: a PostgreSQL server (the tests run their own cluster with initdb).
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    need="$need postgresql"
+fi
+command -v psql >/dev/null 2>&1 || need="$need postgresql-client"
 
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -27,7 +33,9 @@ if [ -n "$need" ]; then
         { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends $need; }
 fi
 
-# sshd running as root wants its privilege-separation directory.
+# sshd running as root wants its privilege-separation directory; PostgreSQL refuses to
+# run as root, so the tests run it as `postgres`.
 if [ "$(id -u)" = 0 ]; then
     mkdir -p /run/sshd
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir /nonexistent --shell /bin/sh postgres
 fi

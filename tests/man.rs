@@ -16,6 +16,7 @@ fn man_pages_are_current() {
         ("dp-hosts.1", dp_cli::hosts::Args::command()),
         ("dp-sync.1", dp_cli::sync::Args::command()),
         ("dp-deps.1", dp_cli::deps::Args::command()),
+        ("dp-migrate.1", dp_cli::migrate::Args::command()),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
     let bless = std::env::var_os("DP_BLESS").is_some();

@@ -5,5 +5,6 @@ mod util;
 mod deps;
 mod hosts;
 mod man;
+mod migrate;
 mod sync;
 mod transport;

@@ -58,6 +58,7 @@ pub fn bin(name: &str) -> PathBuf {
         "dp-hosts" => env!("CARGO_BIN_EXE_dp-hosts"),
         "dp-sync" => env!("CARGO_BIN_EXE_dp-sync"),
         "dp-deps" => env!("CARGO_BIN_EXE_dp-deps"),
+        "dp-migrate" => env!("CARGO_BIN_EXE_dp-migrate"),
         other => panic!("unknown binary {other}"),
     })
 }
@@ -114,6 +115,7 @@ impl TestCommand {
             .env_remove("DP_CONFIG")
             .env_remove("DP_STAGE")
             .env_remove("DP_HOST_KEY_POLICY")
+            .env_remove("DATABASE_URL")
             // Tests that install packages mean "offline, from this directory" only.
             .env_remove("PIP_FIND_LINKS");
         TestCommand {
@@ -560,5 +562,202 @@ impl Fleet {
         r.ssh.identity = Some(self.client_key.clone());
         r.ssh.known_hosts = Some(self.known_hosts.clone());
         r
+    }
+}
+
+/// A PostgreSQL cluster of its own: initdb in a temporary directory, listening on a free
+/// loopback port, password authentication (scram) for the `postgres` superuser, run as a
+/// non-root user (`postgres` when the tests run as root). Stopped when the test binary
+/// exits (the same stdin guard as sshd).
+pub struct PgCluster {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    /// The superuser's password.
+    pub password: String,
+    dir: PathBuf,
+    _guard: (Child, ChildStdin),
+}
+
+static DB_SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn pg_bin(name: &str) -> PathBuf {
+    if let Ok(out) = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+    {
+        let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !p.is_empty() {
+            return PathBuf::from(p);
+        }
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin").join(name))
+        .filter(|p| p.exists())
+        .collect();
+    candidates.sort();
+    candidates
+        .pop()
+        .unwrap_or_else(|| panic!("{name} not found: run `make test` (it installs postgresql)"))
+}
+
+/// Runs `program args` as the cluster's user (postgres when we are root).
+fn as_pg_user(program: &Path, args: &[&str]) -> Command {
+    if user() == "root" {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program).args(args);
+        c
+    } else {
+        let mut c = Command::new(program);
+        c.args(args);
+        c
+    }
+}
+
+impl PgCluster {
+    /// The cluster shared by every test of this run.
+    pub fn shared() -> &'static PgCluster {
+        static SHARED: OnceLock<PgCluster> = OnceLock::new();
+        SHARED.get_or_init(PgCluster::start)
+    }
+
+    fn start() -> PgCluster {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("dp-pg-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = base.join(format!("dp-pg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = format!("pw-{}-secret", std::process::id());
+        std::fs::write(dir.join("pwfile"), &password).unwrap();
+        if user() == "root" {
+            sh("chown", &["-R", "postgres", dir.to_str().unwrap()]);
+        }
+        let data = dir.join("data");
+        let out = as_pg_user(
+            &pg_bin("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                &format!("--pwfile={}", dir.join("pwfile").display()),
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for _ in 0..10 {
+            let port = free_port();
+            let postgres = pg_bin("postgres");
+            let cmd = format!(
+                "{pg} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off \
+                 -c synchronous_commit=off -c full_page_writes=off > {dir}/log 2>&1 & pid=$!; \
+                 read _; kill -INT $pid 2>/dev/null; wait $pid",
+                pg = postgres.display(),
+                data = data.display(),
+                dir = dir.display(),
+            );
+            let mut child = as_pg_user(Path::new("/bin/sh"), &["-c", &cmd])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let stdin = child.stdin.take().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut ready = false;
+            while Instant::now() < deadline {
+                let ok = Command::new(pg_bin("pg_isready"))
+                    .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                if ok {
+                    ready = true;
+                    break;
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if ready {
+                return PgCluster {
+                    port,
+                    password,
+                    dir,
+                    _guard: (child, stdin),
+                };
+            }
+            drop(stdin);
+            let _ = child.wait();
+        }
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        panic!("postgres did not start:\n{log}");
+    }
+
+    /// A new empty database; returns its URL (with the password: keep it out of output).
+    pub fn create_db(&self, prefix: &str) -> String {
+        let name = format!(
+            "{}_{}",
+            prefix.replace('-', "_"),
+            DB_SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        self.url(&name)
+    }
+
+    /// The URL of database `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{name}",
+            self.password, self.port
+        )
+    }
+
+    /// Runs SQL with psql in database `db`; returns the unaligned, tuples-only output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-X", "-A", "-t", "-c", sql])
+            .env("PGPASSWORD", &self.password)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Its scratch directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
