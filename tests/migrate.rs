@@ -506,3 +506,59 @@ fn exec_mode_runs_once_on_the_migrate_host_in_its_release() {
         );
     }
 }
+
+#[test]
+fn via_reaches_the_database_through_an_ssh_host() {
+    let pg = PgCluster::shared();
+    // A host of its own, so its log shows only this test's sessions.
+    let fleet = crate::util::Fleet::start(1);
+    let dir = Dir::new("migrate-via");
+    migrations(&dir);
+    let url = pg.create_db("via");
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let root = fleet.hosts[0].root.clone();
+    let input = fleet.record_line(0, &root);
+    let host = fleet.hosts[0].name.clone();
+    let log = fleet.dir().join(&host).join("sshd.log");
+    let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+    let out = migrate(&dir, &url, &["--via", &host], &input);
+    out.code(0);
+    assert_eq!(
+        out.records()[0].steps["migrate"]["applied"],
+        serde_json::json!([1, 2, 3])
+    );
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM _sqlx_migrations"), "3");
+    assert!(!out.stdout.contains(&pg.password) && !out.stderr.contains(&pg.password));
+    // The database traffic went through the SSH session: it carried far more than a
+    // session that only authenticates and runs `true` (dp-hosts --check).
+    let received = |text: &str| -> u64 {
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("Transferred:"))
+            .expect("a session summary");
+        line.split("received ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let tunnel = received(&std::fs::read_to_string(&log).unwrap()[before..]);
+    let mid = std::fs::read_to_string(&log).unwrap().len();
+    let toml = fleet.deploy_toml(&[0], "/srv/app", "");
+    dir.write("deploy.toml", toml);
+    TestCommand::new("dp-hosts")
+        .current_dir(dir.path())
+        .args(["--check"])
+        .run()
+        .code(0);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let plain = received(&std::fs::read_to_string(&log).unwrap()[mid..]);
+    assert!(
+        tunnel > plain + 1500,
+        "tunnel session received {tunnel} bytes, a plain one {plain}"
+    );
+}

@@ -58,6 +58,9 @@ pub struct Args {
     /// Apply pending migrations older than applied ones.
     #[arg(long)]
     pub allow_out_of_order: bool,
+    /// Reach the database through this host (one of the input records) over SSH.
+    #[arg(long, value_name = "HOST")]
+    pub via: Option<String>,
     /// Framework mode: run this command once in the new release instead of SQL files.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
@@ -114,16 +117,31 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         Phase::Pre
     };
     let exec_cmd = args.exec.clone().or(section.exec.clone());
-    if args.dry_run {
-        let opts = sql_options(url()?, dir, phase, &args, &section);
-        print_lines(&dp_migrate::dry_run(&opts)?)?;
-        return Ok(Exit::Ok);
-    }
-    let mut records = if std::io::stdin().is_terminal() {
+    // Dry runs read no records unless a tunnel host must come from them.
+    let via_name = args.via.clone().or(section.via.clone());
+    let mut records = if std::io::stdin().is_terminal() || (args.dry_run && via_name.is_none()) {
         Vec::new()
     } else {
         read_input("-")?
     };
+    let via = match &via_name {
+        None => None,
+        Some(name) => Some(
+            records
+                .iter()
+                .find(|r| &r.host == name)
+                .cloned()
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--via {name}: no such host in the input records")
+                })?,
+        ),
+    };
+    if args.dry_run {
+        let mut opts = sql_options(url()?, dir, phase, &args, &section);
+        opts.via = via;
+        print_lines(&dp_migrate::dry_run(&opts)?)?;
+        return Ok(Exit::Ok);
+    }
     match exec_cmd {
         Some(command) => {
             let opts = ExecOptions {
@@ -133,7 +151,8 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             dp_migrate::run_exec(&mut records, &mut Sessions::new(), &opts);
         }
         None => {
-            let opts = sql_options(url()?, dir, phase, &args, &section);
+            let mut opts = sql_options(url()?, dir, phase, &args, &section);
+            opts.via = via;
             if records.is_empty() {
                 // Standalone use: no record to carry the result, so stderr does.
                 return Ok(match dp_migrate::migrate(&opts) {
@@ -186,6 +205,7 @@ fn sql_options(
             .lock_timeout
             .or(section.lock_timeout)
             .unwrap_or(std::time::Duration::from_secs(60)),
+        via: None,
     }
 }
 

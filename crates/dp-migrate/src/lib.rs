@@ -38,6 +38,8 @@ pub struct MigrateOptions {
     pub allow_out_of_order: bool,
     /// How long to wait for another run's lock.
     pub lock_timeout: Duration,
+    /// Reach the database through this host (an SSH tunnel).
+    pub via: Option<Record>,
 }
 
 /// What dp-migrate did (`steps.migrate`, the same on every record).
@@ -96,8 +98,78 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
+/// Splits a `postgres://` URL around its host and port:
+/// `(before host, host, port, after port)`.
+pub fn split_host(url: &str) -> Option<(String, String, u16, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, p) = v6.split_once(']')?;
+        (h.to_string(), p.strip_prefix(':').map(str::to_string))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p.to_string())),
+            None => (hostport.to_string(), None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => 5432,
+    };
+    Some((
+        format!("{scheme}://{userinfo}"),
+        host,
+        port,
+        tail.to_string(),
+    ))
+}
+
+/// Opens the tunnel `opts.via` asks for and returns the URL to use through it.
+fn through_via(
+    opts: &MigrateOptions,
+) -> Result<(String, Option<dp_core::transport::tunnel::Tunnel>), MigrateError> {
+    let Some(via) = &opts.via else {
+        return Ok((opts.database_url.clone(), None));
+    };
+    let url = db::redact(&opts.database_url);
+    let fail = |cause: String| MigrateError::Db {
+        url: url.clone(),
+        cause,
+    };
+    if opts.database_url.starts_with("sqlite:") {
+        return Err(fail(
+            "--via needs a network database; SQLite files are local".into(),
+        ));
+    }
+    let (before, host, port, after) = split_host(&opts.database_url)
+        .ok_or_else(|| fail("cannot find the host in the URL".into()))?;
+    match dp_core::transport::Connection::open(via) {
+        Ok(dp_core::transport::Connection::Ssh(ssh)) => {
+            let tunnel = dp_core::transport::tunnel::Tunnel::open(*ssh, &host, port)
+                .map_err(|e| fail(format!("tunnel through {}: {e}", via.host)))?;
+            Ok((
+                format!("{before}127.0.0.1:{}{after}", tunnel.port),
+                Some(tunnel),
+            ))
+        }
+        Ok(_) => Ok((opts.database_url.clone(), None)),
+        Err(e) => Err(fail(format!("tunnel through {}: {e}", via.host))),
+    }
+}
+
 /// Applies the pending migrations of `opts.phase`. Returns what was applied.
 pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
+    let (url, _tunnel) = through_via(opts)?;
+    let opts = &MigrateOptions {
+        database_url: url,
+        via: None,
+        ..opts.clone()
+    };
     let started = Instant::now();
     let migrations = source::load(&opts.dir)?;
     let url = db::redact(&opts.database_url);
@@ -155,6 +227,12 @@ async fn apply_all(
 
 /// The plan for `opts.phase`, read-only: nothing is locked, created or applied.
 pub fn dry_run(opts: &MigrateOptions) -> Result<Vec<PlanLine>, MigrateError> {
+    let (url, _tunnel) = through_via(opts)?;
+    let opts = &MigrateOptions {
+        database_url: url,
+        via: None,
+        ..opts.clone()
+    };
     let migrations = source::load(&opts.dir)?;
     let url = db::redact(&opts.database_url);
     let db_err = |e: DbError| MigrateError::Db {
@@ -302,4 +380,24 @@ pub fn run_exec(records: &mut [Record], sessions: &mut Sessions, opts: &ExecOpti
 /// Used by error paths that only have a sqlx error.
 pub fn sqlx_message(e: &sqlx::Error) -> String {
     describe(e)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn split_host() {
+        let (a, h, p, z) =
+            super::split_host("postgres://u:p@db.internal:6543/app?sslmode=disable").unwrap();
+        assert_eq!(
+            (a.as_str(), h.as_str(), p, z.as_str()),
+            (
+                "postgres://u:p@",
+                "db.internal",
+                6543,
+                "/app?sslmode=disable"
+            )
+        );
+        let (_, h, p, z) = super::split_host("postgresql://[::1]/app").unwrap();
+        assert_eq!((h.as_str(), p, z.as_str()), ("::1", 5432, "/app"));
+    }
 }

@@ -11,6 +11,7 @@
 pub mod knownhosts;
 pub mod local;
 pub mod ssh;
+pub mod tunnel;
 
 use crate::record::{Record, TransportKind};
 use serde::Serialize;

@@ -114,9 +114,22 @@ impl SshTransport {
         })
     }
 
-    /// The underlying session (for channels other than exec, such as direct-tcpip).
+    /// The underlying session.
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// The session's socket (for polling alongside other sockets).
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// Opens a direct-tcpip channel: a TCP connection from the host to `host:port`.
+    pub fn direct_tcpip(&self, host: &str, port: u16) -> Result<Channel, TransportError> {
+        nb(&self.session, self.fd, CONTROL_TIMEOUT, || {
+            self.session.channel_direct_tcpip(host, port, None)
+        })
+        .map_err(ssh_err("open a tunnel"))
     }
 
     fn pump(
