@@ -2,7 +2,7 @@
 # Installs what the tests need when it is missing (Debian/Ubuntu, apt-get), so that
 # `make test` works on a fresh machine: OpenSSH server and client, the OpenSSL headers
 # libssh2 builds against, Python (venv, pip) and Node.js (npm) for dependency tests,
-# and PostgreSQL for migration tests.
+# PostgreSQL for migration tests, and nginx for the zero-downtime test.
 set -eu
 
 need=""
@@ -21,6 +21,8 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
     need="$need postgresql"
 fi
 command -v psql >/dev/null 2>&1 || need="$need postgresql-client"
+# dp-restart's zero-downtime test: a real nginx load balancer.
+[ -x /usr/sbin/nginx ] || [ -x /usr/local/sbin/nginx ] || need="$need nginx-light"
 
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"

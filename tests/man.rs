@@ -17,6 +17,7 @@ fn man_pages_are_current() {
         ("dp-sync.1", dp_cli::sync::Args::command()),
         ("dp-deps.1", dp_cli::deps::Args::command()),
         ("dp-migrate.1", dp_cli::migrate::Args::command()),
+        ("dp-restart.1", dp_cli::restart::Args::command()),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
     let bless = std::env::var_os("DP_BLESS").is_some();

@@ -6,5 +6,6 @@ mod deps;
 mod hosts;
 mod man;
 mod migrate;
+mod restart;
 mod sync;
 mod transport;

@@ -59,6 +59,7 @@ pub fn bin(name: &str) -> PathBuf {
         "dp-sync" => env!("CARGO_BIN_EXE_dp-sync"),
         "dp-deps" => env!("CARGO_BIN_EXE_dp-deps"),
         "dp-migrate" => env!("CARGO_BIN_EXE_dp-migrate"),
+        "dp-restart" => env!("CARGO_BIN_EXE_dp-restart"),
         other => panic!("unknown binary {other}"),
     })
 }

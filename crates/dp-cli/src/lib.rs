@@ -6,6 +6,7 @@ pub mod deps;
 pub mod hosts;
 pub mod io;
 pub mod migrate;
+pub mod restart;
 pub mod sync;
 
 use dp_core::Exit;

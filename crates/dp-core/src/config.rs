@@ -103,6 +103,9 @@ pub struct Config {
     /// How database migrations are applied (`[migrate]`).
     #[serde(default)]
     pub migrate: Option<MigrateConfig>,
+    /// How the rollout goes (`[restart]`).
+    #[serde(default)]
+    pub restart: Option<RestartConfig>,
     /// Stages by name.
     #[serde(default)]
     pub stages: BTreeMap<String, Spanned<Stage>>,
@@ -158,6 +161,27 @@ pub struct MigrateConfig {
     /// How long to wait for another run's lock, such as `60s`.
     #[serde(default, deserialize_with = "duration::option")]
     pub lock_timeout: Option<Duration>,
+}
+
+/// `[restart]`: the rolling switch.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartConfig {
+    /// Hosts per batch: `1`, `25%`.
+    #[serde(default)]
+    pub batch: Option<String>,
+    /// Restart command template, run in the new release.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Health check URL template, fetched from the deploying machine.
+    #[serde(default)]
+    pub health_url: Option<String>,
+    /// Health check command template, run on the host.
+    #[serde(default)]
+    pub health_cmd: Option<String>,
+    /// How long a host may take to become healthy, such as `30s`.
+    #[serde(default, deserialize_with = "duration::option")]
+    pub health_timeout: Option<Duration>,
 }
 
 /// A stage: defaults for its hosts, and the hosts.

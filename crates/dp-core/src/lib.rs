@@ -18,6 +18,7 @@ pub mod parallel;
 pub mod quote;
 pub mod record;
 pub mod sshconfig;
+pub mod template;
 pub mod transport;
 
 pub use exit::Exit;

@@ -46,6 +46,51 @@ impl Sessions {
         result
     }
 
+    /// Runs `work` for the records at `indices` (failed or not), at most `jobs` at once,
+    /// and returns each outcome in the same order. Records are not marked failed here;
+    /// a host that cannot be reached yields its connection error.
+    pub fn run_indices<F, T>(
+        &mut self,
+        records: &mut [Record],
+        indices: &[usize],
+        jobs: usize,
+        work: F,
+    ) -> Vec<Result<T, String>>
+    where
+        F: Fn(&mut Connection, &mut Record) -> Result<T, String> + Sync,
+        T: Send,
+    {
+        if self.slots.len() < records.len() {
+            self.slots.resize_with(records.len(), || None);
+        }
+        let mut chosen: Vec<(usize, &mut Record, &mut Option<Connection>)> = records
+            .iter_mut()
+            .zip(self.slots.iter_mut())
+            .enumerate()
+            .filter(|(i, _)| indices.contains(i))
+            .map(|(i, (r, s))| (i, r, s))
+            .collect();
+        let run_one = |(_, record, slot): &mut (usize, &mut Record, &mut Option<Connection>)| -> Result<T, String> {
+            if slot.is_none() {
+                **slot = Some(Connection::open(record).map_err(|e| e.to_string())?);
+            }
+            let result = work(slot.as_mut().expect("opened above"), record);
+            if result.is_err() {
+                **slot = None;
+            }
+            result
+        };
+        let mut results: Vec<(usize, Result<T, String>)> = match rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs.max(1))
+            .build()
+        {
+            Ok(pool) => pool.install(|| chosen.par_iter_mut().map(|c| (c.0, run_one(c))).collect()),
+            Err(_) => chosen.iter_mut().map(|c| (c.0, run_one(c))).collect(),
+        };
+        results.sort_by_key(|(i, _)| indices.iter().position(|j| j == i));
+        results.into_iter().map(|(_, r)| r).collect()
+    }
+
     /// Runs `work` for every record that has not failed, at most `jobs` at once, with an
     /// open session to its host. A host that cannot be reached, or whose `work` returns
     /// an error, gets `error` set for `step`; no record is dropped, order is kept.

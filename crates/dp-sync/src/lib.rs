@@ -194,10 +194,12 @@ pub fn run(
 ) {
     sessions.run(records, opts.jobs, STEP, |conn, record| {
         let started = Instant::now();
+        // Set even if the sync fails: dp-restart's finish then releases this release's
+        // lock on the host (and only a lock this release holds).
+        record.release = Some(prepared.release.clone());
         let mut stats = sync_host(conn, record, prepared, opts)?;
         stats.ms = started.elapsed().as_millis() as u64;
         stats.scan_ms = prepared.scan_ms;
-        record.release = Some(prepared.release.clone());
         record.set_step(STEP, stats);
         Ok(())
     });

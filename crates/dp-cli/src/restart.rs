@@ -1,0 +1,118 @@
+//! `dp-restart`: roll the release out in batches behind health checks; finish the deploy.
+
+use crate::io::{read_input, write_output};
+use crate::sync::load_optional_config;
+use clap::Parser;
+use dp_core::parallel::Sessions;
+use dp_core::Exit;
+use dp_restart::{Batch, Health, RestartOptions};
+use std::path::PathBuf;
+
+/// Switch each host to its record's release in rolling batches, restart and health-check
+/// it, switch it back on failure; then clean up, write history and release the lock.
+///
+/// A barrier: all records are read first. Per batch, in parallel: `current` is switched
+/// atomically (a new symlink renamed over it), the restart command runs in the new
+/// release, and the health check (an HTTP GET from here, or a command on the host) is
+/// polled until it passes or --health-timeout. A host that fails is switched back to its
+/// previous release and restarted; the rollout stops (beyond --max-fail failures) and
+/// later hosts are marked skipped. Then, on every host that received the release, failed
+/// ones included: the newest --keep complete releases are kept (never `current` or the
+/// previous one), unused dependency environments and leftovers are removed, a line is
+/// appended to `<root>/.dp/history.jsonl`, and the deploy lock is released.
+///
+/// Templates (--command, --health-url, --health-cmd) take {host}, {addr}, {release},
+/// {root}, {port} and the host's `vars` ({name}); values are quoted for the shell and
+/// percent-encoded in URLs.
+///
+/// Exit status: 0 all hosts ok; 1 at least one host failed or was skipped; 2 usage error.
+#[derive(Debug, Parser)]
+#[command(name = "dp-restart", version)]
+pub struct Args {
+    /// Config file for `keep` and `[restart]` (used when it exists).
+    #[arg(long, short = 'c', default_value = "deploy.toml", env = "DP_CONFIG")]
+    pub config: PathBuf,
+    /// Hosts per batch: a number (1) or a percentage (25%).
+    #[arg(long, short = 'b', value_name = "N|P%")]
+    pub batch: Option<Batch>,
+    /// Restart command, run in the new release on each host.
+    #[arg(long, value_name = "CMD")]
+    pub command: Option<String>,
+    /// Health check URL, fetched from this machine until it answers 2xx.
+    #[arg(long, value_name = "URL", conflicts_with = "health_cmd")]
+    pub health_url: Option<String>,
+    /// Health check command, run in `current` on the host until it exits 0.
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// How long a host may take to become healthy.
+    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
+    pub health_timeout: Option<std::time::Duration>,
+    /// Host failures to let pass before the rollout stops.
+    #[arg(long, default_value_t = 0)]
+    pub max_fail: usize,
+    /// Complete releases to keep on each host (default: `keep` in the config, else 5).
+    #[arg(long)]
+    pub keep: Option<usize>,
+    /// Hosts at once within a batch.
+    #[arg(long, short = 'j', default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
+    /// Switch every host back to the release it had before `current`.
+    #[arg(long)]
+    pub rollback: bool,
+    /// Deploy lock lease to renew.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = dp_core::config::parse_duration)]
+    pub lease: std::time::Duration,
+}
+
+/// Runs `dp-restart`.
+pub fn run() -> anyhow::Result<Exit> {
+    exec(Args::parse())
+}
+
+/// Runs `dp-restart` with parsed arguments.
+pub fn exec(args: Args) -> anyhow::Result<Exit> {
+    let config = load_optional_config(&args.config, std::env::var_os("DP_CONFIG").is_some())?;
+    let section = config
+        .as_ref()
+        .and_then(|c| c.restart.clone())
+        .unwrap_or_default();
+    let health = match (
+        &args.health_url,
+        &args.health_cmd,
+        &section.health_url,
+        &section.health_cmd,
+    ) {
+        (Some(u), _, _, _) => Some(Health::Url(u.clone())),
+        (_, Some(c), _, _) => Some(Health::Command(c.clone())),
+        (_, _, Some(u), _) => Some(Health::Url(u.clone())),
+        (_, _, _, Some(c)) => Some(Health::Command(c.clone())),
+        _ => None,
+    };
+    let batch = match (&args.batch, &section.batch) {
+        (Some(b), _) => *b,
+        (None, Some(b)) => b.parse().map_err(anyhow::Error::msg)?,
+        (None, None) => Batch::Percent(100),
+    };
+    let opts = RestartOptions {
+        batch,
+        command: args.command.clone().or(section.command.clone()),
+        health,
+        health_timeout: args
+            .health_timeout
+            .or(section.health_timeout)
+            .unwrap_or(std::time::Duration::from_secs(30)),
+        max_fail: args.max_fail,
+        keep: args
+            .keep
+            .or(config.as_ref().and_then(|c| c.keep.map(|k| k as usize)))
+            .unwrap_or(5),
+        jobs: usize::from(args.jobs),
+        rollback: args.rollback,
+        lease: args.lease,
+    };
+    let mut records = read_input("-")?;
+    dp_restart::run(&mut records, &mut Sessions::new(), &opts);
+    crate::report_failures("dp-restart", dp_restart::STEP, &records);
+    write_output(&records)?;
+    Ok(Exit::for_records(&records))
+}

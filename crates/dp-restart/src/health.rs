@@ -1,0 +1,88 @@
+//! Health checks: an HTTP GET from the deploying machine, or a command on the host,
+//! polled until it succeeds or the timeout passes.
+
+use dp_core::quote::quote_str;
+use dp_core::template::{render, Escape};
+use dp_core::transport::Transport;
+use dp_core::Record;
+use std::time::{Duration, Instant};
+
+/// A health check template.
+#[derive(Debug, Clone)]
+pub enum Health {
+    /// GET this URL (templated); any 2xx answer is healthy.
+    Url(String),
+    /// Run this command (templated) in `current` on the host; exit 0 is healthy.
+    Command(String),
+}
+
+impl Health {
+    /// Polls until healthy or `timeout`; the error names the check and the last answer.
+    pub fn wait(
+        &self,
+        conn: &mut dyn Transport,
+        record: &Record,
+        release: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let mut last: String;
+        match self {
+            Health::Url(t) => {
+                let url = render(t, record, release, Escape::Url).map_err(|e| e.to_string())?;
+                let agent = ureq::AgentBuilder::new()
+                    .timeout_connect(Duration::from_secs(2))
+                    .timeout(Duration::from_secs(5))
+                    .redirects(0)
+                    .build();
+                loop {
+                    match agent.get(&url).call() {
+                        Ok(r) if (200..300).contains(&r.status()) => return Ok(()),
+                        Ok(r) => last = format!("{} {}", r.status(), r.status_text()),
+                        Err(ureq::Error::Status(code, r)) => {
+                            last = format!("{code} {}", r.status_text())
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                    if started.elapsed() >= timeout {
+                        return Err(format!(
+                            "health check {url} failed after {}: {last}",
+                            humantime::format_duration(timeout)
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            Health::Command(t) => {
+                let cmd = render(t, record, release, Escape::Shell).map_err(|e| e.to_string())?;
+                let root = record.root.clone().unwrap_or_default();
+                let script = format!(
+                    "cd {}/current && {cmd}",
+                    quote_str(&root).map_err(|e| e.to_string())?
+                );
+                loop {
+                    match conn.run(&script) {
+                        Ok(out) if out.status.success() => return Ok(()),
+                        Ok(out) => {
+                            last = out
+                                .status
+                                .check("")
+                                .err()
+                                .map(|e| e.to_string())
+                                .unwrap_or_default()
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                    if started.elapsed() >= timeout {
+                        return Err(format!(
+                            "health check `{t}` failed after {}: {}",
+                            humantime::format_duration(timeout),
+                            last.trim_start_matches(" failed ")
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! dp-restart: roll a release out in batches, where "no downtime" is won.
+//!
+//! Per batch, in parallel: switch `current` atomically (new symlink renamed over the old
+//! one; there is never a moment without `current`), run the restart command in the new
+//! release, and wait for the health check. A host that fails its restart or health check
+//! is switched back to its previous release and restarted; the rollout then stops (unless
+//! `--max-fail` allows more) and later batches are marked skipped. Finally, on every host
+//! that received the release (failed ones included): keep the newest releases, remove
+//! unused dependency environments, append to history.jsonl and release the deploy lock.
+
+mod health;
+mod script;
+
+use dp_core::layout::{check_release_id, root_of};
+use dp_core::lock;
+use dp_core::parallel::Sessions;
+use dp_core::template::{render, Escape};
+use dp_core::transport::Transport;
+use dp_core::Record;
+use serde::Serialize;
+use std::time::{Duration, Instant, SystemTime};
+
+pub use health::Health;
+
+/// The step name in records.
+pub const STEP: &str = "restart";
+
+/// How many hosts per batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// This many hosts.
+    Count(usize),
+    /// This percentage of the hosts (rounded up, at least one).
+    Percent(u32),
+}
+
+impl std::str::FromStr for Batch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Batch, String> {
+        let bad = || format!("invalid batch {s:?}: a number of hosts (2) or a percentage (25%)");
+        match s.strip_suffix('%') {
+            Some(p) => match p.parse::<u32>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(Batch::Percent(p)),
+                _ => Err(bad()),
+            },
+            None => match s.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(Batch::Count(n)),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
+impl Batch {
+    /// Batch size for `hosts` hosts.
+    pub fn size(self, hosts: usize) -> usize {
+        match self {
+            Batch::Count(n) => n,
+            Batch::Percent(p) => (hosts * p as usize).div_ceil(100),
+        }
+        .max(1)
+    }
+}
+
+/// How to roll out.
+#[derive(Debug, Clone)]
+pub struct RestartOptions {
+    /// Batch size.
+    pub batch: Batch,
+    /// Restart command template, run in the new release on each host.
+    pub command: Option<String>,
+    /// Health check.
+    pub health: Option<Health>,
+    /// How long a host may take to become healthy.
+    pub health_timeout: Duration,
+    /// Host failures allowed before the rollout stops.
+    pub max_fail: usize,
+    /// Complete releases to keep.
+    pub keep: usize,
+    /// Hosts at once within a batch (and for the finish).
+    pub jobs: usize,
+    /// Switch to each host's previous release instead of the record's.
+    pub rollback: bool,
+    /// Deploy lock lease to renew.
+    pub lease: Duration,
+}
+
+/// What dp-restart did on one host (`steps.restart`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestartStats {
+    /// Batch number, from 1.
+    pub batch: usize,
+    /// The release now live (or that was tried).
+    pub release: String,
+    /// `current` before the switch.
+    pub previous: Option<String>,
+    /// `current` was switched.
+    pub switched: bool,
+    /// The health check passed (absent when there is none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    /// Switched back after a failure.
+    pub switched_back: bool,
+    /// Releases and environments removed by the cleanup.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// Milliseconds for switch, restart and health check.
+    pub ms: u64,
+}
+
+fn utc_now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Rolls out over every record; see the module documentation.
+pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOptions) {
+    let started_at = utc_now();
+    let rollback_id = format!("rollback-{}", started_at.replace(['-', ':'], ""));
+    let eligible: Vec<usize> = (0..records.len())
+        .filter(|&i| !records[i].failed())
+        .collect();
+    let size = opts.batch.size(eligible.len());
+    let mut failures: Vec<String> = Vec::new();
+    let mut stopped_after: Option<usize> = None;
+    for (b, batch) in eligible.chunks(size).enumerate() {
+        if let Some(after) = stopped_after {
+            for &i in batch {
+                records[i].fail(
+                    STEP,
+                    format!(
+                        "skipped: the rollout stopped after batch {after} failed ({})",
+                        failures.join(", ")
+                    ),
+                );
+            }
+            continue;
+        }
+        let lock_id = if opts.rollback {
+            rollback_id.as_str()
+        } else {
+            ""
+        };
+        let results = sessions.run_indices(records, batch, opts.jobs, |conn, record| {
+            let started = Instant::now();
+            let mut stats = RestartStats {
+                batch: b + 1,
+                ..RestartStats::default()
+            };
+            let outcome = roll_host(conn, record, opts, lock_id, &mut stats);
+            stats.ms = started.elapsed().as_millis() as u64;
+            if opts.rollback && !stats.release.is_empty() {
+                record.release = Some(stats.release.clone());
+            }
+            record.set_step(STEP, &stats);
+            outcome
+        });
+        for (&i, result) in batch.iter().zip(results) {
+            if let Err(message) = result {
+                records[i].fail(STEP, message);
+                failures.push(records[i].host.clone());
+            }
+        }
+        if failures.len() > opts.max_fail {
+            stopped_after = Some(b + 1);
+        }
+    }
+    finish_all(records, sessions, opts, &rollback_id);
+}
+
+/// Switch, restart, health check; switch back on failure.
+fn roll_host(
+    conn: &mut dyn Transport,
+    record: &Record,
+    opts: &RestartOptions,
+    rollback_id: &str,
+    stats: &mut RestartStats,
+) -> Result<(), String> {
+    let root = root_of(record)?.to_string();
+    let release = if opts.rollback {
+        None
+    } else {
+        let r = record
+            .release
+            .as_deref()
+            .ok_or("record has no `release`: run dp-sync first")?;
+        check_release_id(r)?;
+        Some(r.to_string())
+    };
+    let lock_id = release.clone().unwrap_or_else(|| rollback_id.to_string());
+    // The restart template is rendered on the host's side of the switch: {release} is the
+    // target, which in rollback mode only the host knows; render with a marker first.
+    let target_for_template = release.clone().unwrap_or_else(|| "${target}".to_string());
+    let restart = match &opts.command {
+        Some(t) => Some(
+            render(t, record, &target_for_template, Escape::Shell).map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
+    let restart = restart.map(|r| {
+        if release.is_none() {
+            r.replace("'${target}'", "\"$target\"")
+        } else {
+            r
+        }
+    });
+    let s = script::switch(
+        &root,
+        release.as_deref(),
+        &lock_id,
+        opts.lease,
+        restart.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    let out = conn.run(&s).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in text.lines() {
+        if let Some(p) = line.strip_prefix("previous ") {
+            stats.previous = Some(p.to_string()).filter(|p| !p.is_empty());
+        } else if let Some(t) = line.strip_prefix("target ") {
+            stats.release = t.to_string();
+        } else if line == "switched" {
+            stats.switched = true;
+        }
+    }
+    if out.status.code == Some(lock::HELD_STATUS) {
+        return Err(lock::held_message(&String::from_utf8_lossy(
+            &out.status.stderr,
+        )));
+    }
+    let failure = if !out.status.success() {
+        Some(
+            out.status
+                .check("switch and restart")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        )
+    } else if let Some(health) = &opts.health {
+        match health.wait(conn, record, &stats.release, opts.health_timeout) {
+            Ok(()) => {
+                stats.healthy = Some(true);
+                None
+            }
+            Err(e) => {
+                stats.healthy = Some(false);
+                Some(e)
+            }
+        }
+    } else {
+        None
+    };
+    let Some(failure) = failure else {
+        return Ok(());
+    };
+    if !stats.switched {
+        return Err(failure);
+    }
+    // Put the host back as it was.
+    let back_restart = match (&opts.command, &stats.previous) {
+        (Some(t), Some(prev)) => {
+            Some(render(t, record, prev, Escape::Shell).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    let s = script::switch_back(&root, stats.previous.as_deref(), back_restart.as_deref())
+        .map_err(|e| e.to_string())?;
+    match conn.run(&s) {
+        Ok(out) if out.status.success() => {
+            stats.switched_back = true;
+            Err(format!(
+                "{failure}; switched back to {}",
+                stats.previous.as_deref().unwrap_or("no release")
+            ))
+        }
+        Ok(out) => Err(format!(
+            "{failure}; SWITCHING BACK FAILED: {}",
+            out.status
+                .check("switch back")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        )),
+        Err(e) => Err(format!("{failure}; SWITCHING BACK FAILED: {e}")),
+    }
+}
+
+/// The finish on every host that received the release.
+fn finish_all(
+    records: &mut [Record],
+    sessions: &mut Sessions,
+    opts: &RestartOptions,
+    rollback_id: &str,
+) {
+    let user = lock::holder();
+    let action = if opts.rollback { "rollback" } else { "deploy" };
+    let targets: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].root.is_some() && (records[i].release.is_some() || opts.rollback))
+        .collect();
+    let results = sessions.run_indices(records, &targets, opts.jobs, |conn, record| {
+        let stats: Option<RestartStats> = record
+            .steps
+            .get(STEP)
+            .and_then(|v| serde_json::from_value::<serde_json::Value>(v.clone()).ok())
+            .map(|v| RestartStats {
+                release: v["release"].as_str().unwrap_or_default().to_string(),
+                previous: v["previous"].as_str().map(str::to_string),
+                ..RestartStats::default()
+            });
+        let release = record.release.clone().unwrap_or_default();
+        let result = match &record.error {
+            None => "ok".to_string(),
+            Some(e) if e.message.starts_with("skipped") => "skipped".to_string(),
+            Some(e) if e.step == STEP && e.message.contains("switched back") => {
+                "switched-back".to_string()
+            }
+            Some(e) => format!("failed in {}", e.step),
+        };
+        let previous = stats.as_ref().and_then(|s| s.previous.clone());
+        let history = serde_json::json!({
+            "time": utc_now(),
+            "action": action,
+            "release": release,
+            "previous": previous,
+            "user": user,
+            "result": result,
+        })
+        .to_string();
+        let lock_id = if opts.rollback {
+            rollback_id.to_string()
+        } else {
+            release.clone()
+        };
+        if check_release_id(&lock_id).is_err() {
+            return Ok(Vec::new());
+        }
+        let f = script::Finish {
+            root: root_of(record)?,
+            lock_id: &lock_id,
+            keep: opts.keep.max(1),
+            previous: previous.as_deref(),
+            history: &history,
+        };
+        let out = conn
+            .run(&script::finish(&f).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        out.status
+            .check("finishing (cleanup, history, unlock)")
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("removed ").map(str::to_string))
+            .collect::<Vec<_>>())
+    });
+    for (&i, result) in targets.iter().zip(results) {
+        match result {
+            Ok(removed) if !removed.is_empty() => {
+                if let Some(serde_json::Value::Object(step)) = records[i].steps.get_mut(STEP) {
+                    step.insert("removed".into(), serde_json::json!(removed));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let message = format!("cleanup and unlock failed: {e}");
+                if records[i].failed() {
+                    continue;
+                }
+                records[i].fail(STEP, message);
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! The shell scripts dp-restart runs on a host: switch (+ restart), switch back, finish.
+
+use dp_core::layout::script_prelude;
+use dp_core::quote::{quote_str, QuoteError};
+use std::time::Duration;
+
+/// Prints `previous <id>` and `target <id>`, then switches `current` to `target`
+/// atomically (a new symlink renamed over the old one) and runs `restart` in it.
+/// `target` is `release`, or in rollback mode the release completed before `current`.
+pub fn switch(
+    root: &str,
+    release: Option<&str>,
+    lock_id: &str,
+    lease: Duration,
+    restart: Option<&str>,
+) -> Result<String, QuoteError> {
+    let mut s = script_prelude(root)?;
+    s.push_str(&dp_core::lock::acquire_script(lock_id, lease)?);
+    s.push_str(
+        r#"prev=$(readlink "$root/current" 2>/dev/null || true)
+prev=${prev##*/}
+"#,
+    );
+    match release {
+        Some(rel) => s.push_str(&format!("target={}\n", quote_str(rel)?)),
+        None => s.push_str(
+            r#"target=$(cd "$releases" && ls -1t -- */.dp/complete 2>/dev/null | sed 's|/\.dp/complete$||' | awk -v cur="$prev" 'found { print; exit } $0 == cur { found = 1 }')
+[ -n "$target" ] || { echo "no release to roll back to: none completed before ${prev:-(none)}" >&2; exit 5; }
+"#,
+        ),
+    }
+    s.push_str(
+        r#"echo "previous $prev"
+echo "target $target"
+[ -f "$releases/$target/.dp/complete" ] || { echo "release $target is not complete on this host; it cannot go live" >&2; exit 3; }
+if [ "$prev" != "$target" ]; then
+  rm -f "$root/.current.tmp"
+  ln -s "releases/$target" "$root/.current.tmp"
+  mv -T "$root/.current.tmp" "$root/current"
+fi
+echo "switched"
+"#,
+    );
+    push_restart(&mut s, restart);
+    Ok(s)
+}
+
+/// Switches `current` back to `previous` (or removes it when there was none) and runs
+/// `restart` there.
+pub fn switch_back(
+    root: &str,
+    previous: Option<&str>,
+    restart: Option<&str>,
+) -> Result<String, QuoteError> {
+    let mut s = script_prelude(root)?;
+    match previous {
+        Some(prev) => s.push_str(&format!(
+            r#"rm -f "$root/.current.tmp"
+ln -s releases/{p} "$root/.current.tmp"
+mv -T "$root/.current.tmp" "$root/current"
+echo "switched back"
+"#,
+            p = quote_str(prev)?
+        )),
+        None => s.push_str("rm -f \"$root/current\"\necho \"removed current\"\n"),
+    }
+    if previous.is_some() {
+        push_restart(&mut s, restart);
+    }
+    Ok(s)
+}
+
+fn push_restart(s: &mut String, restart: Option<&str>) {
+    if let Some(cmd) = restart {
+        s.push_str("cd \"$root/current\"\n");
+        // The command's own output goes to stderr, so stdout stays ours to parse; a
+        // command that starts a server must detach it (setsid, redirects).
+        s.push_str(&format!("( {cmd} ) >&2\necho \"restarted\"\n"));
+    }
+}
+
+/// What the finish script needs.
+pub struct Finish<'a> {
+    /// The deploy root.
+    pub root: &'a str,
+    /// The lock id to release (the release, or the rollback id).
+    pub lock_id: &'a str,
+    /// Releases to keep.
+    pub keep: usize,
+    /// Never removed: the release `current` was switched from.
+    pub previous: Option<&'a str>,
+    /// One JSON line for history.jsonl.
+    pub history: &'a str,
+}
+
+/// Keeps the newest `keep` complete releases (never `current`, never `previous`),
+/// removes leftovers and unused dependency environments, appends a history line and
+/// releases the deploy lock.
+pub fn finish(f: &Finish) -> Result<String, QuoteError> {
+    let mut s = script_prelude(f.root)?;
+    s.push_str(&format!(
+        r#"keep={keep}
+prev={prev}
+cur=$(readlink "$root/current" 2>/dev/null || true)
+cur=${{cur##*/}}
+if [ -d "$releases" ]; then
+  n=0
+  for d in $(cd "$releases" && ls -1t -- */.dp/complete 2>/dev/null | sed 's|/\.dp/complete$||'); do
+    n=$((n + 1))
+    if [ "$n" -gt "$keep" ] && [ "$d" != "$cur" ] && [ "$d" != "$prev" ]; then
+      rm -rf "$releases/$d" && echo "removed release $d"
+    fi
+  done
+  for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
+    [ -e "$d" ] && rm -rf "$d" && echo "removed leftover ${{d##*/}}"
+  done
+fi
+"#,
+        keep = f.keep,
+        prev = quote_str(f.previous.unwrap_or(""))?,
+    ));
+    s.push_str(dp_deps::cleanup_script());
+    s.push_str(&format!(
+        "mkdir -p \"$root/.dp\"\nprintf '%s\\n' {} >> \"$root/.dp/history.jsonl\"\n",
+        quote_str(f.history)?
+    ));
+    s.push_str(&dp_core::lock::release_script(f.lock_id)?);
+    Ok(s)
+}

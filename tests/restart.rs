@@ -1,0 +1,456 @@
+//! dp-restart over real sshd and local hosts, and zero downtime behind a real nginx.
+
+use crate::util::{free_port, Dir, Fleet, Outcome, TestCommand};
+use dp_core::Record;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+fn local_record(name: &str, root: &Path, port: Option<u16>) -> Record {
+    let mut r = Record::new(name);
+    r.transport = dp_core::TransportKind::Local;
+    r.root = Some(root.display().to_string());
+    if let Some(p) = port {
+        r.extra
+            .insert("vars".into(), serde_json::json!({ "port": p }));
+    }
+    r
+}
+
+fn lines(records: &[Record]) -> String {
+    records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect()
+}
+
+fn sync(src: &Path, input: &str, release: &str) -> String {
+    let out = TestCommand::new("dp-sync")
+        .args([
+            "--src".as_ref(),
+            src.as_os_str(),
+            "--release".as_ref(),
+            release.as_ref(),
+        ])
+        .stdin(input)
+        .run();
+    out.code(0);
+    out.stdout
+}
+
+fn restart(input: &str, args: &[&str]) -> Outcome {
+    TestCommand::new("dp-restart").args(args).stdin(input).run()
+}
+
+fn current(root: &Path) -> String {
+    std::fs::read_link(root.join("current"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+fn history(root: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(root.join(".dp/history.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn rolls_out_keeps_releases_writes_history_and_rolls_back() {
+    let fleet = Fleet::shared();
+    let dir = Dir::new("restart-basic");
+    dir.write("src/VERSION", "1\n");
+    let src = dir.path().join("src");
+    let roots = vec![
+        fleet.root_for(0, "restart-basic"),
+        fleet.root_for(1, "restart-basic"),
+        dir.path().join("local"),
+    ];
+    let input = fleet.record_line(0, &roots[0])
+        + &fleet.record_line(1, &roots[1])
+        + &lines(&[local_record("l", &roots[2], None)]);
+    let cmd = "echo {release} >> {root}/restarts";
+    let args = [
+        "--batch",
+        "2",
+        "--command",
+        cmd,
+        "--health-cmd",
+        "test -f VERSION",
+        "--keep",
+        "2",
+    ];
+    for (i, rel) in ["r1", "r2", "r3", "r4"].iter().enumerate() {
+        dir.write("src/VERSION", format!("{}\n", i + 1));
+        let out = restart(&sync(&src, &input, rel), &args);
+        out.code(0);
+        for (r, root) in out.records().iter().zip(&roots) {
+            let s = &r.steps["restart"];
+            assert_eq!(s["release"], *rel);
+            assert_eq!(s["switched"], true);
+            assert_eq!(s["healthy"], true);
+            assert_eq!(
+                s["batch"],
+                if r.host == "l" { 2 } else { 1 },
+                "batches of 2"
+            );
+            assert_eq!(current(root), format!("releases/{rel}"));
+            assert!(!root.join(".dp/lock").exists(), "the lock is released");
+        }
+    }
+    for root in &roots {
+        let mut kept: Vec<String> = std::fs::read_dir(root.join("releases"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            ["r3", "r4"],
+            "keep = 2 (r3 is also the previous release)"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("restarts")).unwrap(),
+            "r1\nr2\nr3\nr4\n"
+        );
+        let h = history(root);
+        assert_eq!(h.len(), 4);
+        assert_eq!(
+            (
+                h[3]["release"].as_str(),
+                h[3]["previous"].as_str(),
+                h[3]["result"].as_str()
+            ),
+            (Some("r4"), Some("r3"), Some("ok"))
+        );
+    }
+
+    // Rollback: back to the release before current, with the same checks.
+    let hosts_only: String = input.clone();
+    let out = restart(
+        &hosts_only,
+        &[
+            "--rollback",
+            "--command",
+            cmd,
+            "--health-cmd",
+            "test -f VERSION",
+        ],
+    );
+    out.code(0);
+    for (r, root) in out.records().iter().zip(&roots) {
+        assert_eq!(r.steps["restart"]["release"], "r3");
+        assert_eq!(r.steps["restart"]["previous"], "r4");
+        assert_eq!(current(root), "releases/r3");
+        let h = history(root);
+        assert_eq!(
+            (h[4]["action"].as_str(), h[4]["release"].as_str()),
+            (Some("rollback"), Some("r3"))
+        );
+        assert!(!root.join(".dp/lock").exists());
+    }
+}
+
+#[test]
+fn a_failing_check_switches_the_batch_back_and_skips_the_rest() {
+    let dir = Dir::new("restart-fail");
+    dir.write("src/VERSION", "good\n");
+    let src = dir.path().join("src");
+    let roots: Vec<PathBuf> = (1..=3).map(|i| dir.path().join(format!("h{i}"))).collect();
+    let recs: Vec<Record> = roots
+        .iter()
+        .enumerate()
+        .map(|(i, r)| local_record(&format!("h{}", i + 1), r, None))
+        .collect();
+    let input = lines(&recs);
+    let args = [
+        "--batch",
+        "1",
+        "--health-cmd",
+        "grep -q good VERSION",
+        "--health-timeout",
+        "1s",
+    ];
+    restart(&sync(&src, &input, "r1"), &args).code(0);
+    dir.write("src/VERSION", "broken\n");
+    let out = restart(&sync(&src, &input, "r2"), &args);
+    out.code(1);
+    let recs = out.records();
+    let e = recs[0].error.clone().unwrap();
+    assert_eq!(e.step, "restart");
+    assert!(
+        e.message
+            .contains("health check `grep -q good VERSION` failed after 1s"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("switched back to r1"), "{}", e.message);
+    assert_eq!(recs[0].steps["restart"]["switched_back"], true);
+    for r in &recs[1..] {
+        assert!(r
+            .error
+            .clone()
+            .unwrap()
+            .message
+            .starts_with("skipped: the rollout stopped after batch 1 failed (h1)"));
+    }
+    for root in &roots {
+        assert_eq!(
+            current(root),
+            "releases/r1",
+            "every host serves the old release"
+        );
+        assert!(
+            !root.join(".dp/lock").exists(),
+            "locks released, failed hosts included"
+        );
+    }
+    assert_eq!(
+        history(&roots[0]).last().unwrap()["result"],
+        "switched-back"
+    );
+    assert_eq!(history(&roots[2]).last().unwrap()["result"], "skipped");
+    assert!(
+        out.stderr.contains("dp-restart: h1: restart: health check"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn template_values_are_quoted() {
+    let dir = Dir::new("restart-quote");
+    dir.write("src/VERSION", "1\n");
+    let root = dir.path().join("h1");
+    let mut r = local_record("h1", &root, None);
+    r.extra.insert(
+        "vars".into(),
+        serde_json::json!({ "evil": "$(touch pwned); `touch pwned2` 'x\"" }),
+    );
+    let input = lines(&[r]);
+    let out = restart(
+        &sync(&dir.path().join("src"), &input, "r1"),
+        &["--command", "printf '%s' {evil} > out.txt"],
+    );
+    out.code(0);
+    assert_eq!(
+        std::fs::read_to_string(root.join("releases/r1/out.txt")).unwrap(),
+        "$(touch pwned); `touch pwned2` 'x\""
+    );
+    assert!(!root.join("releases/r1/pwned").exists() && !root.join("releases/r1/pwned2").exists());
+}
+
+/// nginx in front of the apps, retrying the next upstream on errors.
+struct Nginx {
+    port: u16,
+    guard: Option<(Child, std::process::ChildStdin)>,
+}
+
+impl Nginx {
+    fn start(dir: &Path, upstreams: &[u16]) -> Nginx {
+        let port = free_port();
+        let tmp = dir.join("nginx-tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        Command::new("chmod")
+            .args(["777"])
+            .arg(&tmp)
+            .status()
+            .unwrap();
+        let servers: String = upstreams
+            .iter()
+            .map(|p| format!("    server 127.0.0.1:{p} max_fails=0;\n"))
+            .collect();
+        let user = if crate::util::user() == "root" {
+            "user root;\n"
+        } else {
+            ""
+        };
+        let conf = format!(
+            "{user}worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {t}; proxy_temp_path {t}; fastcgi_temp_path {t};\n  \
+             uwsgi_temp_path {t}; scgi_temp_path {t};\n  upstream app {{\n{servers}  }}\n  server {{\n    \
+             listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://app;\n      \
+             proxy_next_upstream error timeout http_500 http_502 http_503 http_504;\n      \
+             proxy_next_upstream_tries 0;\n      proxy_connect_timeout 1s;\n    }}\n  }}\n}}\n",
+            d = dir.display(),
+            t = tmp.display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx not found: run `make test` (it installs nginx)");
+        let script = format!(
+            "{nginx} -c {} -p {} & pid=$!; read _; kill -QUIT $pid; wait $pid",
+            conf_path.display(),
+            dir.display()
+        );
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx {
+            port,
+            guard: Some((child, stdin)),
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Some((mut child, stdin)) = self.guard.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One GET through nginx: Ok(body) on 200.
+fn get(port: u16) -> Result<String, String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let status = resp.lines().next().unwrap_or_default().to_string();
+    if !status.contains(" 200 ") {
+        return Err(status);
+    }
+    Ok(resp
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn kill_apps(roots: &[PathBuf]) {
+    for r in roots {
+        if let Ok(pid) = std::fs::read_to_string(r.join("app.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+struct Apps(Vec<PathBuf>);
+impl Drop for Apps {
+    fn drop(&mut self) {
+        kill_apps(&self.0);
+    }
+}
+
+#[test]
+fn zero_downtime_rollout_behind_nginx() {
+    let dir = Dir::new("restart-nginx");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/app.py"),
+        dir.path().join("app.py"),
+    )
+    .unwrap();
+    dir.write("src/VERSION", "1\n");
+    std::fs::copy(dir.path().join("app.py"), dir.path().join("src/app.py")).unwrap();
+    let src = dir.path().join("src");
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let roots: Vec<PathBuf> = (1..=4).map(|i| dir.path().join(format!("h{i}"))).collect();
+    let _apps = Apps(roots.clone());
+    let recs: Vec<Record> = roots
+        .iter()
+        .zip(&ports)
+        .enumerate()
+        .map(|(i, (r, p))| local_record(&format!("h{}", i + 1), r, Some(*p)))
+        .collect();
+    let input = lines(&recs);
+    // Stop the old process (waiting for it to exit), start the new one detached.
+    let cmd = "old=$(cat {root}/app.pid 2>/dev/null || true); \
+               if [ -n \"$old\" ]; then kill $old 2>/dev/null; while kill -0 $old 2>/dev/null; do sleep 0.02; done; fi; \
+               setsid python3 app.py {port} > {root}/app.log 2>&1 < /dev/null & echo $! > {root}/app.pid";
+    let args = [
+        "--batch",
+        "1",
+        "--command",
+        cmd,
+        "--health-url",
+        "http://127.0.0.1:{port}/healthz",
+        "--health-timeout",
+        "3s",
+    ];
+    restart(&sync(&src, &input, "v1"), &args).code(0);
+    let nginx = Nginx::start(dir.path(), &ports);
+    assert_eq!(get(nginx.port).unwrap(), "version 1");
+
+    let run_with_load = |release: &str, version: &str, code: i32| -> (Outcome, usize, usize) {
+        dir.write("src/VERSION", format!("{version}\n"));
+        let synced = sync(&src, &input, release);
+        let done = AtomicBool::new(false);
+        let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let out = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::SeqCst) {
+                    match get(nginx.port) {
+                        Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                        Err(e) => {
+                            eprintln!("failed request: {e}");
+                            failed.fetch_add(1, Ordering::SeqCst)
+                        }
+                    };
+                }
+            });
+            let out = restart(&synced, &args);
+            done.store(true, Ordering::SeqCst);
+            out
+        });
+        out.code(code);
+        (out, ok.into_inner(), failed.into_inner())
+    };
+
+    let (_, ok, failed) = run_with_load("v2", "2", 0);
+    assert_eq!(
+        failed, 0,
+        "no request failed during the rollout ({ok} succeeded)"
+    );
+    assert!(ok > 20, "the load ran during the rollout: {ok} requests");
+    for _ in 0..20 {
+        assert_eq!(
+            get(nginx.port).unwrap(),
+            "version 2",
+            "every host serves the new release"
+        );
+    }
+
+    // A release that fails its health check: switched back, the rest untouched, and the
+    // load balancer never shows an error.
+    let (out, ok, failed) = run_with_load("v3", "broken", 1);
+    assert_eq!(
+        failed, 0,
+        "no request failed during the failed rollout ({ok} succeeded)"
+    );
+    let recs = out.records();
+    let e = recs[0].error.clone().unwrap();
+    assert!(
+        e.message.contains("health check http://127.0.0.1:") && e.message.contains("500"),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("h1") || recs[0].host == "h1");
+    for root in &roots {
+        assert_eq!(current(root), "releases/v2");
+    }
+    for _ in 0..20 {
+        assert_eq!(get(nginx.port).unwrap(), "version 2");
+    }
+}
