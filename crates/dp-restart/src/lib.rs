@@ -106,6 +106,8 @@ pub struct RestartStats {
     pub removed: Vec<String>,
     /// Milliseconds for switch, restart and health check.
     pub ms: u64,
+    /// Milliseconds from the start of the rollout to this host's switch.
+    pub switched_at_ms: u64,
 }
 
 fn utc_now() -> String {
@@ -115,6 +117,7 @@ fn utc_now() -> String {
 /// Rolls out over every record; see the module documentation.
 pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOptions) {
     let started_at = utc_now();
+    let rollout_start = Instant::now();
     let rollback_id = format!("rollback-{}", started_at.replace(['-', ':'], ""));
     let eligible: Vec<usize> = (0..records.len())
         .filter(|&i| !records[i].failed())
@@ -146,7 +149,7 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
                 batch: b + 1,
                 ..RestartStats::default()
             };
-            let outcome = roll_host(conn, record, opts, lock_id, &mut stats);
+            let outcome = roll_host(conn, record, opts, lock_id, &mut stats, rollout_start);
             stats.ms = started.elapsed().as_millis() as u64;
             if opts.rollback && !stats.release.is_empty() {
                 record.release = Some(stats.release.clone());
@@ -174,6 +177,7 @@ fn roll_host(
     opts: &RestartOptions,
     rollback_id: &str,
     stats: &mut RestartStats,
+    rollout_start: Instant,
 ) -> Result<(), String> {
     let root = root_of(record)?.to_string();
     let release = if opts.rollback {
@@ -220,6 +224,7 @@ fn roll_host(
             stats.release = t.to_string();
         } else if line == "switched" {
             stats.switched = true;
+            stats.switched_at_ms = rollout_start.elapsed().as_millis() as u64;
         }
     }
     if out.status.code == Some(lock::HELD_STATUS) {
