@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --locked
 
-.PHONY: all build release test test-env fmt man bench bench-hosts clean
+.PHONY: all build release demo demo-stop test test-env fmt man bench bench-hosts bench-sync bench-deps bench-migrate bench-restart clean
 
 all: build
 
@@ -11,6 +11,14 @@ build:
 
 release:
 	$(CARGO) build $(CARGO_FLAGS) --release
+
+## Deploys the bundled example site to three local hosts (target/demo) and shows where
+## it answers. Run it again for an incremental second release.
+demo: release
+	scripts/demo.sh
+
+demo-stop:
+	-for f in target/demo/hosts/*/app.pid; do kill $$(cat $$f) 2>/dev/null; done
 
 ## Installs what the tests need, then: format check, clippy (warnings denied), all tests.
 test: test-env
@@ -29,10 +37,22 @@ man:
 	DP_BLESS=1 $(CARGO) test $(CARGO_FLAGS) --test integration -- man::
 
 ## Benchmarks (release build; numbers on stdout).
-bench: bench-hosts
+bench: bench-hosts bench-sync bench-deps bench-migrate bench-restart
 
 bench-hosts: test-env release
 	scripts/bench/hosts.sh
+
+bench-sync: test-env release
+	scripts/bench/sync.sh
+
+bench-deps: test-env release
+	scripts/bench/deps.sh
+
+bench-migrate: test-env release
+	scripts/bench/migrate.sh
+
+bench-restart: test-env release
+	scripts/bench/restart.sh
 
 clean:
 	$(CARGO) clean

@@ -13,6 +13,7 @@ fn render(cmd: clap::Command) -> Vec<u8> {
 #[test]
 fn man_pages_are_current() {
     let pages = [
+        ("dp.1", dp_cli::dp::Args::command()),
         ("dp-hosts.1", dp_cli::hosts::Args::command()),
         ("dp-sync.1", dp_cli::sync::Args::command()),
         ("dp-deps.1", dp_cli::deps::Args::command()),

@@ -377,7 +377,8 @@ fn zero_downtime_rollout_behind_nginx() {
     let input = lines(&recs);
     // Stop the old process (waiting for it to exit), start the new one detached.
     let cmd = "old=$(cat {root}/app.pid 2>/dev/null || true); \
-               if [ -n \"$old\" ]; then kill $old 2>/dev/null; while kill -0 $old 2>/dev/null; do sleep 0.02; done; fi; \
+               if [ -n \"$old\" ] && kill $old 2>/dev/null; then \
+               while kill -0 $old 2>/dev/null && ! grep -qs '^State:.*Z' /proc/$old/status; do sleep 0.02; done; fi; \
                setsid python3 app.py {port} > {root}/app.log 2>&1 < /dev/null & echo $! > {root}/app.pid";
     let args = [
         "--batch",

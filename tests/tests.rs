@@ -3,6 +3,7 @@
 mod util;
 
 mod deps;
+mod dp;
 mod hosts;
 mod man;
 mod migrate;

@@ -55,6 +55,7 @@ impl Dir {
 /// Path of one of the project's binaries.
 pub fn bin(name: &str) -> PathBuf {
     PathBuf::from(match name {
+        "dp" => env!("CARGO_BIN_EXE_dp"),
         "dp-hosts" => env!("CARGO_BIN_EXE_dp-hosts"),
         "dp-sync" => env!("CARGO_BIN_EXE_dp-sync"),
         "dp-deps" => env!("CARGO_BIN_EXE_dp-deps"),

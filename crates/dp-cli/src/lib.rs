@@ -3,6 +3,7 @@
 //! call [`main_with`] with a command's `run`.
 
 pub mod deps;
+pub mod dp;
 pub mod hosts;
 pub mod io;
 pub mod migrate;

@@ -337,8 +337,13 @@ pub fn run_sql(records: &mut [Record], opts: &MigrateOptions) {
     if !all_ok(records) {
         return;
     }
+    // The post phase is recorded under its own key, so the pre phase's stays visible.
+    let key = match opts.phase {
+        Phase::Pre => STEP,
+        Phase::Post => "migrate_post",
+    };
     match migrate(opts) {
-        Ok(stats) => records.iter_mut().for_each(|r| r.set_step(STEP, &stats)),
+        Ok(stats) => records.iter_mut().for_each(|r| r.set_step(key, &stats)),
         Err(e) => records.iter_mut().for_each(|r| r.fail(STEP, e.to_string())),
     }
 }

@@ -111,14 +111,17 @@ pub struct RestartStats {
 }
 
 fn utc_now() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 /// Rolls out over every record; see the module documentation.
 pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOptions) {
     let started_at = utc_now();
     let rollout_start = Instant::now();
-    let rollback_id = format!("rollback-{}", started_at.replace(['-', ':'], ""));
+    let rollback_id = format!(
+        "rollback-{}",
+        started_at.replace(['-', ':'], "").replace('.', "-")
+    );
     let eligible: Vec<usize> = (0..records.len())
         .filter(|&i| !records[i].failed())
         .collect();

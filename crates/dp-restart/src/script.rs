@@ -101,27 +101,33 @@ pub fn finish(f: &Finish) -> Result<String, QuoteError> {
     s.push_str(&format!(
         r#"keep={keep}
 prev={prev}
+rel={rel}
 cur=$(readlink "$root/current" 2>/dev/null || true)
 cur=${{cur##*/}}
-if [ -d "$releases" ]; then
-  n=0
-  for d in $(cd "$releases" && ls -1t -- */.dp/complete 2>/dev/null | sed 's|/\.dp/complete$||'); do
-    n=$((n + 1))
-    if [ "$n" -gt "$keep" ] && [ "$d" != "$cur" ] && [ "$d" != "$prev" ]; then
-      rm -rf "$releases/$d" && echo "removed release $d"
-    fi
-  done
-  for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
-    [ -e "$d" ] && rm -rf "$d" && echo "removed leftover ${{d##*/}}"
-  done
-fi
+mkdir -p "$root/.dp"
+# Clean up only while this release holds the lock: another deploy may be mid-sync.
+if [ -f "$root/.dp/lock" ] && grep -q "\"release\":\"$rel\"" "$root/.dp/lock"; then
+  if [ -d "$releases" ]; then
+    n=0
+    for d in $(cd "$releases" && ls -1t -- */.dp/complete 2>/dev/null | sed 's|/\.dp/complete$||'); do
+      n=$((n + 1))
+      if [ "$n" -gt "$keep" ] && [ "$d" != "$cur" ] && [ "$d" != "$prev" ]; then
+        rm -rf "$releases/$d" && echo "removed release $d"
+      fi
+    done
+    for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
+      [ -e "$d" ] && rm -rf "$d" && echo "removed leftover ${{d##*/}}"
+    done
+  fi
 "#,
         keep = f.keep,
         prev = quote_str(f.previous.unwrap_or(""))?,
+        rel = quote_str(f.lock_id)?,
     ));
     s.push_str(dp_deps::cleanup_script());
+    s.push_str("fi\n");
     s.push_str(&format!(
-        "mkdir -p \"$root/.dp\"\nprintf '%s\\n' {} >> \"$root/.dp/history.jsonl\"\n",
+        "printf '%s\\n' {} >> \"$root/.dp/history.jsonl\"\n",
         quote_str(f.history)?
     ));
     s.push_str(&dp_core::lock::release_script(f.lock_id)?);

@@ -181,8 +181,82 @@ pub fn scan_and_run(
         scan.join()
             .unwrap_or_else(|_| Err(SyncError::Invalid("the scan panicked".into())))
     })?;
+    lock_all(records, sessions, &prepared.release, opts);
     run(records, sessions, &prepared, opts);
     Ok(prepared)
+}
+
+/// What taking the lock on one host gave.
+enum Locked {
+    Taken,
+    Held(String),
+}
+
+/// Takes the deploy lock on every host before anything is sent: the first host (by name)
+/// alone, then the others in parallel. Two deploys of the same hosts thus meet on the
+/// first host, and exactly one goes on. If another deploy holds any host, the locks taken
+/// are given back and every record fails: a deploy goes to all its hosts or to none.
+pub fn lock_all(
+    records: &mut [Record],
+    sessions: &mut Sessions,
+    release: &str,
+    opts: &SyncOptions,
+) {
+    let mut order: Vec<usize> = (0..records.len())
+        .filter(|&i| !records[i].failed())
+        .collect();
+    order.sort_by(|&a, &b| records[a].host.cmp(&records[b].host));
+    if order.is_empty() {
+        return;
+    }
+    let take = |conn: &mut dp_core::transport::Connection,
+                record: &mut Record|
+     -> Result<Locked, String> {
+        let root = root_of(record)?;
+        let script = dp_core::layout::script_prelude(root).map_err(|e| e.to_string())?
+            + &lock::acquire_script(release, opts.lease).map_err(|e| e.to_string())?;
+        let out = conn.run(&script).map_err(|e| e.to_string())?;
+        if out.status.code == Some(lock::HELD_STATUS) {
+            return Ok(Locked::Held(lock::held_message(&String::from_utf8_lossy(
+                &out.status.stderr,
+            ))));
+        }
+        out.status
+            .check("taking the deploy lock")
+            .map_err(|e| e.to_string())?;
+        Ok(Locked::Taken)
+    };
+    let first = sessions.run_indices(records, &order[..1], 1, take);
+    let mut results: Vec<(usize, Result<Locked, String>)> =
+        vec![(order[0], first.into_iter().next().expect("one"))];
+    if !matches!(results[0].1, Ok(Locked::Held(_))) {
+        let rest = sessions.run_indices(records, &order[1..], opts.jobs, take);
+        results.extend(order[1..].iter().copied().zip(rest));
+    }
+    let held: Option<(String, String)> = results.iter().find_map(|(i, r)| match r {
+        Ok(Locked::Held(m)) => Some((records[*i].host.clone(), m.clone())),
+        _ => None,
+    });
+    for (i, r) in &results {
+        if let Err(e) = r {
+            records[*i].fail(STEP, e.clone());
+        }
+    }
+    let Some((host, message)) = held else { return };
+    let taken: Vec<usize> = results
+        .iter()
+        .filter(|(_, r)| matches!(r, Ok(Locked::Taken)))
+        .map(|(i, _)| *i)
+        .collect();
+    let _ = sessions.run_indices(records, &taken, opts.jobs, |conn, record| {
+        let script = dp_core::layout::script_prelude(root_of(record)?)
+            .map_err(|e| e.to_string())?
+            + &lock::release_script(release).map_err(|e| e.to_string())?;
+        conn.run(&script).map(drop).map_err(|e| e.to_string())
+    });
+    for r in records.iter_mut() {
+        r.fail(STEP, format!("deploy refused: on {host}, {message}"));
+    }
 }
 
 /// Syncs every record that has not failed, at most `opts.jobs` hosts at once.

@@ -1,0 +1,263 @@
+//! `dp`: the one-line deploy and the commands around it.
+
+use crate::io::write_output;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dp_core::config::Config;
+use dp_core::record::HostKeyPolicy;
+use dp_core::{Exit, Record};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Deploy a website with one line: hosts, sync, deps, migrate, restart.
+///
+/// `dp deploy` reads deploy.toml and runs every step in one process, with one SSH session
+/// per host: upload the release (only changed files), make dependencies ready, apply
+/// migrations (expand before the switch, contract after), switch hosts over in rolling
+/// batches behind health checks, then clean up and release the lock. Records go to
+/// stdout as JSON lines, progress and a summary to stderr.
+///
+/// Exit status: 0 all hosts ok; 1 at least one host failed (records say which); 2 usage,
+/// config or input error before any host was touched.
+#[derive(Debug, Parser)]
+#[command(name = "dp", version)]
+pub struct Args {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// The config file.
+    #[arg(
+        long,
+        short = 'c',
+        default_value = "deploy.toml",
+        env = "DP_CONFIG",
+        global = true
+    )]
+    pub config: PathBuf,
+    /// Stage (may be omitted when the config has exactly one).
+    #[arg(long, short = 's', env = "DP_STAGE", global = true)]
+    pub stage: Option<String>,
+    /// Hosts at once.
+    #[arg(long, short = 'j', global = true)]
+    pub jobs: Option<usize>,
+    /// Print nothing on stderr but errors.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy: sync, deps, migrate (pre), rolling restart, migrate (post).
+    Deploy {
+        /// Print the equivalent pipeline of the small tools instead of deploying.
+        #[arg(long)]
+        print_pipeline: bool,
+        /// Release id (default: UTC time plus a content hash).
+        #[arg(long)]
+        release: Option<String>,
+    },
+    /// Prepare hosts for their first deploy: directories, prerequisites, host keys.
+    Setup {
+        /// Record unknown host keys in known_hosts (a changed key is still refused).
+        #[arg(long)]
+        accept_new: bool,
+    },
+    /// Switch every host back to the release before its current one.
+    Rollback,
+    /// Current and previous release per host, drift, lock holder, releases on disk.
+    Status,
+    /// Remove the deploy lock on every host (shows who held it).
+    Unlock,
+    /// Deploys and rollbacks across hosts, newest first.
+    History {
+        /// How many entries.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+/// Runs `dp`.
+pub fn run() -> anyhow::Result<Exit> {
+    exec(Args::parse())
+}
+
+/// Runs `dp` with parsed arguments.
+pub fn exec(args: Args) -> anyhow::Result<Exit> {
+    let config = Config::load(&args.config)?;
+    let jobs = args.jobs.unwrap_or(16).max(1);
+    let overrides = dp_flow::Overrides {
+        stage: args.stage.clone(),
+        release: None,
+        jobs: Some(jobs),
+    };
+    let say = |msg: &str| {
+        if !args.quiet {
+            eprintln!("dp: {msg}");
+        }
+    };
+    match &args.command {
+        Command::Deploy {
+            print_pipeline,
+            release,
+        } => {
+            let overrides = dp_flow::Overrides {
+                release: release.clone(),
+                ..overrides
+            };
+            let plan = dp_flow::plan(&config, &args.config, &overrides)?;
+            if *print_pipeline {
+                print!("{}", dp_flow::pipeline(&plan)?);
+                return Ok(Exit::Ok);
+            }
+            let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
+            let started = Instant::now();
+            let mut last = Instant::now();
+            let mut progress = |step: &str, records: &[Record]| {
+                let failed = records.iter().filter(|r| r.failed()).count();
+                say(&format!(
+                    "{step}: {}/{} hosts ok ({:.1} s)",
+                    records.len() - failed,
+                    records.len(),
+                    last.elapsed().as_secs_f64()
+                ));
+                last = Instant::now();
+            };
+            dp_flow::deploy(&mut records, &plan, &mut progress).context("cannot deploy")?;
+            for r in &records {
+                if let Some(e) = &r.error {
+                    eprintln!("dp: {}: {}: {}", r.host, e.step, e.message);
+                }
+            }
+            if !args.quiet {
+                summary(&records, started);
+            }
+            write_output(&records)?;
+            Ok(Exit::for_records(&records))
+        }
+        Command::Setup { accept_new } => {
+            let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
+            if *accept_new {
+                for r in &mut records {
+                    r.ssh.host_key_policy = Some(HostKeyPolicy::AcceptNew);
+                }
+            }
+            let python = config
+                .deps
+                .as_ref()
+                .and_then(|d| d.kind.as_deref())
+                .is_some_and(|k| k == "pip");
+            dp_flow::admin::setup(&mut records, jobs, python);
+            finish(records, "setup")
+        }
+        Command::Rollback => {
+            let plan = dp_flow::plan(&config, &args.config, &overrides)?;
+            let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
+            let opts = dp_restart::RestartOptions {
+                rollback: true,
+                ..plan.restart
+            };
+            dp_restart::run(&mut records, &mut dp_core::parallel::Sessions::new(), &opts);
+            finish(records, dp_restart::STEP)
+        }
+        Command::Status => {
+            let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
+            dp_flow::admin::status(&mut records, jobs);
+            if let Some(dir) = migrations_dir(&config) {
+                if let Ok(url) = std::env::var("DATABASE_URL") {
+                    if let Ok(lines) = dp_migrate::status(&url, &dir) {
+                        let pending = lines.iter().filter(|l| l.applied_at.is_none()).count();
+                        for r in &mut records {
+                            if let Some(serde_json::Value::Object(s)) = r.steps.get_mut("status") {
+                                s.insert("pending_migrations".into(), serde_json::json!(pending));
+                            }
+                        }
+                    }
+                }
+            }
+            finish(records, "status")
+        }
+        Command::Unlock => {
+            let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
+            dp_flow::admin::unlock(&mut records, jobs);
+            for r in &records {
+                if let Some(h) = r
+                    .steps
+                    .get("unlock")
+                    .and_then(|u| u.get("holder"))
+                    .filter(|h| !h.is_null())
+                {
+                    say(&format!("{}: removed lock held by {h}", r.host));
+                }
+            }
+            finish(records, "unlock")
+        }
+        Command::History { limit } => {
+            let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
+            let lines = dp_flow::admin::history(&mut records, jobs, *limit);
+            let mut out = std::io::stdout().lock();
+            for l in lines {
+                use std::io::Write;
+                writeln!(out, "{l}")?;
+            }
+            Ok(Exit::for_records(&records))
+        }
+    }
+}
+
+fn migrations_dir(config: &Config) -> Option<PathBuf> {
+    let m = config.migrate.clone().unwrap_or_default();
+    let src = config.local_path(
+        config
+            .source
+            .as_deref()
+            .unwrap_or(std::path::Path::new(".")),
+    );
+    let dir = m
+        .dir
+        .as_deref()
+        .map(|d| config.local_path(d))
+        .unwrap_or_else(|| src.join("migrations"));
+    dir.is_dir().then_some(dir)
+}
+
+fn finish(records: Vec<Record>, step: &str) -> anyhow::Result<Exit> {
+    crate::report_failures("dp", step, &records);
+    write_output(&records)?;
+    Ok(Exit::for_records(&records))
+}
+
+/// The table at the end of a deploy.
+fn summary(records: &[Record], started: Instant) {
+    eprintln!("{:<16} {:<28} {:>8}  result", "host", "release", "sent");
+    for r in records {
+        let sent = r
+            .steps
+            .get("sync")
+            .and_then(|s| s["files_sent"].as_u64())
+            .map(|n| format!("{n} files"))
+            .unwrap_or_default();
+        let result = match &r.error {
+            None => "ok".to_string(),
+            Some(e) => format!("FAILED in {}", e.step),
+        };
+        eprintln!(
+            "{:<16} {:<28} {:>8}  {result}",
+            r.host,
+            r.release.as_deref().unwrap_or("-"),
+            sent
+        );
+    }
+    let failed = records.iter().filter(|r| r.failed()).count();
+    eprintln!(
+        "dp: {} in {:.1} s: {} of {} hosts ok",
+        if failed == 0 {
+            "deployed"
+        } else {
+            "deploy FAILED"
+        },
+        started.elapsed().as_secs_f64(),
+        records.len() - failed,
+        records.len()
+    );
+}

@@ -1,0 +1,165 @@
+//! The other `dp` commands: setup, status, unlock, history, rollback. Each runs one
+//! script per host, in parallel, and returns one JSON-able value per host.
+
+use dp_core::layout::{root_of, script_prelude};
+use dp_core::parallel::Sessions;
+
+use dp_core::transport::Transport;
+use dp_core::Record;
+use serde_json::{json, Value};
+
+fn run_script(
+    records: &mut [Record],
+    jobs: usize,
+    step: &str,
+    body: impl Fn(&Record) -> Result<String, String> + Sync,
+) -> Vec<Result<String, String>> {
+    let all: Vec<usize> = (0..records.len()).collect();
+    let results = Sessions::new().run_indices(records, &all, jobs, |conn, record| {
+        let root = root_of(record)?;
+        let script = script_prelude(root).map_err(|e| e.to_string())? + &body(record)?;
+        let out = conn.run(&script).map_err(|e| e.to_string())?;
+        out.status.check(step).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    for (r, res) in records.iter_mut().zip(&results) {
+        if let Err(e) = res {
+            r.fail(step, e.clone());
+        }
+    }
+    results
+}
+
+/// `dp setup`: create the layout, check prerequisites and that the root is writable.
+/// Idempotent; says what it did per host.
+pub fn setup(records: &mut [Record], jobs: usize, need_python: bool) {
+    let python = if need_python { "python3" } else { "" };
+    let results = run_script(records, jobs, "setup", |_| {
+        Ok(format!(
+            r#"for d in "$root" "$root/releases" "$root/shared" "$root/.dp" "$root/.dp/deps"; do
+  if [ -d "$d" ]; then echo "exists $d"; else mkdir -p "$d" && echo "created $d"; fi
+done
+missing=
+for tool in sh tar cp mv ln readlink sha256sum sort grep sed awk xargs {python}; do
+  command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+done
+if [ -n "$missing" ]; then echo "missing on this host:$missing" >&2; exit 1; fi
+probe="$root/.dp/.write-test.$$"
+: > "$probe" && rm -f "$probe" || {{ echo "$root is not writable" >&2; exit 1; }}
+echo "ok"
+"#
+        ))
+    });
+    for (r, res) in records.iter_mut().zip(results) {
+        if let Ok(text) = res {
+            let created: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("created "))
+                .collect();
+            r.set_step("setup", json!({ "created": created, "ready": true }));
+        }
+    }
+}
+
+/// `dp status`: current and previous release, the lock holder, the releases on disk.
+pub fn status(records: &mut [Record], jobs: usize) {
+    let results = run_script(records, jobs, "status", |_| {
+        Ok(r#"cur=$(readlink "$root/current" 2>/dev/null || true)
+echo "current ${cur##*/}"
+if [ -f "$root/.dp/lock" ]; then printf 'lock %s\n' "$(cat "$root/.dp/lock")"; fi
+if [ -f "$root/.dp/history.jsonl" ]; then printf 'last %s\n' "$(tail -n 1 "$root/.dp/history.jsonl")"; fi
+if [ -d "$root/releases" ]; then (cd "$root/releases" && ls -1t -- */.dp/complete 2>/dev/null | sed 's|/\.dp/complete$||; s|^|release |'); fi
+"#
+        .to_string())
+    });
+    for (r, res) in records.iter_mut().zip(results) {
+        let Ok(text) = res else { continue };
+        let mut v = json!({ "current": null, "previous": null, "lock": null, "releases": [] });
+        for line in text.lines() {
+            if let Some(c) = line.strip_prefix("current ") {
+                v["current"] = json!(Some(c).filter(|c| !c.is_empty()));
+            } else if let Some(l) = line.strip_prefix("lock ") {
+                v["lock"] = serde_json::from_str(l).unwrap_or(json!(l));
+            } else if let Some(h) = line.strip_prefix("last ") {
+                if let Ok(h) = serde_json::from_str::<Value>(h) {
+                    if h["release"] == v["current"] {
+                        v["previous"] = h["previous"].clone();
+                    }
+                }
+            } else if let Some(rel) = line.strip_prefix("release ") {
+                v["releases"]
+                    .as_array_mut()
+                    .expect("array")
+                    .push(json!(rel));
+            }
+        }
+        r.set_step("status", v);
+    }
+    // Drift: hosts not on the release most hosts run.
+    let currents: Vec<Option<String>> = records
+        .iter()
+        .map(|r| {
+            r.steps
+                .get("status")
+                .and_then(|s| s["current"].as_str())
+                .map(str::to_string)
+        })
+        .collect();
+    let mut counts: Vec<(Option<String>, usize)> = Vec::new();
+    for c in &currents {
+        match counts.iter_mut().find(|(k, _)| k == c) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((c.clone(), 1)),
+        }
+    }
+    let majority = counts
+        .iter()
+        .max_by_key(|(_, n)| *n)
+        .and_then(|(k, _)| k.clone());
+    for (r, c) in records.iter_mut().zip(currents) {
+        if let Some(Value::Object(s)) = r.steps.get_mut("status") {
+            s.insert("drift".into(), json!(c != majority));
+        }
+    }
+}
+
+/// `dp unlock`: remove the deploy lock, showing who held it.
+pub fn unlock(records: &mut [Record], jobs: usize) {
+    let results = run_script(records, jobs, "unlock", |_| {
+        Ok(r#"if [ -f "$root/.dp/lock" ]; then printf 'held %s\n' "$(cat "$root/.dp/lock")"; rm -f "$root/.dp/lock"; else echo "free"; fi
+"#
+        .to_string())
+    });
+    for (r, res) in records.iter_mut().zip(results) {
+        let Ok(text) = res else { continue };
+        let held = text
+            .lines()
+            .find_map(|l| l.strip_prefix("held "))
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or(json!(l)));
+        r.set_step(
+            "unlock",
+            json!({ "removed": held.is_some(), "holder": held }),
+        );
+    }
+}
+
+/// `dp history`: every host's history lines, merged, newest first.
+pub fn history(records: &mut [Record], jobs: usize, limit: usize) -> Vec<Value> {
+    let n = limit.max(1);
+    let results = run_script(records, jobs, "history", |_| {
+        Ok(format!("[ -f \"$root/.dp/history.jsonl\" ] && tail -n {n} \"$root/.dp/history.jsonl\" || true\n"))
+    });
+    // (time, position in its file, entry): later lines of one file are newer.
+    let mut all: Vec<(String, usize, Value)> = Vec::new();
+    for (r, res) in records.iter().zip(results) {
+        let Ok(text) = res else { continue };
+        for (i, line) in text.lines().enumerate() {
+            if let Ok(mut v) = serde_json::from_str::<Value>(line) {
+                v["host"] = json!(r.host);
+                all.push((v["time"].as_str().unwrap_or_default().to_string(), i, v));
+            }
+        }
+    }
+    all.sort_by(|a, b| (&b.0, b.1).cmp(&(&a.0, a.1)));
+    all.into_iter().take(limit).map(|(_, _, v)| v).collect()
+}

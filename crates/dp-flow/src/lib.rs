@@ -1,0 +1,249 @@
+//! dp-flow: the `dp` commands, composed from the step libraries in one process, so each
+//! host gets one SSH session for the whole deploy.
+//!
+//! `deploy` runs hosts -> sync -> deps -> migrate (pre) -> restart -> migrate (post), the
+//! same steps as the pipeline [`pipeline`] prints, with the same records.
+
+pub mod admin;
+
+use dp_core::config::{Config, Selection};
+use dp_core::parallel::Sessions;
+use dp_core::quote::quote_str;
+use dp_core::sshconfig::SshAliases;
+use dp_core::Record;
+use dp_deps::{DepsOptions, Kind};
+use dp_migrate::source::Phase;
+use dp_migrate::{ExecOptions, MigrateOptions};
+use dp_restart::{Batch, Health, RestartOptions};
+use dp_sync::{ScanOptions, SyncOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A problem found before any host was touched (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FlowError(pub String);
+
+/// Everything a deploy needs, resolved from deploy.toml and flags.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The config file (for the printed pipeline).
+    pub config_path: PathBuf,
+    /// The stage.
+    pub stage: Option<String>,
+    /// Sync options.
+    pub sync: SyncOptions,
+    /// Deps options (None: no dependencies step).
+    pub deps: Option<DepsOptions>,
+    /// Migrations: SQL or exec (None: no migration step).
+    pub migrate: Option<MigrateStep>,
+    /// Restart options.
+    pub restart: RestartOptions,
+}
+
+/// How migrations run in a deploy.
+#[derive(Debug, Clone)]
+pub enum MigrateStep {
+    /// SQL files; the pre phase runs before the switch, the post phase after it.
+    Sql(Box<MigrateOptions>),
+    /// The framework's command, once, before the switch.
+    Exec(ExecOptions),
+}
+
+/// Flags that override the config.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Stage.
+    pub stage: Option<String>,
+    /// Release id.
+    pub release: Option<String>,
+    /// Hosts at once.
+    pub jobs: Option<usize>,
+}
+
+/// Resolves the plan; checks everything that can be checked without touching a host.
+pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, FlowError> {
+    let jobs = o.jobs.unwrap_or(16);
+    let lease = Duration::from_secs(15 * 60);
+    let src = config.local_path(config.source.as_deref().unwrap_or(Path::new(".")));
+    let sync = SyncOptions {
+        src: src.clone(),
+        release: o.release.clone(),
+        scan: ScanOptions {
+            excludes: config.exclude.clone(),
+            shared: config.shared.clone(),
+            hash_cache: None,
+        },
+        jobs,
+        verify: false,
+        lease,
+        cache: true,
+        compress: true,
+    };
+    let deps = config.deps.clone().unwrap_or_default();
+    let kind = Kind::parse(
+        deps.kind.as_deref().unwrap_or("auto"),
+        deps.command.as_deref(),
+        deps.link.as_deref(),
+    )
+    .map_err(FlowError)?;
+    let deps = Some(DepsOptions {
+        kind,
+        lockfiles: deps.lockfiles,
+        pip_args: deps.pip_args,
+        python: deps.python.unwrap_or_else(|| "python3".into()),
+        jobs,
+        wait: Duration::from_secs(30 * 60),
+        lease,
+    });
+    let m = config.migrate.clone().unwrap_or_default();
+    let migrations_dir = m
+        .dir
+        .as_deref()
+        .map(|d| config.local_path(d))
+        .unwrap_or_else(|| src.join("migrations"));
+    let migrate = if let Some(command) = m.exec.clone() {
+        Some(MigrateStep::Exec(ExecOptions { command, lease }))
+    } else if migrations_dir.is_dir() {
+        let url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| {
+                FlowError(format!(
+                    "{} holds migrations but DATABASE_URL is not set (set it in the environment)",
+                    migrations_dir.display()
+                ))
+            })?;
+        Some(MigrateStep::Sql(Box::new(MigrateOptions {
+            database_url: url,
+            dir: migrations_dir,
+            phase: Phase::Pre,
+            allow_out_of_order: false,
+            lock_timeout: m.lock_timeout.unwrap_or(Duration::from_secs(60)),
+            via: None,
+        })))
+    } else {
+        None
+    };
+    let r = config.restart.clone().unwrap_or_default();
+    let batch: Batch = r
+        .batch
+        .as_deref()
+        .unwrap_or("100%")
+        .parse()
+        .map_err(FlowError)?;
+    let restart = RestartOptions {
+        batch,
+        command: r.command,
+        health: r
+            .health_url
+            .map(Health::Url)
+            .or(r.health_cmd.map(Health::Command)),
+        health_timeout: r.health_timeout.unwrap_or(Duration::from_secs(30)),
+        max_fail: 0,
+        keep: config.keep.map(|k| k as usize).unwrap_or(5),
+        jobs,
+        rollback: false,
+        lease,
+    };
+    Ok(Plan {
+        config_path: config_path.to_path_buf(),
+        stage: o.stage.clone(),
+        sync,
+        deps,
+        migrate,
+        restart,
+    })
+}
+
+/// The records of the stage's hosts (with ~/.ssh/config applied).
+pub fn hosts(config: &Config, stage: Option<&str>) -> Result<Vec<Record>, FlowError> {
+    let aliases = SshAliases::load().map_err(FlowError)?;
+    dp_hosts::from_config(
+        config,
+        &Selection {
+            stage: stage.map(str::to_string),
+            ..Selection::default()
+        },
+        &aliases,
+    )
+    .map_err(|e| FlowError(e.to_string()))
+}
+
+/// Called after each step with its name and the records so far.
+pub type Progress<'a> = &'a mut dyn FnMut(&str, &[Record]);
+
+/// The one-line deploy. Never fails as a whole: failures are in the records.
+pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result<(), FlowError> {
+    let mut sessions = Sessions::new();
+    dp_sync::scan_and_run(records, &mut sessions, &plan.sync)
+        .map_err(|e| FlowError(e.to_string()))?;
+    progress(dp_sync::STEP, records);
+    if let Some(deps) = &plan.deps {
+        dp_deps::run(records, &mut sessions, deps);
+        progress(dp_deps::STEP, records);
+    }
+    match &plan.migrate {
+        Some(MigrateStep::Sql(opts)) => {
+            dp_migrate::run_sql(records, opts);
+            progress("migrate pre", records);
+        }
+        Some(MigrateStep::Exec(opts)) => {
+            dp_migrate::run_exec(records, &mut sessions, opts);
+            progress("migrate", records);
+        }
+        None => {}
+    }
+    dp_restart::run(records, &mut sessions, &plan.restart);
+    progress(dp_restart::STEP, records);
+    if let Some(MigrateStep::Sql(opts)) = &plan.migrate {
+        let post = MigrateOptions {
+            phase: Phase::Post,
+            ..(**opts).clone()
+        };
+        dp_migrate::run_sql(records, &post);
+        progress("migrate post", records);
+    }
+    Ok(())
+}
+
+/// The equivalent pipeline of the small tools, for scripts, Makefiles and CI.
+pub fn pipeline(plan: &Plan) -> Result<String, FlowError> {
+    let q = |s: &str| quote_str(s).map_err(|e| FlowError(e.to_string()));
+    let config = q(&plan.config_path.display().to_string())?;
+    let mut stage = String::new();
+    if let Some(s) = &plan.stage {
+        stage = format!(" --stage {}", q(s)?);
+    }
+    let mut release = String::new();
+    if let Some(r) = &plan.sync.release {
+        release = format!(" --release {}", q(r)?);
+    }
+    let mut parts = vec![
+        format!("dp-hosts --config {config}{stage}"),
+        format!(
+            "dp-sync --config {config} --src {}{release}",
+            q(&plan.sync.src.display().to_string())?
+        ),
+        format!("dp-deps --config {config}"),
+    ];
+    match &plan.migrate {
+        Some(MigrateStep::Sql(m)) => parts.push(format!(
+            "dp-migrate --config {config} --dir {} --phase pre",
+            q(&m.dir.display().to_string())?
+        )),
+        Some(MigrateStep::Exec(e)) => parts.push(format!(
+            "dp-migrate --config {config} --exec {}",
+            q(&e.command)?
+        )),
+        None => {}
+    }
+    parts.push(format!("dp-restart --config {config}"));
+    if let Some(MigrateStep::Sql(m)) = &plan.migrate {
+        parts.push(format!(
+            "dp-migrate --config {config} --dir {} --phase post",
+            q(&m.dir.display().to_string())?
+        ));
+    }
+    Ok(parts.join(" \\\n  | ") + "\n")
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""The demo site: `app.py PORT`. Standard library only, plus the `demo_greeting` package
+installed by dp-deps into the release's .venv.
+
+GET /        a page with the release, the greeting, and a visit counter kept in SQLite
+GET /healthz 200 when the database answers
+The database file comes from $DEMO_DB.
+"""
+import http.server
+import os
+import sqlite3
+import sys
+
+import demo_greeting
+
+HERE = os.path.dirname(os.path.realpath(__file__))
+RELEASE = os.path.basename(HERE)
+DB = os.environ.get("DEMO_DB", os.path.join(HERE, "demo.sqlite3"))
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def reply(self, code, body, kind="text/html; charset=utf-8"):
+        data = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        try:
+            with sqlite3.connect(DB, timeout=5) as db:
+                if self.path == "/healthz":
+                    db.execute("SELECT count(*) FROM visits").fetchone()
+                    return self.reply(200, "ok\n", "text/plain")
+                db.execute("INSERT INTO visits (path) VALUES (?)", (self.path,))
+                count = db.execute("SELECT count(*) FROM visits").fetchone()[0]
+                greeting = db.execute("SELECT text FROM greetings ORDER BY id DESC LIMIT 1").fetchone()
+        except sqlite3.Error as e:
+            return self.reply(500, f"database error: {e}\n", "text/plain")
+        text = greeting[0] if greeting else "hello"
+        self.reply(
+            200,
+            f"<h1>{text}, from release {RELEASE}</h1>\n"
+            f"<p>{demo_greeting.VERSION and 'demo_greeting ' + demo_greeting.VERSION}"
+            f" &middot; visits: {count}</p>\n",
+        )
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.ThreadingHTTPServer.allow_reuse_address = True
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
