@@ -153,7 +153,7 @@ fn applies_pre_then_post_once_and_reports_status() {
 
         let out = migrate(&dir, &url, &["--phase", "post"], RECORDS);
         assert_eq!(
-            out.code(0).records()[0].steps["migrate"]["applied"],
+            out.code(0).records()[0].steps["migrate_post"]["applied"],
             serde_json::json!([4])
         );
         assert_eq!(

@@ -181,14 +181,14 @@ pub fn scan_and_run(
         scan.join()
             .unwrap_or_else(|_| Err(SyncError::Invalid("the scan panicked".into())))
     })?;
-    lock_all(records, sessions, &prepared.release, opts);
-    run(records, sessions, &prepared, opts);
+    let warnings = lock_all(records, sessions, &prepared.release, opts);
+    run_with(records, sessions, &prepared, opts, &warnings);
     Ok(prepared)
 }
 
 /// What taking the lock on one host gave.
 enum Locked {
-    Taken,
+    Taken(Option<String>),
     Held(String),
 }
 
@@ -196,18 +196,21 @@ enum Locked {
 /// alone, then the others in parallel. Two deploys of the same hosts thus meet on the
 /// first host, and exactly one goes on. If another deploy holds any host, the locks taken
 /// are given back and every record fails: a deploy goes to all its hosts or to none.
+///
+/// Returns, per record, the warning of a lock taken over because it had expired.
 pub fn lock_all(
     records: &mut [Record],
     sessions: &mut Sessions,
     release: &str,
     opts: &SyncOptions,
-) {
+) -> Vec<Option<String>> {
+    let mut warnings = vec![None; records.len()];
     let mut order: Vec<usize> = (0..records.len())
         .filter(|&i| !records[i].failed())
         .collect();
     order.sort_by(|&a, &b| records[a].host.cmp(&records[b].host));
     if order.is_empty() {
-        return;
+        return warnings;
     }
     let take = |conn: &mut dp_core::transport::Connection,
                 record: &mut Record|
@@ -217,14 +220,15 @@ pub fn lock_all(
             + &lock::acquire_script(release, opts.lease).map_err(|e| e.to_string())?;
         let out = conn.run(&script).map_err(|e| e.to_string())?;
         if out.status.code == Some(lock::HELD_STATUS) {
-            return Ok(Locked::Held(lock::held_message(&String::from_utf8_lossy(
-                &out.status.stderr,
-            ))));
+            let stderr = String::from_utf8_lossy(&out.status.stderr);
+            return Ok(Locked::Held(lock::held_message(&stderr)));
         }
         out.status
             .check("taking the deploy lock")
             .map_err(|e| e.to_string())?;
-        Ok(Locked::Taken)
+        Ok(Locked::Taken(lock::takeover_warning(
+            &String::from_utf8_lossy(&out.stdout),
+        )))
     };
     let first = sessions.run_indices(records, &order[..1], 1, take);
     let mut results: Vec<(usize, Result<Locked, String>)> =
@@ -238,14 +242,18 @@ pub fn lock_all(
         _ => None,
     });
     for (i, r) in &results {
-        if let Err(e) = r {
-            records[*i].fail(STEP, e.clone());
+        match r {
+            Err(e) => records[*i].fail(STEP, e.clone()),
+            Ok(Locked::Taken(w)) => warnings[*i] = w.clone(),
+            Ok(Locked::Held(_)) => {}
         }
     }
-    let Some((host, message)) = held else { return };
+    let Some((host, message)) = held else {
+        return warnings;
+    };
     let taken: Vec<usize> = results
         .iter()
-        .filter(|(_, r)| matches!(r, Ok(Locked::Taken)))
+        .filter(|(_, r)| matches!(r, Ok(Locked::Taken(_))))
         .map(|(i, _)| *i)
         .collect();
     let _ = sessions.run_indices(records, &taken, opts.jobs, |conn, record| {
@@ -257,6 +265,7 @@ pub fn lock_all(
     for r in records.iter_mut() {
         r.fail(STEP, format!("deploy refused: on {host}, {message}"));
     }
+    warnings
 }
 
 /// Syncs every record that has not failed, at most `opts.jobs` hosts at once.
@@ -266,6 +275,22 @@ pub fn run(
     prepared: &Prepared,
     opts: &SyncOptions,
 ) {
+    run_with(records, sessions, prepared, opts, &[]);
+}
+
+fn run_with(
+    records: &mut [Record],
+    sessions: &mut Sessions,
+    prepared: &Prepared,
+    opts: &SyncOptions,
+    warnings: &[Option<String>],
+) {
+    // Warnings from taking the lock, by host (records keep their order and names).
+    let early: std::collections::HashMap<String, String> = records
+        .iter()
+        .zip(warnings)
+        .filter_map(|(r, w)| w.clone().map(|w| (r.host.clone(), w)))
+        .collect();
     sessions.run(records, opts.jobs, STEP, |conn, record| {
         let started = Instant::now();
         // Set even if the sync fails: dp-restart's finish then releases this release's
@@ -274,6 +299,9 @@ pub fn run(
         let mut stats = sync_host(conn, record, prepared, opts)?;
         stats.ms = started.elapsed().as_millis() as u64;
         stats.scan_ms = prepared.scan_ms;
+        if let Some(w) = early.get(&record.host) {
+            stats.warnings.insert(0, w.clone());
+        }
         record.set_step(STEP, stats);
         Ok(())
     });
