@@ -68,11 +68,15 @@ pub fn redact(url: &str) -> String {
 
 /// An open, locked database.
 pub enum Db {
-    /// PostgreSQL: the work connection and the one holding the advisory lock.
+    /// PostgreSQL: the connection holding the advisory lock (which also reads the
+    /// table), and the one that runs migrations, opened only when there is one to run
+    /// (a no-op run, paid on every deploy, then costs one connection).
     Pg {
-        /// Runs the migrations.
-        conn: PgConnection,
-        /// Holds the advisory lock.
+        /// Runs the migrations; opened on first use.
+        conn: Option<PgConnection>,
+        /// Where to open it.
+        opts: Box<PgConnectOptions>,
+        /// Holds the advisory lock; reads the table.
         lock: PgConnection,
         /// sqlx's lock id for this database.
         lock_id: i64,
@@ -118,10 +122,10 @@ impl Db {
     pub async fn open_read_only(url: &str) -> Result<Db, DbError> {
         if is_pg(url) {
             let opts = PgConnectOptions::from_str(url)?;
-            let conn = PgConnection::connect_with(&opts).await?;
             let lock = PgConnection::connect_with(&opts).await?;
             Ok(Db::Pg {
-                conn,
+                conn: None,
+                opts: Box::new(opts),
                 lock,
                 lock_id: 0,
             })
@@ -139,7 +143,7 @@ impl Db {
     /// True when `_sqlx_migrations` exists.
     pub async fn has_table(&mut self) -> Result<bool, DbError> {
         Ok(match self {
-            Db::Pg { conn, .. } => sqlx::query_scalar::<_, bool>("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            Db::Pg { lock: conn, .. } => sqlx::query_scalar::<_, bool>("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
                 .fetch_one(conn)
                 .await?,
             Db::Sqlite(conn, _) => sqlx::query_scalar::<_, i64>(
@@ -178,13 +182,13 @@ impl Db {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let waited = started.elapsed();
-            let conn = PgConnection::connect_with(&opts).await?;
             let mut db = Db::Pg {
-                conn,
+                conn: None,
+                opts: Box::new(opts),
                 lock,
                 lock_id: id,
             };
-            if let Db::Pg { conn, .. } = &mut db {
+            if let Db::Pg { lock: conn, .. } = &mut db {
                 sqlx::raw_sql(
                     "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
     version BIGINT PRIMARY KEY,
@@ -240,7 +244,7 @@ impl Db {
             Db::Sqlite(..) => "SELECT version, description, CAST(installed_on AS TEXT) AS installed_on, success, checksum, execution_time FROM _sqlx_migrations ORDER BY version",
         };
         let rows = match self {
-            Db::Pg { conn, .. } => sqlx::query(sql)
+            Db::Pg { lock: conn, .. } => sqlx::query(sql)
                 .fetch_all(conn)
                 .await?
                 .into_iter()
@@ -258,9 +262,19 @@ impl Db {
 
     /// Applies one migration and records it; returns its execution time.
     pub async fn apply(&mut self, m: &Migration) -> Result<Duration, DbError> {
+        if let Db::Pg {
+            conn: conn @ None,
+            opts,
+            ..
+        } = self
+        {
+            *conn = Some(PgConnection::connect_with(opts).await?);
+        }
         let started = Instant::now();
         match self {
-            Db::Pg { conn, .. } if m.no_tx => {
+            Db::Pg {
+                conn: Some(conn), ..
+            } if m.no_tx => {
                 insert_pg(conn, m, false, 0).await?;
                 sqlx::raw_sql(&m.sql).execute(&mut *conn).await?;
                 let elapsed = started.elapsed();
@@ -271,7 +285,10 @@ impl Db {
                     .await?;
                 Ok(elapsed)
             }
-            Db::Pg { conn, .. } => {
+            Db::Pg { conn: None, .. } => Err(DbError("no connection".into())),
+            Db::Pg {
+                conn: Some(conn), ..
+            } => {
                 let mut tx = conn.begin().await?;
                 sqlx::raw_sql(&m.sql).execute(&mut *tx).await?;
                 let elapsed = started.elapsed();
@@ -330,8 +347,11 @@ impl Db {
                 conn,
                 mut lock,
                 lock_id,
+                ..
             } => {
-                let _ = conn.close().await;
+                if let Some(conn) = conn {
+                    let _ = conn.close().await;
+                }
                 if lock_id != 0 {
                     sqlx::query("SELECT pg_advisory_unlock($1)")
                         .bind(lock_id)
