@@ -277,3 +277,127 @@ fn a_concurrent_deploy_is_refused() {
         assert!(!root.join(".dp/lock").exists());
     }
 }
+
+#[test]
+fn end_to_end_over_sshd_and_postgresql() {
+    let fleet = crate::util::Fleet::shared();
+    let pg = crate::util::PgCluster::shared();
+    let url = pg.create_db("dp_e2e");
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let dir = Dir::new("dp-e2e");
+    dir.write("site/VERSION", "1\n");
+    dir.write("site/migrations/1_create_pages.sql", "CREATE TABLE pages (id BIGINT PRIMARY KEY, title TEXT);\n");
+    let roots = [fleet.root_for(2, "dp-e2e"), fleet.root_for(3, "dp-e2e")];
+    let hosts: String = [2usize, 3]
+        .iter()
+        .zip(&roots)
+        .map(|(&i, root)| {
+            format!(
+                "  {{ name = \"{}\", addr = \"127.0.0.1\", port = {}, root = \"{}\", roles = [\"web\"] }},\n",
+                fleet.hosts[i].name,
+                fleet.hosts[i].port,
+                root.display()
+            )
+        })
+        .collect();
+    dir.write(
+        "deploy.toml",
+        format!(
+            "source = \"site\"\nknown_hosts = \"{}\"\nidentity = \"{}\"\n[restart]\nbatch = \"1\"\n\
+             command = \"echo {{release}} > {{root}}/restarted\"\nhealth_cmd = \"grep -qv broken VERSION\"\n\
+             health_timeout = \"1s\"\n[stages.prod]\nuser = \"{}\"\nhosts = [\n{hosts}]\n",
+            fleet.known_hosts.display(),
+            fleet.client_key.display(),
+            fleet.user
+        ),
+    );
+    let run = |args: &[&str]| {
+        TestCommand::new("dp")
+            .current_dir(dir.path())
+            .env("DATABASE_URL", &url)
+            .env("DP_CACHE_DIR", dir.path().join("cache"))
+            .args(args)
+            .run()
+    };
+    let no_secret = |o: &Outcome| assert!(!o.stdout.contains(&pg.password) && !o.stderr.contains(&pg.password));
+
+    let out = run(&["deploy", "--release", "r1"]);
+    out.code(0);
+    no_secret(&out);
+    assert_eq!(pg.psql(&db, "SELECT count(*) FROM _sqlx_migrations"), "1");
+
+    dir.write("site/VERSION", "2\n");
+    let out = run(&["deploy", "--release", "r2"]);
+    out.code(0);
+    for r in out.records() {
+        assert_eq!(r.steps["sync"]["files_sent"], 1, "only the change travels");
+    }
+    for root in &roots {
+        assert_eq!(current(root), "releases/r2");
+    }
+
+    // A failing health check: switched back, the other host untouched.
+    dir.write("site/VERSION", "broken\n");
+    let out = run(&["deploy", "--release", "r3"]);
+    out.code(1);
+    for root in &roots {
+        assert_eq!(current(root), "releases/r2");
+        assert!(!root.join(".dp/lock").exists());
+    }
+
+    // A failing migration: no host switched.
+    dir.write("site/VERSION", "4\n");
+    dir.write("site/migrations/2_broken.sql", "INSERT INTO missing VALUES (1);\n");
+    let out = run(&["deploy", "--release", "r4"]);
+    out.code(1);
+    no_secret(&out);
+    for root in &roots {
+        assert_eq!(current(root), "releases/r2");
+    }
+    std::fs::remove_file(dir.path().join("site/migrations/2_broken.sql")).unwrap();
+
+    let out = run(&["rollback"]);
+    out.code(0);
+    for root in &roots {
+        assert_eq!(current(root), "releases/r1");
+    }
+    let status = run(&["status"]);
+    status.code(0);
+    for r in status.records() {
+        assert_eq!(r.steps["status"]["current"], "r1");
+        assert_eq!(r.steps["status"]["pending_migrations"], 0);
+    }
+    let history = run(&["history"]);
+    let first: Value = serde_json::from_str(history.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!((first["action"].as_str(), first["release"].as_str()), (Some("rollback"), Some("r1")));
+}
+
+#[test]
+fn setup_prepares_hosts_and_records_new_keys() {
+    let fleet = crate::util::Fleet::shared();
+    let dir = Dir::new("dp-setup");
+    let root = fleet.root_for(1, "dp-setup").join("fresh");
+    let kh = dir.write("known_hosts", "");
+    dir.write(
+        "deploy.toml",
+        format!(
+            "known_hosts = \"{}\"\nidentity = \"{}\"\n[stages.prod]\nuser = \"{}\"\nhosts = [{{ name = \"h\", addr = \"127.0.0.1\", port = {}, root = \"{}\" }}]\n",
+            kh.display(),
+            fleet.client_key.display(),
+            fleet.user,
+            fleet.hosts[1].port,
+            root.display()
+        ),
+    );
+    let refused = dp(&dir, &["setup"]);
+    refused.code(1);
+    assert!(refused.stderr.contains("is unknown"), "{}", refused.stderr);
+    let out = dp(&dir, &["setup", "--accept-new"]);
+    out.code(0);
+    let created = out.records()[0].steps["setup"]["created"].as_array().unwrap().len();
+    assert_eq!(created, 5, "{}", out.stdout);
+    assert!(root.join("releases").is_dir() && root.join("shared").is_dir() && root.join(".dp/deps").is_dir());
+    let again = dp(&dir, &["setup"]);
+    again.code(0);
+    assert_eq!(again.records()[0].steps["setup"]["created"], serde_json::json!([]), "idempotent");
+}

@@ -66,7 +66,7 @@ for tool in dp sqlx; do
     p1=$!
     (${tool}_run "$url" >/dev/null 2>&1; echo $? >"$work/c2") &
     p2=$!
-    wait $p1 $p2
+    wait $p1 $p2 || true
     rows=$("$bindir/psql" -qAt -h 127.0.0.1 -p "$port" -U postgres -c "SELECT count(*) FROM _sqlx_migrations" "c$tool" 2>/dev/null || echo "?")
     printf '  %-10s PostgreSQL: exits %s %s, rows %s\n' "$tool" "$(cat "$work/c1")" "$(cat "$work/c2")" "$rows"
     db="$work/conc-$tool.db"
@@ -74,7 +74,7 @@ for tool in dp sqlx; do
     p1=$!
     (${tool}_run "sqlite://$db?mode=rwc" >/dev/null 2>&1; echo $? >"$work/c2") &
     p2=$!
-    wait $p1 $p2
+    wait $p1 $p2 || true
     rows=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from _sqlx_migrations').fetchone()[0])" "$db" 2>/dev/null || echo "?")
     printf '  %-10s SQLite:     exits %s %s, rows %s\n' "$tool" "$(cat "$work/c1")" "$(cat "$work/c2")" "$rows"
 done
