@@ -286,7 +286,10 @@ fn end_to_end_over_sshd_and_postgresql() {
     let db = url.rsplit('/').next().unwrap().to_string();
     let dir = Dir::new("dp-e2e");
     dir.write("site/VERSION", "1\n");
-    dir.write("site/migrations/1_create_pages.sql", "CREATE TABLE pages (id BIGINT PRIMARY KEY, title TEXT);\n");
+    dir.write(
+        "site/migrations/1_create_pages.sql",
+        "CREATE TABLE pages (id BIGINT PRIMARY KEY, title TEXT);\n",
+    );
     let roots = [fleet.root_for(2, "dp-e2e"), fleet.root_for(3, "dp-e2e")];
     let hosts: String = [2usize, 3]
         .iter()
@@ -319,7 +322,8 @@ fn end_to_end_over_sshd_and_postgresql() {
             .args(args)
             .run()
     };
-    let no_secret = |o: &Outcome| assert!(!o.stdout.contains(&pg.password) && !o.stderr.contains(&pg.password));
+    let no_secret =
+        |o: &Outcome| assert!(!o.stdout.contains(&pg.password) && !o.stderr.contains(&pg.password));
 
     let out = run(&["deploy", "--release", "r1"]);
     out.code(0);
@@ -347,7 +351,10 @@ fn end_to_end_over_sshd_and_postgresql() {
 
     // A failing migration: no host switched.
     dir.write("site/VERSION", "4\n");
-    dir.write("site/migrations/2_broken.sql", "INSERT INTO missing VALUES (1);\n");
+    dir.write(
+        "site/migrations/2_broken.sql",
+        "INSERT INTO missing VALUES (1);\n",
+    );
     let out = run(&["deploy", "--release", "r4"]);
     out.code(1);
     no_secret(&out);
@@ -369,7 +376,10 @@ fn end_to_end_over_sshd_and_postgresql() {
     }
     let history = run(&["history"]);
     let first: Value = serde_json::from_str(history.stdout.lines().next().unwrap()).unwrap();
-    assert_eq!((first["action"].as_str(), first["release"].as_str()), (Some("rollback"), Some("r1")));
+    assert_eq!(
+        (first["action"].as_str(), first["release"].as_str()),
+        (Some("rollback"), Some("r1"))
+    );
 }
 
 #[test]
@@ -394,10 +404,21 @@ fn setup_prepares_hosts_and_records_new_keys() {
     assert!(refused.stderr.contains("is unknown"), "{}", refused.stderr);
     let out = dp(&dir, &["setup", "--accept-new"]);
     out.code(0);
-    let created = out.records()[0].steps["setup"]["created"].as_array().unwrap().len();
+    let created = out.records()[0].steps["setup"]["created"]
+        .as_array()
+        .unwrap()
+        .len();
     assert_eq!(created, 5, "{}", out.stdout);
-    assert!(root.join("releases").is_dir() && root.join("shared").is_dir() && root.join(".dp/deps").is_dir());
+    assert!(
+        root.join("releases").is_dir()
+            && root.join("shared").is_dir()
+            && root.join(".dp/deps").is_dir()
+    );
     let again = dp(&dir, &["setup"]);
     again.code(0);
-    assert_eq!(again.records()[0].steps["setup"]["created"], serde_json::json!([]), "idempotent");
+    assert_eq!(
+        again.records()[0].steps["setup"]["created"],
+        serde_json::json!([]),
+        "idempotent"
+    );
 }

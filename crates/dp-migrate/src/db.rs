@@ -81,8 +81,9 @@ pub enum Db {
         /// sqlx's lock id for this database.
         lock_id: i64,
     },
-    /// SQLite; `true` while inside its `BEGIN IMMEDIATE` (the lock).
-    Sqlite(SqliteConnection, bool),
+    /// SQLite; `true` while inside its `BEGIN IMMEDIATE` (the lock); the execution times
+    /// (version, nanoseconds) still to be written, all at once before the commit.
+    Sqlite(SqliteConnection, bool, Vec<(i64, i64)>),
 }
 
 fn is_pg(url: &str) -> bool {
@@ -134,6 +135,7 @@ impl Db {
             Ok(Db::Sqlite(
                 SqliteConnection::connect_with(&opts).await?,
                 false,
+                Vec::new(),
             ))
         } else {
             Err(unsupported(url))
@@ -146,7 +148,7 @@ impl Db {
             Db::Pg { lock: conn, .. } => sqlx::query_scalar::<_, bool>("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
                 .fetch_one(conn)
                 .await?,
-            Db::Sqlite(conn, _) => sqlx::query_scalar::<_, i64>(
+            Db::Sqlite(conn, _, _) => sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
             )
             .fetch_one(conn)
@@ -231,7 +233,7 @@ impl Db {
             )
             .execute(&mut conn)
             .await?;
-            Ok((Db::Sqlite(conn, true), waited))
+            Ok((Db::Sqlite(conn, true, Vec::new()), waited))
         } else {
             Err(unsupported(url))
         }
@@ -250,7 +252,7 @@ impl Db {
                 .into_iter()
                 .map(row_pg)
                 .collect(),
-            Db::Sqlite(conn, _) => sqlx::query(sql)
+            Db::Sqlite(conn, _, _) => sqlx::query(sql)
                 .fetch_all(conn)
                 .await?
                 .into_iter()
@@ -296,7 +298,7 @@ impl Db {
                 tx.commit().await?;
                 Ok(elapsed)
             }
-            Db::Sqlite(conn, _) if m.no_tx => {
+            Db::Sqlite(conn, _, _) if m.no_tx => {
                 // Outside any transaction: commit what came before, run it, lock again.
                 sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
                 insert_sqlite(conn, m, false, 0).await?;
@@ -314,26 +316,30 @@ impl Db {
                 sqlx::raw_sql("BEGIN IMMEDIATE").execute(conn).await?;
                 Ok(elapsed)
             }
-            Db::Sqlite(conn, _) => {
-                sqlx::raw_sql("SAVEPOINT dp_migration")
-                    .execute(&mut *conn)
-                    .await?;
-                let result = sqlx::raw_sql(&m.sql).execute(&mut *conn).await;
-                let elapsed = started.elapsed();
-                let result = match result {
-                    Ok(_) => insert_sqlite(conn, m, true, elapsed.as_nanos() as i64).await,
-                    Err(e) => Err(e.into()),
-                };
-                match result {
-                    Ok(()) => {
-                        sqlx::raw_sql("RELEASE dp_migration").execute(conn).await?;
+            Db::Sqlite(conn, _, times) => {
+                // One call into SQLite per migration (each call is a hop to sqlx's
+                // worker thread): savepoint, the migration, its row, release. The
+                // execution time is written for all of them just before the commit.
+                let batch = format!(
+                    "SAVEPOINT dp_migration;\n{}\n;\nINSERT INTO _sqlx_migrations \
+                     (version, description, success, checksum, execution_time) \
+                     VALUES ({}, '{}', TRUE, X'{}', 0);\nRELEASE dp_migration;",
+                    m.sql,
+                    m.version,
+                    m.description.replace('\'', "''"),
+                    hex::encode(&m.checksum),
+                );
+                match sqlx::raw_sql(&batch).execute(&mut *conn).await {
+                    Ok(_) => {
+                        let elapsed = started.elapsed();
+                        times.push((m.version, elapsed.as_nanos() as i64));
                         Ok(elapsed)
                     }
                     Err(e) => {
                         let _ = sqlx::raw_sql("ROLLBACK TO dp_migration; RELEASE dp_migration")
                             .execute(conn)
                             .await;
-                        Err(e)
+                        Err(e.into())
                     }
                 }
             }
@@ -360,10 +366,23 @@ impl Db {
                 }
                 let _ = lock.close().await;
             }
-            Db::Sqlite(mut conn, locked) => {
+            Db::Sqlite(mut conn, locked, times) => {
                 if !locked {
                     let _ = conn.close().await;
                     return Ok(());
+                }
+                if !times.is_empty() {
+                    let cases: String = times
+                        .iter()
+                        .map(|(v, ns)| format!(" WHEN {v} THEN {ns}"))
+                        .collect();
+                    let versions: Vec<String> = times.iter().map(|(v, _)| v.to_string()).collect();
+                    sqlx::raw_sql(&format!(
+                        "UPDATE _sqlx_migrations SET execution_time = CASE version{cases} END WHERE version IN ({})",
+                        versions.join(",")
+                    ))
+                    .execute(&mut conn)
+                    .await?;
                 }
                 sqlx::raw_sql("COMMIT").execute(&mut conn).await?;
                 let _ = conn.close().await;
