@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The one-line redeploy: the generated ~3000-file site with one changed file, unchanged
+# dependencies (pip, cache hit), no pending migrations (SQLite), to N loopback sshd hosts
+# (default 20) with --batch 25% and a health check that answers at once; `dp deploy`
+# against the same deploy as the printed pipeline of the five tools, alternating.
+# Targets: dp deploy under 3 s, and at least 1.5x faster than the pipeline.
+# Usage: scripts/bench/deploy.sh [RUNS] [HOSTS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/bench/lib.sh
+runs=${1:-5} n=${2:-20}
+cargo build --release --locked
+bin=$PWD/target/release
+work=$(mktemp -d -p /dev/shm dp-bench.XXXXXX)
+chmod 755 "$work"
+hpid=
+trap '[ -n "$hpid" ] && kill $hpid; '"$PWD"'/scripts/fleet.sh stop "$work/fleet"; rm -rf "$work"' EXIT
+export DP_CACHE_DIR=$work/cache PATH="$bin:$PATH"
+unset PIP_FIND_LINKS
+FLEET_USER=${BENCH_USER:-dp-bench} scripts/fleet.sh start "$n" "$work/fleet" >/dev/null
+f=$work/fleet
+site=$work/site
+python3 scripts/bench/gen-site.py "$site"
+python3 tests/fixtures/make_wheel.py "$site/vendor/wheels" dpbenchdep 1.0 >/dev/null
+echo "dpbenchdep==1.0" >"$site/requirements.txt"
+mkdir -p "$site/migrations"
+echo "CREATE TABLE visits (id INTEGER PRIMARY KEY);" >"$site/migrations/1_visits.sql"
+chmod -R a+rX "$site"
+export DATABASE_URL="sqlite://$work/db.sqlite3"
+hport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+(cd "$site" && exec python3 -m http.server "$hport" --bind 127.0.0.1 >/dev/null 2>&1) &
+hpid=$!
+# deploy.toml: the fleet's hosts and SSH settings, plus the deploy settings.
+{
+    echo "app = \"bench\""
+    echo "source = \"$site\""
+    echo "keep = 3"
+    sed -n '/^known_hosts/p; /^identity/p' "$f/deploy.toml"
+    echo '[deps]'
+    echo 'kind = "pip"'
+    echo 'pip_args = ["--no-index", "--find-links", "vendor/wheels"]'
+    echo '[restart]'
+    echo 'batch = "25%"'
+    echo 'command = "echo {release} > ../../restarted"'
+    echo "health_url = \"http://127.0.0.1:$hport/manage.py\""
+    sed -n '/^\[stages/,$p' "$f/deploy.toml"
+} >"$work/deploy.toml"
+cd "$work"
+dp --config deploy.toml --jobs "$n" deploy >/dev/null 2>"$work/first.log" || { cat "$work/first.log"; exit 1; }
+pipeline=$(dp --config deploy.toml --jobs "$n" deploy --print-pipeline)
+for i in $(seq 1 "$runs"); do
+    python3 "$OLDPWD/scripts/bench/gen-site.py" "$site" --change 1 --seed "$((i * 2))"
+    time_cmd dp --config deploy.toml --jobs "$n" deploy >>"$work/t.dp"
+    python3 "$OLDPWD/scripts/bench/gen-site.py" "$site" --change 1 --seed "$((i * 2 + 1))"
+    time_cmd bash -o pipefail -c "$pipeline" >>"$work/t.pipe"
+done
+python3 "$OLDPWD/scripts/bench/gen-site.py" "$site" --change 1 --seed 999
+echo "one more dp deploy, its progress:"
+dp --config deploy.toml --jobs "$n" deploy 2>&1 >/dev/null | grep -v '^[a-z0-9]* *20[0-9]*T' | sed 's/^/  /'
+dpt=$(median <"$work/t.dp") pt=$(median <"$work/t.pipe")
+echo "redeploy with 1 changed file to $n hosts (batch 25%), median of $runs runs:"
+printf '  dp deploy %.3f s (target < 3 s)   the five tools piped %.3f s   speed-up %sx (target >= 1.5)\n' \
+    "$dpt" "$pt" "$(ratio "$pt" "$dpt")"
