@@ -1,8 +1,7 @@
 //! dp-deps with real python3 venv + pip (offline, from wheels built in the test) and npm,
 //! over real sshd and the local transport.
 
-use crate::util::{Dir, Fleet, Outcome, TestCommand};
-use dp_core::Record;
+use crate::util::{local_line, Dir, Fleet, Outcome, TestCommand};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -19,13 +18,6 @@ fn wheel(dir: &Path, name: &str, version: &str) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn local_line(name: &str, root: &Path) -> String {
-    let mut r = Record::new(name);
-    r.transport = dp_core::TransportKind::Local;
-    r.root = Some(root.display().to_string());
-    serde_json::to_string(&r).unwrap() + "\n"
 }
 
 /// Syncs `src` as `release`, then runs dp-deps with `args` on the synced records.

@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 fn local_record(name: &str, root: &Path, port: Option<u16>) -> Record {
-    let mut r = Record::new(name);
-    r.transport = dp_core::TransportKind::Local;
-    r.root = Some(root.display().to_string());
+    let mut r = crate::util::local_record(name, root);
     if let Some(p) = port {
         r.extra
             .insert("vars".into(), serde_json::json!({ "port": p }));

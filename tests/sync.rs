@@ -1,6 +1,6 @@
 //! dp-sync over real sshd hosts and the local transport.
 
-use crate::util::{Dir, Fleet, Outcome, TestCommand};
+use crate::util::{local_line, Dir, Fleet, Outcome, TestCommand};
 use dp_core::Record;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
@@ -94,13 +94,6 @@ fn expected(src: &Path) -> Snapshot {
     snap
 }
 
-fn local_line(root: &Path) -> String {
-    let mut r = Record::new("local1");
-    r.transport = dp_core::TransportKind::Local;
-    r.root = Some(root.display().to_string());
-    serde_json::to_string(&r).unwrap() + "\n"
-}
-
 fn sync(src: &Path, input: &str, extra: &[&str]) -> Outcome {
     TestCommand::new("dp-sync")
         .args(["--src".as_ref(), src.as_os_str()])
@@ -126,8 +119,9 @@ fn uploads_identical_trees_over_ssh_and_local() {
         fleet.root_for(1, "sync-identical"),
         dir.path().join("local"),
     ];
-    let input =
-        fleet.record_line(0, &roots[0]) + &fleet.record_line(1, &roots[1]) + &local_line(&roots[2]);
+    let input = fleet.record_line(0, &roots[0])
+        + &fleet.record_line(1, &roots[1])
+        + &local_line("local1", &roots[2]);
     let out = sync(&src, &input, &["--exclude", "secret.*", "--verify"]);
     out.code(0);
     let recs = out.records();
@@ -183,7 +177,7 @@ fn a_second_deploy_sends_only_what_changed() {
         fleet.root_for(2, "sync-incremental"),
         dir.path().join("local"),
     ];
-    let input = fleet.record_line(2, &roots[0]) + &local_line(&roots[1]);
+    let input = fleet.record_line(2, &roots[0]) + &local_line("local1", &roots[1]);
     let run = |release: &str| {
         TestCommand::new("dp-sync")
             .args([
@@ -285,7 +279,7 @@ fn rerunning_a_release_is_a_noop_and_other_content_is_refused() {
     let src = dir.path().join("src");
     dir.write("src/a.txt", "a\n");
     let root = dir.path().join("host");
-    let input = local_line(&root);
+    let input = local_line("local1", &root);
     sync(&src, &input, &["--release", "v1"]).code(0);
     let out = sync(&src, &input, &["--release", "v1"]);
     out.code(0);
@@ -353,7 +347,7 @@ fn an_expired_lock_is_taken_over_with_a_warning() {
     );
     let out = sync(
         &dir.path().join("src"),
-        &local_line(&root),
+        &local_line("local1", &root),
         &["--release", "new"],
     );
     out.code(0);
@@ -444,7 +438,7 @@ fn bad_input_gives_clear_errors() {
     let dir = Dir::new("sync-bad");
     dir.write("src/a.txt", "a\n");
     let src = dir.path().join("src");
-    let ok_line = local_line(&dir.path().join("host"));
+    let ok_line = local_line("local1", &dir.path().join("host"));
 
     let out = sync(&dir.path().join("missing"), &ok_line, &[]);
     out.code(2);
@@ -483,7 +477,7 @@ fn bad_input_gives_clear_errors() {
     let blocker = dir.write("blocker", "a file where a directory should be");
     let mut no_root = Record::new("noroot");
     no_root.transport = dp_core::TransportKind::Local;
-    let input = local_line(&blocker.join("root")).replace("local1", "blocked")
+    let input = local_line("local1", &blocker.join("root")).replace("local1", "blocked")
         + &serde_json::to_string(&no_root).unwrap()
         + "\n"
         + &ok_line;
@@ -529,7 +523,7 @@ fn shared_paths_are_linked_not_uploaded() {
         TestCommand::new("dp-sync")
             .current_dir(dir.path())
             .args(["--release", "s1"])
-            .stdin(local_line(&root))
+            .stdin(local_line("local1", &root))
             .run()
     };
     let out = run();

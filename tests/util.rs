@@ -763,3 +763,16 @@ impl PgCluster {
         &self.dir
     }
 }
+
+/// A record for a local-transport host with deploy root `root`.
+pub fn local_record(name: &str, root: &Path) -> dp_core::Record {
+    let mut r = dp_core::Record::new(name);
+    r.transport = dp_core::TransportKind::Local;
+    r.root = Some(root.display().to_string());
+    r
+}
+
+/// [`local_record`] as one JSON line.
+pub fn local_line(name: &str, root: &Path) -> String {
+    serde_json::to_string(&local_record(name, root)).unwrap() + "\n"
+}

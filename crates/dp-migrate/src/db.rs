@@ -250,13 +250,13 @@ impl Db {
                 .fetch_all(conn)
                 .await?
                 .into_iter()
-                .map(row_pg)
+                .map(row)
                 .collect(),
             Db::Sqlite(conn, _, _) => sqlx::query(sql)
                 .fetch_all(conn)
                 .await?
                 .into_iter()
-                .map(row_sqlite)
+                .map(row)
                 .collect(),
         };
         rows
@@ -426,18 +426,16 @@ async fn insert_sqlite(
     Ok(())
 }
 
-fn row_pg(r: sqlx::postgres::PgRow) -> Result<Applied, DbError> {
-    Ok(Applied {
-        version: r.try_get("version")?,
-        description: r.try_get("description")?,
-        installed_on: r.try_get("installed_on")?,
-        success: r.try_get("success")?,
-        checksum: r.try_get("checksum")?,
-        execution_time: r.try_get("execution_time")?,
-    })
-}
-
-fn row_sqlite(r: sqlx::sqlite::SqliteRow) -> Result<Applied, DbError> {
+/// Decodes a `_sqlx_migrations` row, from either database.
+fn row<R>(r: R) -> Result<Applied, DbError>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     Ok(Applied {
         version: r.try_get("version")?,
         description: r.try_get("description")?,
