@@ -1,6 +1,7 @@
 //! `dp`: the one-line deploy and the commands around it.
 
 use crate::io::write_output;
+use crate::progress::{Progress, Verbosity};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dp_core::config::Config;
@@ -41,8 +42,11 @@ pub struct Args {
     #[arg(long, short = 'j', global = true)]
     pub jobs: Option<usize>,
     /// Print nothing on stderr but errors.
-    #[arg(long, short = 'q', global = true)]
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Also print what each step did on each host.
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
 }
 
 /// The commands.
@@ -75,6 +79,14 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Print a shell completion script (for dp, or another tool with --bin).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+        /// Which program: dp, dp-hosts, dp-sync, dp-deps, dp-migrate or dp-restart.
+        #[arg(long, default_value = "dp")]
+        bin: String,
+    },
 }
 
 /// Runs `dp`.
@@ -84,6 +96,20 @@ pub fn run() -> anyhow::Result<Exit> {
 
 /// Runs `dp` with parsed arguments.
 pub fn exec(args: Args) -> anyhow::Result<Exit> {
+    if let Command::Completions { shell, bin } = &args.command {
+        use clap::CommandFactory;
+        let mut cmd = match bin.as_str() {
+            "dp" => Args::command(),
+            "dp-hosts" => crate::hosts::Args::command(),
+            "dp-sync" => crate::sync::Args::command(),
+            "dp-deps" => crate::deps::Args::command(),
+            "dp-migrate" => crate::migrate::Args::command(),
+            "dp-restart" => crate::restart::Args::command(),
+            other => anyhow::bail!("no program {other:?}"),
+        };
+        clap_complete::generate(*shell, &mut cmd, bin.clone(), &mut std::io::stdout());
+        return Ok(Exit::Ok);
+    }
     let config = Config::load(&args.config)?;
     let jobs = args.jobs.unwrap_or(16).max(1);
     let overrides = dp_flow::Overrides {
@@ -112,18 +138,21 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             }
             let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
             let started = Instant::now();
-            let mut last = Instant::now();
-            let mut progress = |step: &str, records: &[Record]| {
-                let failed = records.iter().filter(|r| r.failed()).count();
-                say(&format!(
-                    "{step}: {}/{} hosts ok ({:.1} s)",
-                    records.len() - failed,
-                    records.len(),
-                    last.elapsed().as_secs_f64()
-                ));
-                last = Instant::now();
+            let verbosity = match (args.quiet, args.verbose) {
+                (true, _) => Verbosity::Quiet,
+                (_, true) => Verbosity::Verbose,
+                _ => Verbosity::Normal,
             };
-            dp_flow::deploy(&mut records, &plan, &mut progress).context("cannot deploy")?;
+            let steps = 3 + match plan.migrate {
+                Some(dp_flow::MigrateStep::Sql(_)) => 2,
+                Some(dp_flow::MigrateStep::Exec(_)) => 1,
+                None => 0,
+            };
+            let mut display = Progress::start(&records, steps, verbosity);
+            let mut progress = |step: &str, records: &[Record]| display.step(step, records);
+            let deployed = dp_flow::deploy(&mut records, &plan, &mut progress);
+            display.finish();
+            deployed.context("cannot deploy")?;
             for r in &records {
                 if let Some(e) = &r.error {
                     eprintln!("dp: {}: {}: {}", r.host, e.step, e.message);
@@ -192,6 +221,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             }
             finish(records, "unlock")
         }
+        Command::Completions { .. } => unreachable!("handled above"),
         Command::History { limit } => {
             let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
             let lines = dp_flow::admin::history(&mut records, jobs, *limit);

@@ -7,6 +7,7 @@ pub mod dp;
 pub mod hosts;
 pub mod io;
 pub mod migrate;
+pub mod progress;
 pub mod restart;
 pub mod sync;
 
