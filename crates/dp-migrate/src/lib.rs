@@ -11,7 +11,7 @@ mod exec;
 pub mod plan;
 pub mod source;
 
-use db::{describe, Db, DbError};
+use db::{Db, DbError};
 use dp_core::parallel::Sessions;
 use dp_core::Record;
 use plan::PlanLine;
@@ -380,11 +380,6 @@ pub fn run_exec(records: &mut [Record], sessions: &mut Sessions, opts: &ExecOpti
             });
         }
     }
-}
-
-/// Used by error paths that only have a sqlx error.
-pub fn sqlx_message(e: &sqlx::Error) -> String {
-    describe(e)
 }
 
 #[cfg(test)]
