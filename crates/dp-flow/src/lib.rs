@@ -219,13 +219,19 @@ pub fn pipeline(plan: &Plan) -> Result<String, FlowError> {
     if let Some(r) = &plan.sync.release {
         release = format!(" --release {}", q(r)?);
     }
+    // The same parallelism as the one-line deploy, when it is not the tools' default.
+    let jobs = if plan.sync.jobs == 16 {
+        String::new()
+    } else {
+        format!(" --jobs {}", plan.sync.jobs)
+    };
     let mut parts = vec![
         format!("dp-hosts --config {config}{stage}"),
         format!(
-            "dp-sync --config {config} --src {}{release}",
+            "dp-sync --config {config} --src {}{release}{jobs}",
             q(&plan.sync.src.display().to_string())?
         ),
-        format!("dp-deps --config {config}"),
+        format!("dp-deps --config {config}{jobs}"),
     ];
     match &plan.migrate {
         Some(MigrateStep::Sql(m)) => parts.push(format!(
@@ -238,7 +244,7 @@ pub fn pipeline(plan: &Plan) -> Result<String, FlowError> {
         )),
         None => {}
     }
-    parts.push(format!("dp-restart --config {config}"));
+    parts.push(format!("dp-restart --config {config}{jobs}"));
     if let Some(MigrateStep::Sql(m)) = &plan.migrate {
         parts.push(format!(
             "dp-migrate --config {config} --dir {} --phase post",
