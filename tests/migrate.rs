@@ -531,23 +531,33 @@ fn via_reaches_the_database_through_an_ssh_host() {
     assert!(!out.stdout.contains(&pg.password) && !out.stderr.contains(&pg.password));
     // The database traffic went through the SSH session: it carried far more than a
     // session that only authenticates and runs `true` (dp-hosts --check).
-    let received = |text: &str| -> u64 {
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.starts_with("Transferred:"))
-            .expect("a session summary");
-        line.split("received ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+    // sshd writes a session's summary when it closes: wait for it, then read it.
+    let received = |from: usize| -> (u64, usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap();
+            if let Some(line) = text[from..]
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("Transferred:"))
+            {
+                let n = line
+                    .split("received ")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap();
+                return (n.parse().unwrap(), text.len());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no session summary in the sshd log"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     };
-    let tunnel = received(&std::fs::read_to_string(&log).unwrap()[before..]);
-    let mid = std::fs::read_to_string(&log).unwrap().len();
+    let (tunnel, mid) = received(before);
     let toml = fleet.deploy_toml(&[0], "/srv/app", "");
     dir.write("deploy.toml", toml);
     TestCommand::new("dp-hosts")
@@ -555,8 +565,7 @@ fn via_reaches_the_database_through_an_ssh_host() {
         .args(["--check"])
         .run()
         .code(0);
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let plain = received(&std::fs::read_to_string(&log).unwrap()[mid..]);
+    let (plain, _) = received(mid);
     assert!(
         tunnel > plain + 1500,
         "tunnel session received {tunnel} bytes, a plain one {plain}"
