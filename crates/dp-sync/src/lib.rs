@@ -182,7 +182,7 @@ pub fn scan_and_run(
             .unwrap_or_else(|_| Err(SyncError::Invalid("the scan panicked".into())))
     })?;
     let warnings = lock_all(records, sessions, &prepared.release, opts);
-    run_with(records, sessions, &prepared, opts, &warnings);
+    run_with(records, sessions, &prepared, opts, Some(&warnings));
     Ok(prepared)
 }
 
@@ -275,7 +275,7 @@ pub fn run(
     prepared: &Prepared,
     opts: &SyncOptions,
 ) {
-    run_with(records, sessions, prepared, opts, &[]);
+    run_with(records, sessions, prepared, opts, None);
 }
 
 fn run_with(
@@ -283,8 +283,9 @@ fn run_with(
     sessions: &mut Sessions,
     prepared: &Prepared,
     opts: &SyncOptions,
-    warnings: &[Option<String>],
+    locked: Option<&[Option<String>]>,
 ) {
+    let warnings = locked.unwrap_or(&[]);
     // Warnings from taking the lock, by host (records keep their order and names).
     let early: std::collections::HashMap<String, String> = records
         .iter()
@@ -296,7 +297,7 @@ fn run_with(
         // Set even if the sync fails: dp-restart's finish then releases this release's
         // lock on the host (and only a lock this release holds).
         record.release = Some(prepared.release.clone());
-        let mut stats = sync_host(conn, record, prepared, opts)?;
+        let mut stats = sync_host(conn, record, prepared, opts, locked.is_some())?;
         stats.ms = started.elapsed().as_millis() as u64;
         stats.scan_ms = prepared.scan_ms;
         if let Some(w) = early.get(&record.host) {
@@ -308,11 +309,14 @@ fn run_with(
 }
 
 /// Syncs one host over an open transport.
+///
+/// `locked`: the deploy lock was already taken on this host by [`lock_all`].
 pub fn sync_host(
     conn: &mut dyn Transport,
     record: &Record,
     p: &Prepared,
     opts: &SyncOptions,
+    locked: bool,
 ) -> Result<SyncStats, String> {
     let root = root_of(record)?;
     let mut stats = SyncStats {
@@ -320,7 +324,7 @@ pub fn sync_host(
         entries: p.manifest.entries.len(),
         ..SyncStats::default()
     };
-    let script = remote::prepare(root, &p.release, opts.lease, &p.cache.offer())
+    let script = remote::prepare(root, &p.release, opts.lease, &p.cache.offer(), locked)
         .map_err(|e| e.to_string())?;
     stats.bytes_sent += script.len() as u64;
     let out = conn.run(&script).map_err(|e| e.to_string())?;
