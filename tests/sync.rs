@@ -487,7 +487,7 @@ fn bad_input_gives_clear_errors() {
     assert_eq!(recs.len(), 3);
     let blocked = recs[0].error.clone().unwrap();
     assert!(
-        blocked.message.contains("taking the deploy lock failed"),
+        blocked.message.contains("preparing the release failed"),
         "{}",
         blocked.message
     );
@@ -503,7 +503,7 @@ fn bad_input_gives_clear_errors() {
     assert!(recs[2].error.is_none());
     assert!(
         out.stderr
-            .contains("dp-sync: blocked: sync: taking the deploy lock failed"),
+            .contains("dp-sync: blocked: sync: preparing the release failed"),
         "{}",
         out.stderr
     );

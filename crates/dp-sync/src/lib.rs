@@ -181,162 +181,200 @@ pub fn scan_and_run(
         scan.join()
             .unwrap_or_else(|_| Err(SyncError::Invalid("the scan panicked".into())))
     })?;
-    let warnings = lock_all(records, sessions, &prepared.release, opts);
-    run_with(records, sessions, &prepared, opts, Some(&warnings));
+    run_phased(records, sessions, &prepared, opts);
     Ok(prepared)
 }
 
-/// What taking the lock on one host gave.
-enum Locked {
-    Taken(Option<String>),
-    Held(String),
-}
-
-/// Takes the deploy lock on every host before anything is sent: the first host (by name)
-/// alone, then the others in parallel. Two deploys of the same hosts thus meet on the
-/// first host, and exactly one goes on. If another deploy holds any host, the locks taken
-/// are given back and every record fails: a deploy goes to all its hosts or to none.
-///
-/// Returns, per record, the warning of a lock taken over because it had expired.
-pub fn lock_all(
-    records: &mut [Record],
-    sessions: &mut Sessions,
-    release: &str,
-    opts: &SyncOptions,
-) -> Vec<Option<String>> {
-    let mut warnings = vec![None; records.len()];
+/// Prepares every host (taking its deploy lock), the first host by name alone and then
+/// the others in parallel, and builds the releases only if no other deploy holds any of
+/// them. Two deploys of the same hosts thus meet on the first host and exactly one goes
+/// on; a deploy refused anywhere gives back the locks it took and fails every record: a
+/// deploy goes to all its hosts or to none. It costs no extra round trip: the lock is
+/// taken by the same script that reads the host's base release.
+fn run_phased(records: &mut [Record], sessions: &mut Sessions, p: &Prepared, opts: &SyncOptions) {
     let mut order: Vec<usize> = (0..records.len())
         .filter(|&i| !records[i].failed())
         .collect();
     order.sort_by(|&a, &b| records[a].host.cmp(&records[b].host));
     if order.is_empty() {
-        return warnings;
+        return;
     }
-    let take = |conn: &mut dp_core::transport::Connection,
-                record: &mut Record|
-     -> Result<Locked, String> {
-        let root = root_of(record)?;
-        let script = dp_core::layout::script_prelude(root).map_err(|e| e.to_string())?
-            + &lock::acquire_script(release, opts.lease).map_err(|e| e.to_string())?;
-        let out = conn.run(&script).map_err(|e| e.to_string())?;
-        if out.status.code == Some(lock::HELD_STATUS) {
-            let stderr = String::from_utf8_lossy(&out.status.stderr);
-            return Ok(Locked::Held(lock::held_message(&stderr)));
-        }
-        out.status
-            .check("taking the deploy lock")
-            .map_err(|e| e.to_string())?;
-        Ok(Locked::Taken(lock::takeover_warning(
-            &String::from_utf8_lossy(&out.stdout),
-        )))
+    for &i in &order {
+        // Set even if the sync fails: dp-restart's finish then releases this release's
+        // lock on the host (and only a lock this release holds).
+        records[i].release = Some(p.release.clone());
+    }
+    let started = Instant::now();
+    let prepare = |conn: &mut dp_core::transport::Connection, record: &mut Record| {
+        Ok(prepare_host(conn, record, p, opts))
     };
-    let first = sessions.run_indices(records, &order[..1], 1, take);
-    let mut results: Vec<(usize, Result<Locked, String>)> =
-        vec![(order[0], first.into_iter().next().expect("one"))];
-    if !matches!(results[0].1, Ok(Locked::Held(_))) {
-        let rest = sessions.run_indices(records, &order[1..], opts.jobs, take);
-        results.extend(order[1..].iter().copied().zip(rest));
+    let mut states: Vec<(usize, Result<HostState, PrepareError>)> = Vec::new();
+    let first = sessions.run_indices(records, &order[..1], 1, prepare);
+    states.push((
+        order[0],
+        flatten(first.into_iter().next().expect("one result")),
+    ));
+    if !matches!(states[0].1, Err(PrepareError::Held(_))) {
+        let rest = sessions.run_indices(records, &order[1..], opts.jobs, prepare);
+        states.extend(
+            order[1..]
+                .iter()
+                .copied()
+                .zip(rest.into_iter().map(flatten)),
+        );
     }
-    let held: Option<(String, String)> = results.iter().find_map(|(i, r)| match r {
-        Ok(Locked::Held(m)) => Some((records[*i].host.clone(), m.clone())),
+    let held = states.iter().find_map(|(i, s)| match s {
+        Err(PrepareError::Held(m)) => Some((records[*i].host.clone(), m.clone())),
         _ => None,
     });
-    for (i, r) in &results {
-        match r {
-            Err(e) => records[*i].fail(STEP, e.clone()),
-            Ok(Locked::Taken(w)) => warnings[*i] = w.clone(),
-            Ok(Locked::Held(_)) => {}
+    if let Some((host, message)) = held {
+        let taken: Vec<usize> = states
+            .iter()
+            .filter(|(_, s)| s.is_ok())
+            .map(|(i, _)| *i)
+            .collect();
+        let _ = sessions.run_indices(records, &taken, opts.jobs, |conn, record| {
+            let script = dp_core::layout::script_prelude(root_of(record)?)
+                .map_err(|e| e.to_string())?
+                + &lock::release_script(&p.release).map_err(|e| e.to_string())?;
+            conn.run(&script).map(drop).map_err(|e| e.to_string())
+        });
+        for r in records.iter_mut() {
+            r.fail(STEP, format!("deploy refused: on {host}, {message}"));
+        }
+        return;
+    }
+    let mut to_build: Vec<usize> = Vec::new();
+    let mut plans: std::collections::HashMap<usize, HostState> = std::collections::HashMap::new();
+    for (i, state) in states {
+        match state {
+            Ok(HostState::Done(mut stats)) => {
+                stats.ms = started.elapsed().as_millis() as u64;
+                stats.scan_ms = p.scan_ms;
+                records[i].set_step(STEP, stats);
+            }
+            Ok(plan) => {
+                to_build.push(i);
+                plans.insert(i, plan);
+            }
+            Err(PrepareError::Failed(m)) | Err(PrepareError::Held(m)) => records[i].fail(STEP, m),
         }
     }
-    let Some((host, message)) = held else {
-        return warnings;
-    };
-    let taken: Vec<usize> = results
+    let plans = std::sync::Mutex::new(plans);
+    let index_of: std::collections::HashMap<String, usize> = to_build
         .iter()
-        .filter(|(_, r)| matches!(r, Ok(Locked::Taken(_))))
-        .map(|(i, _)| *i)
+        .map(|&i| (records[i].host.clone(), i))
         .collect();
-    let _ = sessions.run_indices(records, &taken, opts.jobs, |conn, record| {
-        let script = dp_core::layout::script_prelude(root_of(record)?)
-            .map_err(|e| e.to_string())?
-            + &lock::release_script(release).map_err(|e| e.to_string())?;
-        conn.run(&script).map(drop).map_err(|e| e.to_string())
+    let results = sessions.run_indices(records, &to_build, opts.jobs, |conn, record| {
+        let i = index_of[&record.host];
+        let plan = plans
+            .lock()
+            .expect("not poisoned")
+            .remove(&i)
+            .expect("planned");
+        let mut stats = build_host(conn, record, p, opts, plan)?;
+        stats.ms = started.elapsed().as_millis() as u64;
+        stats.scan_ms = p.scan_ms;
+        Ok(stats)
     });
-    for r in records.iter_mut() {
-        r.fail(STEP, format!("deploy refused: on {host}, {message}"));
+    for (i, result) in to_build.into_iter().zip(results) {
+        match result {
+            Ok(stats) => records[i].set_step(STEP, stats),
+            Err(m) => records[i].fail(STEP, m),
+        }
     }
-    warnings
 }
 
-/// Syncs every record that has not failed, at most `opts.jobs` hosts at once.
+fn flatten(r: Result<Result<HostState, PrepareError>, String>) -> Result<HostState, PrepareError> {
+    r.map_err(PrepareError::Failed).and_then(|x| x)
+}
+
+/// What the first script found on a host.
+pub enum HostState {
+    /// The release is already complete there with this content: nothing to do.
+    Done(SyncStats),
+    /// Build the release on this base.
+    Build {
+        /// Stats so far.
+        stats: SyncStats,
+        /// The release to hard-link from.
+        base: Option<String>,
+        /// Its manifest (empty without a base).
+        base_manifest: Manifest,
+        /// The host has gzip.
+        has_gzip: bool,
+    },
+}
+
+/// Why a host cannot be synced.
+#[derive(Debug)]
+pub enum PrepareError {
+    /// Another release holds the deploy lock.
+    Held(String),
+    /// Anything else.
+    Failed(String),
+}
+
+/// Syncs every record that has not failed, at most `opts.jobs` hosts at once, each host
+/// on its own (no all-or-nothing locking; see [`scan_and_run`] for that).
 pub fn run(
     records: &mut [Record],
     sessions: &mut Sessions,
     prepared: &Prepared,
     opts: &SyncOptions,
 ) {
-    run_with(records, sessions, prepared, opts, None);
-}
-
-fn run_with(
-    records: &mut [Record],
-    sessions: &mut Sessions,
-    prepared: &Prepared,
-    opts: &SyncOptions,
-    locked: Option<&[Option<String>]>,
-) {
-    let warnings = locked.unwrap_or(&[]);
-    // Warnings from taking the lock, by host (records keep their order and names).
-    let early: std::collections::HashMap<String, String> = records
-        .iter()
-        .zip(warnings)
-        .filter_map(|(r, w)| w.clone().map(|w| (r.host.clone(), w)))
-        .collect();
     sessions.run(records, opts.jobs, STEP, |conn, record| {
         let started = Instant::now();
-        // Set even if the sync fails: dp-restart's finish then releases this release's
-        // lock on the host (and only a lock this release holds).
         record.release = Some(prepared.release.clone());
-        let mut stats = sync_host(conn, record, prepared, opts, locked.is_some())?;
+        let mut stats = sync_host(conn, record, prepared, opts)?;
         stats.ms = started.elapsed().as_millis() as u64;
         stats.scan_ms = prepared.scan_ms;
-        if let Some(w) = early.get(&record.host) {
-            stats.warnings.insert(0, w.clone());
-        }
         record.set_step(STEP, stats);
         Ok(())
     });
 }
 
-/// Syncs one host over an open transport.
-///
-/// `locked`: the deploy lock was already taken on this host by [`lock_all`].
+/// Syncs one host over an open transport: [`prepare_host`], then [`build_host`].
 pub fn sync_host(
     conn: &mut dyn Transport,
     record: &Record,
     p: &Prepared,
     opts: &SyncOptions,
-    locked: bool,
 ) -> Result<SyncStats, String> {
-    let root = root_of(record)?;
+    match prepare_host(conn, record, p, opts) {
+        Ok(HostState::Done(stats)) => Ok(stats),
+        Ok(plan) => build_host(conn, record, p, opts, plan),
+        Err(PrepareError::Held(m)) | Err(PrepareError::Failed(m)) => Err(m),
+    }
+}
+
+/// The first script on a host: take the deploy lock, clean leftovers, find the base.
+pub fn prepare_host(
+    conn: &mut dyn Transport,
+    record: &Record,
+    p: &Prepared,
+    opts: &SyncOptions,
+) -> Result<HostState, PrepareError> {
+    let fail = PrepareError::Failed;
+    let root = root_of(record).map_err(fail)?;
     let mut stats = SyncStats {
         release: p.release.clone(),
         entries: p.manifest.entries.len(),
         ..SyncStats::default()
     };
-    let script = remote::prepare(root, &p.release, opts.lease, &p.cache.offer(), locked)
-        .map_err(|e| e.to_string())?;
+    let script = remote::prepare(root, &p.release, opts.lease, &p.cache.offer())
+        .map_err(|e| fail(e.to_string()))?;
     stats.bytes_sent += script.len() as u64;
-    let out = conn.run(&script).map_err(|e| e.to_string())?;
+    let out = conn.run(&script).map_err(|e| fail(e.to_string()))?;
     stats.bytes_received += (out.stdout.len() + out.status.stderr.len()) as u64;
     if out.status.code == Some(lock::HELD_STATUS) {
-        return Err(lock::held_message(&String::from_utf8_lossy(
-            &out.status.stderr,
+        return Err(PrepareError::Held(lock::held_message(
+            &String::from_utf8_lossy(&out.status.stderr),
         )));
     }
     out.status
         .check("preparing the release")
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| fail(e.to_string()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let (head, manifest_text) = text
         .split_once(remote::MANIFEST_MARK)
@@ -382,12 +420,12 @@ pub fn sync_host(
             Some(d) if d == p.digest => {
                 stats.noop = true;
                 stats.linked = p.manifest.file_count();
-                Ok(stats)
+                Ok(HostState::Done(stats))
             }
-            _ => Err(format!(
+            _ => Err(fail(format!(
                 "release {} already exists on the host with different content; choose another --release",
                 p.release
-            )),
+            ))),
         };
     }
     let base_manifest = match base.as_deref().map(|_| reported(&digest)) {
@@ -401,6 +439,35 @@ pub fn sync_host(
             Manifest::default()
         }
         None => Manifest::default(),
+    };
+    Ok(HostState::Build {
+        stats,
+        base,
+        base_manifest,
+        has_gzip,
+    })
+}
+
+/// The second script on a host: build the release from its base and the tar of changes.
+pub fn build_host(
+    conn: &mut dyn Transport,
+    record: &Record,
+    p: &Prepared,
+    opts: &SyncOptions,
+    state: HostState,
+) -> Result<SyncStats, String> {
+    let root = root_of(record)?;
+    let HostState::Build {
+        mut stats,
+        base,
+        base_manifest,
+        has_gzip,
+    } = state
+    else {
+        return match state {
+            HostState::Done(stats) => Ok(stats),
+            HostState::Build { .. } => unreachable!(),
+        };
     };
     stats.base = base.clone();
     let diff = manifest::diff(&base_manifest, &p.manifest);

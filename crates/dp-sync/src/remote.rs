@@ -19,20 +19,14 @@ pub const MANIFEST_MARK: &str = "---dp-manifest---";
 
 /// Script 1: lock, clean, report base and its manifest's digest, and the manifest itself
 /// unless its digest is one of `known` (manifests the caller has cached).
-/// With `locked`, the lock was just taken (see `lock_all`) and is not taken again.
 pub fn prepare(
     root: &str,
     release: &str,
     lease: Duration,
     known: &[String],
-    locked: bool,
 ) -> Result<String, QuoteError> {
     let mut s = script_prelude(root)?;
-    if locked {
-        s.push_str("mkdir -p \"$root/.dp\" \"$releases\" \"$root/shared\"\n");
-    } else {
-        s.push_str(&dp_core::lock::acquire_script(release, lease)?);
-    }
+    s.push_str(&dp_core::lock::acquire_script(release, lease)?);
     s.push_str(&format!(
         r#"rel={rel}
 known={known}
