@@ -1,12 +1,10 @@
 //! `dp-deps`: make each host's release dependencies ready, reusing unchanged ones.
 
 use crate::io::{read_input, write_output};
-use crate::sync::load_optional_config;
 use clap::Parser;
 use dp_core::parallel::Sessions;
 use dp_core::Exit;
 use dp_deps::{DepsOptions, Kind};
-use std::path::PathBuf;
 
 /// Make the dependencies of each record's release ready on its host.
 ///
@@ -23,9 +21,9 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "dp-deps", version)]
 pub struct Args {
-    /// Config file for `[deps]` (used when it exists).
-    #[arg(long, short = 'c', default_value = "deploy.toml", env = "DP_CONFIG")]
-    pub config: PathBuf,
+    /// The config file.
+    #[command(flatten)]
+    pub config: crate::args::ConfigArg,
     /// pip, npm, command or auto (default: `kind` in [deps], else auto).
     #[arg(long)]
     pub kind: Option<String>,
@@ -50,9 +48,9 @@ pub struct Args {
     /// How long to wait for another deploy building the same environment.
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = dp_core::config::parse_duration)]
     pub wait: std::time::Duration,
-    /// Deploy lock lease to renew, such as `15m`.
-    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = dp_core::config::parse_duration)]
-    pub lease: std::time::Duration,
+    /// The deploy lock lease.
+    #[command(flatten)]
+    pub lease: crate::args::LeaseArg,
 }
 
 /// Runs `dp-deps`.
@@ -62,7 +60,7 @@ pub fn run() -> anyhow::Result<Exit> {
 
 /// Runs `dp-deps` with parsed arguments.
 pub fn exec(args: Args) -> anyhow::Result<Exit> {
-    let config = load_optional_config(&args.config, std::env::var_os("DP_CONFIG").is_some())?;
+    let config = args.config.load()?;
     let deps = config.and_then(|c| c.deps).unwrap_or_default();
     let kind_name = args
         .kind
@@ -94,7 +92,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             .unwrap_or_else(|| "python3".into()),
         jobs: usize::from(args.jobs),
         wait: args.wait,
-        lease: args.lease,
+        lease: args.lease.lease,
     };
     let mut records = read_input("-")?;
     dp_deps::run(&mut records, &mut Sessions::new(), &opts);

@@ -2,6 +2,7 @@
 //! tool, like cargo's `commands/`), the error reporter and exit handling. Binaries only
 //! call [`main_with`] with a command's `run`.
 
+pub mod args;
 pub mod deps;
 pub mod dp;
 pub mod hosts;

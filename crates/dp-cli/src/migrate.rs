@@ -64,9 +64,9 @@ pub struct Args {
     /// Framework mode: run this command once in the new release instead of SQL files.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
-    /// Deploy lock lease to renew in exec mode.
-    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = dp_core::config::parse_duration)]
-    pub lease: std::time::Duration,
+    /// The deploy lock lease.
+    #[command(flatten)]
+    pub lease: crate::args::LeaseArg,
 }
 
 /// Subcommands.
@@ -146,7 +146,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         Some(command) => {
             let opts = ExecOptions {
                 command,
-                lease: args.lease,
+                lease: args.lease.lease,
             };
             dp_migrate::run_exec(&mut records, &mut Sessions::new(), &opts);
         }

@@ -1,12 +1,10 @@
 //! `dp-restart`: roll the release out in batches behind health checks; finish the deploy.
 
 use crate::io::{read_input, write_output};
-use crate::sync::load_optional_config;
 use clap::Parser;
 use dp_core::parallel::Sessions;
 use dp_core::Exit;
 use dp_restart::{Batch, Health, RestartOptions};
-use std::path::PathBuf;
 
 /// Switch each host to its record's release in rolling batches, restart and health-check
 /// it, switch it back on failure; then clean up, write history and release the lock.
@@ -29,9 +27,9 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "dp-restart", version)]
 pub struct Args {
-    /// Config file for `keep` and `[restart]` (used when it exists).
-    #[arg(long, short = 'c', default_value = "deploy.toml", env = "DP_CONFIG")]
-    pub config: PathBuf,
+    /// The config file.
+    #[command(flatten)]
+    pub config: crate::args::ConfigArg,
     /// Hosts per batch: a number (1) or a percentage (25%).
     #[arg(long, short = 'b', value_name = "N|P%")]
     pub batch: Option<Batch>,
@@ -59,9 +57,9 @@ pub struct Args {
     /// Switch every host back to the release it had before `current`.
     #[arg(long)]
     pub rollback: bool,
-    /// Deploy lock lease to renew.
-    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = dp_core::config::parse_duration)]
-    pub lease: std::time::Duration,
+    /// The deploy lock lease.
+    #[command(flatten)]
+    pub lease: crate::args::LeaseArg,
 }
 
 /// Runs `dp-restart`.
@@ -71,7 +69,7 @@ pub fn run() -> anyhow::Result<Exit> {
 
 /// Runs `dp-restart` with parsed arguments.
 pub fn exec(args: Args) -> anyhow::Result<Exit> {
-    let config = load_optional_config(&args.config, std::env::var_os("DP_CONFIG").is_some())?;
+    let config = args.config.load()?;
     let section = config
         .as_ref()
         .and_then(|c| c.restart.clone())
@@ -108,7 +106,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             .unwrap_or(5),
         jobs: usize::from(args.jobs),
         rollback: args.rollback,
-        lease: args.lease,
+        lease: args.lease.lease,
     };
     let mut records = read_input("-")?;
     dp_restart::run(&mut records, &mut Sessions::new(), &opts);

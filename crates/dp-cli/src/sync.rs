@@ -23,9 +23,9 @@ use std::path::PathBuf;
 #[derive(Debug, Parser)]
 #[command(name = "dp-sync", version)]
 pub struct Args {
-    /// Config file for `source`, `exclude` and `shared` (used when it exists).
-    #[arg(long, short = 'c', default_value = "deploy.toml", env = "DP_CONFIG")]
-    pub config: PathBuf,
+    /// The config file.
+    #[command(flatten)]
+    pub config: crate::args::ConfigArg,
     /// Source directory (default: `source` from the config, else the current directory).
     #[arg(long, value_name = "DIR")]
     pub src: Option<PathBuf>,
@@ -48,9 +48,9 @@ pub struct Args {
     /// Never compress the upload (by default small uploads are gzip-compressed).
     #[arg(long)]
     pub no_compress: bool,
-    /// Deploy lock lease, renewed by each later step, such as `15m`.
-    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = dp_core::config::parse_duration)]
-    pub lease: std::time::Duration,
+    /// The deploy lock lease.
+    #[command(flatten)]
+    pub lease: crate::args::LeaseArg,
 }
 
 /// Runs `dp-sync`.
@@ -60,7 +60,7 @@ pub fn run() -> anyhow::Result<Exit> {
 
 /// Runs `dp-sync` with parsed arguments.
 pub fn exec(args: Args) -> anyhow::Result<Exit> {
-    let config = load_optional_config(&args.config, std::env::var_os("DP_CONFIG").is_some())?;
+    let config = args.config.load()?;
     let src = match (&args.src, &config) {
         (Some(src), _) => src.clone(),
         (None, Some(c)) => c.local_path(c.source.as_deref().unwrap_or(std::path::Path::new("."))),
@@ -84,7 +84,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         },
         jobs: usize::from(args.jobs),
         verify: args.verify,
-        lease: args.lease,
+        lease: args.lease.lease,
         cache: !args.no_cache,
         compress: !args.no_compress,
     };

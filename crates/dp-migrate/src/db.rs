@@ -392,21 +392,32 @@ impl Db {
     }
 }
 
+/// Inserts a migration's row (`$n` placeholders work in both PostgreSQL and SQLite).
+macro_rules! insert_row {
+    ($conn:expr, $m:expr, $success:expr, $nanos:expr) => {
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind($m.version)
+        .bind(&$m.description)
+        .bind($success)
+        .bind(&$m.checksum)
+        .bind($nanos)
+        .execute($conn)
+        .await
+        .map(drop)
+        .map_err(DbError::from)
+    };
+}
+
 async fn insert_pg(
     conn: &mut PgConnection,
     m: &Migration,
     success: bool,
     nanos: i64,
 ) -> Result<(), DbError> {
-    sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES ($1, $2, $3, $4, $5)")
-        .bind(m.version)
-        .bind(&m.description)
-        .bind(success)
-        .bind(&m.checksum)
-        .bind(nanos)
-        .execute(conn)
-        .await?;
-    Ok(())
+    insert_row!(conn, m, success, nanos)
 }
 
 async fn insert_sqlite(
@@ -415,15 +426,7 @@ async fn insert_sqlite(
     success: bool,
     nanos: i64,
 ) -> Result<(), DbError> {
-    sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .bind(m.version)
-        .bind(&m.description)
-        .bind(success)
-        .bind(&m.checksum)
-        .bind(nanos)
-        .execute(conn)
-        .await?;
-    Ok(())
+    insert_row!(conn, m, success, nanos)
 }
 
 /// Decodes a `_sqlx_migrations` row, from either database.
