@@ -5,6 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 demo=examples/demo
+# The demo's hosts run the site with a Python virtualenv.
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    else
+        echo "demo: needs python3 with venv (apt-get install python3-venv)" >&2
+        exit 2
+    fi
+fi
 mkdir -p target/demo
 # The site's one dependency, as a local wheel: installs offline.
 python3 tests/fixtures/make_wheel.py "$demo/site/vendor/wheels" demo_greeting 1.0 >/dev/null
