@@ -171,12 +171,24 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                     r.ssh.host_key_policy = Some(HostKeyPolicy::AcceptNew);
                 }
             }
-            let python = config
-                .deps
-                .as_ref()
-                .and_then(|d| d.kind.as_deref())
-                .is_some_and(|k| k == "pip");
-            dp_flow::admin::setup(&mut records, jobs, python);
+            let deps = config.deps.as_ref();
+            let tools: &[&str] = match deps.and_then(|d| d.kind.as_deref()) {
+                Some("pip") => &["python3"],
+                Some("npm") => &["node", "npm"],
+                _ => &[],
+            };
+            let python = deps.and_then(|d| d.python.clone());
+            let tools: Vec<&str> = tools
+                .iter()
+                .map(|t| {
+                    if *t == "python3" {
+                        python.as_deref().unwrap_or("python3")
+                    } else {
+                        t
+                    }
+                })
+                .collect();
+            dp_flow::admin::setup(&mut records, jobs, &tools);
             finish(records, "setup")
         }
         Command::Rollback => {

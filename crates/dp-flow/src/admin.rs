@@ -31,9 +31,22 @@ fn run_script(
 }
 
 /// `dp setup`: create the layout, check prerequisites and that the root is writable.
-/// Idempotent; says what it did per host.
-pub fn setup(records: &mut [Record], jobs: usize, need_python: bool) {
-    let python = if need_python { "python3" } else { "" };
+/// Idempotent; says what it did per host. `extra_tools` are what the dependency kind
+/// needs (the Python interpreter for pip; node and npm).
+pub fn setup(records: &mut [Record], jobs: usize, extra_tools: &[&str]) {
+    let quoted: Result<Vec<String>, _> = extra_tools
+        .iter()
+        .map(|t| dp_core::quote::quote_str(t))
+        .collect();
+    let python = match quoted {
+        Ok(q) => q.join(" "),
+        Err(e) => {
+            records
+                .iter_mut()
+                .for_each(|r| r.fail("setup", e.to_string()));
+            return;
+        }
+    };
     let results = run_script(records, jobs, "setup", |_| {
         Ok(format!(
             r#"for d in "$root" "$root/releases" "$root/shared" "$root/.dp" "$root/.dp/deps"; do
