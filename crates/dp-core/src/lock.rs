@@ -77,13 +77,18 @@ dp_info={prefix}"$dp_now",'"expires":'"$((dp_now + {lease}))"'}}'
 
 dp_rel={release}
 dp_create() {{ ( set -C; printf '%s\n' "$dp_info" > "$lock" ) 2>/dev/null; }}
-dp_field() {{ printf '%s' "$1" | sed -n "s/.*\"$2\":\"*\([^\",}}]*\).*/\1/p"; }}
 if dp_create; then
   echo "lock taken"
 else
-  dp_cur=$(cat "$lock" 2>/dev/null || true)
-  dp_cur_rel=$(dp_field "$dp_cur" release)
-  dp_cur_exp=$(dp_field "$dp_cur" expires)
+  # Parsed with the shell's own pattern matching: no processes on this common path.
+  dp_cur=
+  IFS= read -r dp_cur < "$lock" 2>/dev/null || true
+  dp_cur_exp=${{dp_cur##*\"expires\":}}
+  dp_cur_exp=${{dp_cur_exp%%[!0-9]*}}
+  case $dp_cur in
+    *\"release\":\"$dp_rel\",*) dp_cur_rel=$dp_rel ;;
+    *) dp_cur_rel= ;;
+  esac
   if [ "$dp_cur_rel" = "$dp_rel" ]; then
     printf '%s\n' "$dp_info" > "$lock.$$" && mv -f "$lock.$$" "$lock"
     echo "lock renewed"

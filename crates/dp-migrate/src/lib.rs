@@ -58,6 +58,12 @@ pub struct MigrateStats {
     /// The host the command ran on (exec mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The SSH host the database was reached through (`--via`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// Bytes the tunnel carried, both directions (`--via`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via_bytes: Option<u64>,
     /// Milliseconds in all.
     pub ms: u64,
 }
@@ -164,7 +170,8 @@ fn through_via(
 
 /// Applies the pending migrations of `opts.phase`. Returns what was applied.
 pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
-    let (url, _tunnel) = through_via(opts)?;
+    let (url, tunnel) = through_via(opts)?;
+    let via = opts.via.as_ref().map(|r| r.host.clone());
     let opts = &MigrateOptions {
         database_url: url,
         via: None,
@@ -193,6 +200,8 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
             applied,
             waited_ms: Some(waited.as_millis() as u64).filter(|ms| *ms >= 100),
             host: None,
+            via: via.clone(),
+            via_bytes: tunnel.as_ref().map(|t| t.bytes()),
             ms: started.elapsed().as_millis() as u64,
         })
     })
@@ -366,6 +375,8 @@ pub fn run_exec(records: &mut [Record], sessions: &mut Sessions, opts: &ExecOpti
         applied: Vec::new(),
         waited_ms: None,
         host: Some(records[chosen].host.clone()),
+        via: None,
+        via_bytes: None,
         ms: started.elapsed().as_millis() as u64,
     };
     match result {

@@ -11,7 +11,7 @@ use ssh2::Channel;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -20,6 +20,7 @@ pub struct Tunnel {
     /// The local port (on 127.0.0.1).
     pub port: u16,
     stop: Arc<AtomicBool>,
+    bytes: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -55,17 +56,24 @@ impl Tunnel {
             .map_err(io("listen for the tunnel"))?
             .port();
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (flag, counter) = (stop.clone(), bytes.clone());
         let host = remote_host.to_string();
         let thread = std::thread::Builder::new()
             .name("dp-tunnel".into())
-            .spawn(move || serve(ssh, listener, &host, remote_port, &flag))
+            .spawn(move || serve(ssh, listener, &host, remote_port, &flag, &counter))
             .map_err(io("start the tunnel"))?;
         Ok(Tunnel {
             port,
             stop,
+            bytes,
             thread: Some(thread),
         })
+    }
+
+    /// Bytes carried so far, both directions.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
     }
 }
 
@@ -82,7 +90,14 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
-fn serve(ssh: SshTransport, listener: TcpListener, host: &str, port: u16, stop: &AtomicBool) {
+fn serve(
+    ssh: SshTransport,
+    listener: TcpListener,
+    host: &str,
+    port: u16,
+    stop: &AtomicBool,
+    bytes: &AtomicU64,
+) {
     let mut pipes: Vec<Pipe> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     while !stop.load(Ordering::SeqCst) {
@@ -107,7 +122,9 @@ fn serve(ssh: SshTransport, listener: TcpListener, host: &str, port: u16, stop: 
             }
         }
         for p in &mut pipes {
-            progress |= pump(p, &mut buf);
+            let (delivered, moved) = pump(p, &mut buf);
+            bytes.fetch_add(delivered, Ordering::SeqCst);
+            progress |= moved;
         }
         pipes.retain_mut(|p| {
             let done = p.broken
@@ -124,15 +141,17 @@ fn serve(ssh: SshTransport, listener: TcpListener, host: &str, port: u16, stop: 
     }
 }
 
-/// Moves what it can in both directions; true when anything moved.
-fn pump(p: &mut Pipe, buf: &mut [u8]) -> bool {
-    let mut moved = false;
+/// Moves what it can in both directions; returns the bytes delivered and whether
+/// anything happened at all.
+fn pump(p: &mut Pipe, buf: &mut [u8]) -> (u64, bool) {
+    let mut moved = 0u64;
+    let mut read = false;
     if p.to_channel.is_empty() && !p.tcp_eof {
         match p.tcp.read(buf) {
             Ok(0) => p.tcp_eof = true,
             Ok(n) => {
                 p.to_channel.extend_from_slice(&buf[..n]);
-                moved = true;
+                read = true;
             }
             Err(e) if would_block(&e) => {}
             Err(_) => p.broken = true,
@@ -142,14 +161,13 @@ fn pump(p: &mut Pipe, buf: &mut [u8]) -> bool {
         match p.channel.write(&p.to_channel) {
             Ok(n) => {
                 p.to_channel.drain(..n);
-                moved |= n > 0;
+                moved += n as u64;
             }
             Err(e) if would_block(&e) => {}
             Err(_) => p.broken = true,
         }
     } else if p.tcp_eof && !p.eof_sent && p.channel.send_eof().is_ok() {
         p.eof_sent = true;
-        moved = true;
     }
     if p.to_tcp.is_empty() && !p.channel_eof {
         match p.channel.read(buf) {
@@ -161,7 +179,7 @@ fn pump(p: &mut Pipe, buf: &mut [u8]) -> bool {
             }
             Ok(n) => {
                 p.to_tcp.extend_from_slice(&buf[..n]);
-                moved = true;
+                read = true;
             }
             Err(e) if would_block(&e) => {}
             Err(_) => p.broken = true,
@@ -171,13 +189,13 @@ fn pump(p: &mut Pipe, buf: &mut [u8]) -> bool {
         match p.tcp.write(&p.to_tcp) {
             Ok(n) => {
                 p.to_tcp.drain(..n);
-                moved |= n > 0;
+                moved += n as u64;
             }
             Err(e) if would_block(&e) => {}
             Err(_) => p.broken = true,
         }
     }
-    moved
+    (moved, read || moved > 0)
 }
 
 fn wait(ssh: &SshTransport, listener: &TcpListener, pipes: &[Pipe]) {
