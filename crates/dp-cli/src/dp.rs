@@ -248,19 +248,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
 }
 
 fn migrations_dir(config: &Config) -> Option<PathBuf> {
-    let m = config.migrate.clone().unwrap_or_default();
-    let src = config.local_path(
-        config
-            .source
-            .as_deref()
-            .unwrap_or(std::path::Path::new(".")),
-    );
-    let dir = m
-        .dir
-        .as_deref()
-        .map(|d| config.local_path(d))
-        .unwrap_or_else(|| src.join("migrations"));
-    dir.is_dir().then_some(dir)
+    Some(config.migrations_dir()).filter(|d| d.is_dir())
 }
 
 fn finish(records: Vec<Record>, step: &str) -> anyhow::Result<Exit> {

@@ -90,12 +90,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         .unwrap_or_default();
     let dir = match (&args.dir, &config) {
         (Some(d), _) => d.clone(),
-        (None, Some(c)) => match &section.dir {
-            Some(d) => c.local_path(d),
-            None => c
-                .local_path(c.source.as_deref().unwrap_or(std::path::Path::new(".")))
-                .join("migrations"),
-        },
+        (None, Some(c)) => c.migrations_dir(),
         (None, None) => PathBuf::from("migrations"),
     };
     let url = || {

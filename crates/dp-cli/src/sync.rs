@@ -63,7 +63,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
     let config = args.config.load()?;
     let src = match (&args.src, &config) {
         (Some(src), _) => src.clone(),
-        (None, Some(c)) => c.local_path(c.source.as_deref().unwrap_or(std::path::Path::new("."))),
+        (None, Some(c)) => c.source_dir(),
         (None, None) => PathBuf::from("."),
     };
     let mut excludes = config

@@ -410,6 +410,19 @@ impl Config {
         r
     }
 
+    /// The source directory to deploy: `source`, else the config file's directory.
+    pub fn source_dir(&self) -> PathBuf {
+        self.local_path(self.source.as_deref().unwrap_or(Path::new(".")))
+    }
+
+    /// The migrations directory: `dir` in `[migrate]`, else `<source>/migrations`.
+    pub fn migrations_dir(&self) -> PathBuf {
+        match self.migrate.as_ref().and_then(|m| m.dir.as_deref()) {
+            Some(d) => self.local_path(d),
+            None => self.source_dir().join("migrations"),
+        }
+    }
+
     /// Resolves a local path: `~/` is the home directory, relative paths are relative to
     /// the config file's directory.
     pub fn local_path(&self, p: &Path) -> PathBuf {

@@ -48,6 +48,16 @@ pub fn root_of(record: &crate::Record) -> Result<&str, String> {
         .ok_or_else(|| "record has no `root`".to_string())
 }
 
+/// The record's release, checked, or an error saying dp-sync must run first.
+pub fn release_of(record: &crate::Record) -> Result<&str, String> {
+    let release = record
+        .release
+        .as_deref()
+        .ok_or("record has no `release`: run dp-sync first")?;
+    check_release_id(release)?;
+    Ok(release)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

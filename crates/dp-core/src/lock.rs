@@ -124,6 +124,13 @@ if [ -f "$lock" ] && grep -q "\"release\":\"$(printf '%s' {release})\"" "$lock";
     ))
 }
 
+/// When a script that takes the lock ended with [`HELD_STATUS`], the message naming the
+/// holder.
+pub fn held(status: &crate::transport::ExecStatus) -> Option<String> {
+    (status.code == Some(HELD_STATUS))
+        .then(|| held_message(&String::from_utf8_lossy(&status.stderr)))
+}
+
 /// The message for a lock held by someone else, from the lock line the script printed.
 pub fn held_message(stderr: &str) -> String {
     let line = stderr

@@ -11,7 +11,7 @@
 
 mod script;
 
-use dp_core::layout::{check_release_id, root_of};
+use dp_core::layout::{release_of, root_of};
 use dp_core::lock;
 use dp_core::parallel::Sessions;
 use dp_core::transport::Transport;
@@ -130,17 +130,11 @@ pub fn deps_host(
     opts: &DepsOptions,
 ) -> Result<DepsStats, String> {
     let root = root_of(record)?;
-    let release = record
-        .release
-        .as_deref()
-        .ok_or("record has no `release`: run dp-sync first")?;
-    check_release_id(release)?;
+    let release = release_of(record)?;
     let script = script::deps(root, release, opts).map_err(|e| e.to_string())?;
     let out = conn.run(&script).map_err(|e| e.to_string())?;
-    if out.status.code == Some(lock::HELD_STATUS) {
-        return Err(lock::held_message(&String::from_utf8_lossy(
-            &out.status.stderr,
-        )));
+    if let Some(held) = lock::held(&out.status) {
+        return Err(held);
     }
     out.status
         .check("installing dependencies")

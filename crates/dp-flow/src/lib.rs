@@ -65,7 +65,7 @@ pub struct Overrides {
 pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, FlowError> {
     let jobs = o.jobs.unwrap_or(16);
     let lease = Duration::from_secs(15 * 60);
-    let src = config.local_path(config.source.as_deref().unwrap_or(Path::new(".")));
+    let src = config.source_dir();
     let sync = SyncOptions {
         src: src.clone(),
         release: o.release.clone(),
@@ -97,11 +97,7 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
         lease,
     });
     let m = config.migrate.clone().unwrap_or_default();
-    let migrations_dir = m
-        .dir
-        .as_deref()
-        .map(|d| config.local_path(d))
-        .unwrap_or_else(|| src.join("migrations"));
+    let migrations_dir = config.migrations_dir();
     let migrate = if let Some(command) = m.exec.clone() {
         Some(MigrateStep::Exec(ExecOptions { command, lease }))
     } else if migrations_dir.is_dir() {

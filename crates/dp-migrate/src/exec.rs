@@ -2,7 +2,7 @@
 //! on one host, inside the new release, with its environment first on PATH, under the
 //! deploy lock of that release.
 
-use dp_core::layout::{check_release_id, root_of, script_prelude};
+use dp_core::layout::{release_of, root_of, script_prelude};
 use dp_core::lock;
 use dp_core::parallel::Sessions;
 use dp_core::quote::quote_str;
@@ -32,11 +32,7 @@ pub(crate) fn run_on(
 
 fn exec_host(conn: &mut dyn Transport, record: &Record, opts: &ExecOptions) -> Result<(), String> {
     let root = root_of(record)?;
-    let release = record
-        .release
-        .as_deref()
-        .ok_or("record has no `release`: run dp-sync first")?;
-    check_release_id(release)?;
+    let release = release_of(record)?;
     let mut s = script_prelude(root).map_err(|e| e.to_string())?;
     s.push_str(&lock::acquire_script(release, opts.lease).map_err(|e| e.to_string())?);
     s.push_str(&format!(
@@ -49,10 +45,8 @@ exec sh -c {cmd} >&2
         cmd = quote_str(&opts.command).map_err(|e| e.to_string())?,
     ));
     let out = conn.run(&s).map_err(|e| e.to_string())?;
-    if out.status.code == Some(lock::HELD_STATUS) {
-        return Err(lock::held_message(&String::from_utf8_lossy(
-            &out.status.stderr,
-        )));
+    if let Some(held) = lock::held(&out.status) {
+        return Err(held);
     }
     out.status
         .check(&format!("`{}`", opts.command))

@@ -11,7 +11,7 @@
 mod health;
 mod script;
 
-use dp_core::layout::{check_release_id, root_of};
+use dp_core::layout::{check_release_id, release_of, root_of};
 use dp_core::lock;
 use dp_core::parallel::Sessions;
 use dp_core::template::{render, Escape};
@@ -186,12 +186,7 @@ fn roll_host(
     let release = if opts.rollback {
         None
     } else {
-        let r = record
-            .release
-            .as_deref()
-            .ok_or("record has no `release`: run dp-sync first")?;
-        check_release_id(r)?;
-        Some(r.to_string())
+        Some(release_of(record)?.to_string())
     };
     let lock_id = release.clone().unwrap_or_else(|| rollback_id.to_string());
     // The restart template is rendered on the host's side of the switch: {release} is the
@@ -230,10 +225,8 @@ fn roll_host(
             stats.switched_at_ms = rollout_start.elapsed().as_millis() as u64;
         }
     }
-    if out.status.code == Some(lock::HELD_STATUS) {
-        return Err(lock::held_message(&String::from_utf8_lossy(
-            &out.status.stderr,
-        )));
+    if let Some(held) = lock::held(&out.status) {
+        return Err(held);
     }
     let failure = if !out.status.success() {
         Some(
@@ -305,15 +298,12 @@ fn finish_all(
         .filter(|&i| records[i].root.is_some() && (records[i].release.is_some() || opts.rollback))
         .collect();
     let results = sessions.run_indices(records, &targets, opts.jobs, |conn, record| {
-        let stats: Option<RestartStats> = record
+        // The release `current` was switched from on this host (kept by the cleanup).
+        let previous = record
             .steps
             .get(STEP)
-            .and_then(|v| serde_json::from_value::<serde_json::Value>(v.clone()).ok())
-            .map(|v| RestartStats {
-                release: v["release"].as_str().unwrap_or_default().to_string(),
-                previous: v["previous"].as_str().map(str::to_string),
-                ..RestartStats::default()
-            });
+            .and_then(|v| v["previous"].as_str())
+            .map(str::to_string);
         let release = record.release.clone().unwrap_or_default();
         let result = match &record.error {
             None => "ok".to_string(),
@@ -323,7 +313,6 @@ fn finish_all(
             }
             Some(e) => format!("failed in {}", e.step),
         };
-        let previous = stats.as_ref().and_then(|s| s.previous.clone());
         let history = serde_json::json!({
             "time": utc_now(),
             "action": action,

@@ -367,10 +367,8 @@ pub fn prepare_host(
     stats.bytes_sent += script.len() as u64;
     let out = conn.run(&script).map_err(|e| fail(e.to_string()))?;
     stats.bytes_received += (out.stdout.len() + out.status.stderr.len()) as u64;
-    if out.status.code == Some(lock::HELD_STATUS) {
-        return Err(PrepareError::Held(lock::held_message(
-            &String::from_utf8_lossy(&out.status.stderr),
-        )));
+    if let Some(held) = lock::held(&out.status) {
+        return Err(PrepareError::Held(held));
     }
     out.status
         .check("preparing the release")

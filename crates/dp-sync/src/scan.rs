@@ -114,17 +114,17 @@ impl HashCache {
         (known == stamp && !racy).then(|| hash.clone())
     }
 
-    fn save(&self, dir: &Path, src: &Path, files: &[(Entry, Option<Stamp>)]) {
+    fn save(&self, dir: &Path, src: &Path, files: &[(Entry, Stamp)]) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i128)
             .unwrap_or(0);
         let mut out = format!("{now}\n");
         for (e, stamp) in files {
-            if let (Kind::File { sha256, .. }, Some(s)) = (&e.kind, stamp) {
+            if let Kind::File { sha256, .. } = &e.kind {
                 let line = CacheLine {
                     p: e.path.clone(),
-                    s: s.clone(),
+                    s: stamp.clone(),
                     h: sha256.clone(),
                 };
                 out.push_str(&serde_json::to_string(&line).unwrap_or_default());
@@ -178,7 +178,8 @@ pub fn scan(src: &Path, opts: &ScanOptions) -> Result<Manifest, ScanError> {
         })
         .build();
 
-    let mut files: Vec<(String, PathBuf, u32)> = Vec::new();
+    // Regular files with their stat (taken once, here) for hashing below.
+    let mut files: Vec<(String, PathBuf, u32, Stamp)> = Vec::new();
     let mut entries: Vec<Entry> = Vec::new();
     for item in walker {
         let item = item.map_err(|e| ScanError::Io(src.display().to_string(), e.to_string()))?;
@@ -207,7 +208,7 @@ pub fn scan(src: &Path, opts: &ScanOptions) -> Result<Manifest, ScanError> {
                 kind: Kind::Dir,
             });
         } else if ft.is_file() {
-            files.push((rel, full, mode));
+            files.push((rel, full, mode, Stamp::of(&meta)));
         } else if ft.is_symlink() {
             let target =
                 std::fs::read_link(&full).map_err(|e| ScanError::Io(rel.clone(), e.to_string()))?;
@@ -237,13 +238,10 @@ pub fn scan(src: &Path, opts: &ScanOptions) -> Result<Manifest, ScanError> {
         .hash_cache
         .as_ref()
         .map(|dir| HashCache::load(dir, src));
-    let hashed: Result<Vec<(Entry, Option<Stamp>)>, ScanError> = files
+    let hashed: Result<Vec<(Entry, Stamp)>, ScanError> = files
         .into_par_iter()
-        .map(|(rel, full, mode)| {
+        .map(|(rel, full, mode, stamp)| {
             let io = |e: std::io::Error| ScanError::Io(rel.clone(), e.to_string());
-            let stamp = std::fs::metadata(&full)
-                .map(|m| Stamp::of(&m))
-                .map_err(io)?;
             let known = cache.as_ref().and_then(|c| c.get(&rel, &stamp));
             let (size, sha256) = match known {
                 Some(hash) => (stamp.size, hash),
@@ -255,7 +253,7 @@ pub fn scan(src: &Path, opts: &ScanOptions) -> Result<Manifest, ScanError> {
                     mode,
                     kind: Kind::File { size, sha256 },
                 },
-                Some(stamp),
+                stamp,
             ))
         })
         .collect();
