@@ -281,22 +281,9 @@ fn changed_host_key_is_refused_even_with_accept_new() {
     let fleet = Fleet::shared();
     let dir = Dir::new("hosts-changed-key");
     let other = dir.path().join("other_key");
-    crate::util::sh(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            other.to_str().unwrap(),
-        ],
-    );
-    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
-    let other_pub: Vec<&str> = other_pub.split_whitespace().take(2).collect();
+    let other_pub = crate::util::keygen(&other, "ed25519");
     let port = fleet.hosts[0].port;
-    let forged = format!("# a comment\n[127.0.0.1]:{port} {}\n", other_pub.join(" "));
+    let forged = format!("# a comment\n[127.0.0.1]:{port} {}\n", other_pub);
     let kh = dir.write("known_hosts", &forged);
     let toml = fleet.deploy_toml(&[0], "/srv/app", "").replace(
         &fleet.known_hosts.display().to_string(),
@@ -325,27 +312,9 @@ fn a_key_of_another_type_is_unknown_not_changed() {
     let fleet = Fleet::shared();
     let dir = Dir::new("hosts-other-type");
     let rsa = dir.path().join("rsa_key");
-    crate::util::sh(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "rsa",
-            "-b",
-            "2048",
-            "-N",
-            "",
-            "-f",
-            rsa.to_str().unwrap(),
-        ],
-    );
-    let rsa_pub = std::fs::read_to_string(rsa.with_extension("pub")).unwrap();
-    let rsa_pub: Vec<&str> = rsa_pub.split_whitespace().take(2).collect();
+    let rsa_pub = crate::util::keygen(&rsa, "rsa");
     let port = fleet.hosts[0].port;
-    let kh = dir.write(
-        "known_hosts",
-        format!("[127.0.0.1]:{port} {}\n", rsa_pub.join(" ")),
-    );
+    let kh = dir.write("known_hosts", format!("[127.0.0.1]:{port} {}\n", rsa_pub));
     let toml = fleet.deploy_toml(&[0], "/srv/app", "").replace(
         &fleet.known_hosts.display().to_string(),
         &kh.display().to_string(),
@@ -396,18 +365,7 @@ fn wrong_key_fails_authentication_clearly() {
     let fleet = Fleet::shared();
     let dir = Dir::new("hosts-auth");
     let stranger = dir.path().join("stranger");
-    crate::util::sh(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            stranger.to_str().unwrap(),
-        ],
-    );
+    crate::util::keygen(&stranger, "ed25519");
     let toml = fleet.deploy_toml(&[0], "/srv/app", "").replace(
         &fleet.client_key.display().to_string(),
         &stranger.display().to_string(),

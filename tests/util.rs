@@ -205,6 +205,48 @@ pub fn sh(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A directory for a fixture shared by this whole test run: `<prefix><pid>` under the
+/// target dir. Shared fixtures outlive the run (statics are never dropped), so the
+/// directories of runs that have ended are removed first.
+fn run_dir(prefix: &str) -> PathBuf {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(prefix) {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    base.join(format!("{prefix}{}", std::process::id()))
+}
+
+/// Generates a key pair without a passphrase at `path` (`ed25519` or `rsa`) and returns
+/// its public key as `type base64`.
+pub fn keygen(path: &Path, kind: &str) -> String {
+    let mut args = vec![
+        "-q",
+        "-t",
+        kind,
+        "-N",
+        "",
+        "-C",
+        "dp-test",
+        "-f",
+        path.to_str().unwrap(),
+    ];
+    if kind == "rsa" {
+        args.extend(["-b", "2048"]);
+    }
+    sh("ssh-keygen", &args);
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The user tests log in as (sshd runs as this user too when not root).
 pub fn user() -> String {
     sh("id", &["-un"]).trim().to_string()
@@ -277,27 +319,7 @@ impl SshHost {
 
     fn start(dir: &Path, name: &str, client_pub: &str) -> SshHost {
         std::fs::create_dir_all(dir).unwrap();
-        let key = dir.join("host_ed25519");
-        sh(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                name,
-                "-f",
-                key.to_str().unwrap(),
-            ],
-        );
-        let host_key = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-        let host_key = host_key
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let host_key = keygen(&dir.join("host_ed25519"), "ed25519");
         std::fs::write(dir.join("authorized_keys"), client_pub).unwrap();
         let root = dir.join("root");
         std::fs::create_dir_all(&root).unwrap();
@@ -453,21 +475,7 @@ impl Fleet {
     fn start_in(dir: PathBuf, owned: Option<Dir>, n: usize) -> Fleet {
         std::fs::create_dir_all(&dir).unwrap();
         let client_key = dir.join("client_ed25519");
-        sh(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "dp-test",
-                "-f",
-                client_key.to_str().unwrap(),
-            ],
-        );
-        let client_pub = std::fs::read_to_string(client_key.with_extension("pub")).unwrap();
+        let client_pub = keygen(&client_key, "ed25519");
         let hosts: Vec<SshHost> = std::thread::scope(|s| {
             let handles: Vec<_> = (1..=n)
                 .map(|i| {
@@ -494,21 +502,7 @@ impl Fleet {
     /// and use deploy roots of their own under [`Fleet::root_for`].
     pub fn shared() -> &'static Fleet {
         static SHARED: OnceLock<Fleet> = OnceLock::new();
-        SHARED.get_or_init(|| {
-            // Shared fleets outlive their test run (statics are never dropped); remove the
-            // directories of runs that have ended, then start this run's in its own.
-            let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-            for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = name.strip_prefix("dp-shared-") {
-                    if !Path::new("/proc").join(pid).exists() {
-                        let _ = std::fs::remove_dir_all(entry.path());
-                    }
-                }
-            }
-            let dir = base.join(format!("dp-shared-{}", std::process::id()));
-            Fleet::start_in(dir, None, 4)
-        })
+        SHARED.get_or_init(|| Fleet::start_in(run_dir("dp-shared-"), None, 4))
     }
 
     /// A fresh deploy root for `test` on host `i` (all hosts live on this machine).
@@ -626,16 +620,7 @@ impl PgCluster {
     }
 
     fn start() -> PgCluster {
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = name.strip_prefix("dp-pg-") {
-                if !Path::new("/proc").join(pid).exists() {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        }
-        let dir = base.join(format!("dp-pg-{}", std::process::id()));
+        let dir = run_dir("dp-pg-");
         std::fs::create_dir_all(&dir).unwrap();
         let password = format!("pw-{}-secret", std::process::id());
         std::fs::write(dir.join("pwfile"), &password).unwrap();
