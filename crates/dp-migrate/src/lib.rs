@@ -142,11 +142,8 @@ fn through_via(
     let Some(via) = &opts.via else {
         return Ok((opts.database_url.clone(), None));
     };
-    let url = db::redact(&opts.database_url);
-    let fail = |cause: String| MigrateError::Db {
-        url: url.clone(),
-        cause,
-    };
+    let db_err = db_error(opts);
+    let fail = |cause: String| db_err(DbError(cause));
     if opts.database_url.starts_with("sqlite:") {
         return Err(fail(
             "--via needs a network database; SQLite files are local".into(),
@@ -168,30 +165,45 @@ fn through_via(
     }
 }
 
-/// Applies the pending migrations of `opts.phase`. Returns what was applied.
-pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
+/// Turns a database error into one naming the database (its redacted URL).
+fn db_error(opts: &MigrateOptions) -> impl Fn(DbError) -> MigrateError {
+    let url = db::redact(&opts.database_url);
+    move |e| MigrateError::Db {
+        url: url.clone(),
+        cause: e.0,
+    }
+}
+
+/// `opts` with the URL to connect to (through the `--via` tunnel when there is one),
+/// and the tunnel, which must live as long as the connections.
+fn connectable(
+    opts: &MigrateOptions,
+) -> Result<(MigrateOptions, Option<dp_core::transport::tunnel::Tunnel>), MigrateError> {
     let (url, tunnel) = through_via(opts)?;
-    let via = opts.via.as_ref().map(|r| r.host.clone());
-    let opts = &MigrateOptions {
+    let opts = MigrateOptions {
         database_url: url,
         via: None,
         ..opts.clone()
     };
+    Ok((opts, tunnel))
+}
+
+/// Applies the pending migrations of `opts.phase`. Returns what was applied.
+pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
+    // Messages name the database as given, not the local end of a tunnel.
+    let db_err = db_error(opts);
+    let via = opts.via.as_ref().map(|r| r.host.clone());
+    let (connect, tunnel) = connectable(opts)?;
     let started = Instant::now();
     let migrations = source::load(&opts.dir)?;
-    let url = db::redact(&opts.database_url);
-    let db_err = |e: DbError| MigrateError::Db {
-        url: url.clone(),
-        cause: e.0,
-    };
     runtime().block_on(async {
-        let (mut db, waited) = Db::open(&opts.database_url, opts.lock_timeout)
+        let (mut db, waited) = Db::open(&connect.database_url, opts.lock_timeout)
             .await
-            .map_err(db_err)?;
-        let result = apply_all(&mut db, &migrations, opts).await;
+            .map_err(&db_err)?;
+        let result = apply_all(&mut db, &migrations, opts, &db_err).await;
         // Keep what was applied before a failure (each migration is its own unit) and
         // always release the lock.
-        let closed = db.close().await.map_err(db_err);
+        let closed = db.close().await.map_err(&db_err);
         let applied = result?;
         closed?;
         Ok(MigrateStats {
@@ -211,12 +223,9 @@ async fn apply_all(
     db: &mut Db,
     migrations: &[Migration],
     opts: &MigrateOptions,
+    db_err: &impl Fn(DbError) -> MigrateError,
 ) -> Result<Vec<i64>, MigrateError> {
-    let url = db::redact(&opts.database_url);
-    let applied = db.applied().await.map_err(|e| MigrateError::Db {
-        url: url.clone(),
-        cause: e.0,
-    })?;
+    let applied = db.applied().await.map_err(db_err)?;
     let plan = plan::preflight(migrations, &applied, opts.phase, opts.allow_out_of_order)?;
     let mut done = Vec::new();
     for line in plan.iter().filter(|l| l.would_apply) {
@@ -236,20 +245,11 @@ async fn apply_all(
 
 /// The plan for `opts.phase`, read-only: nothing is locked, created or applied.
 pub fn dry_run(opts: &MigrateOptions) -> Result<Vec<PlanLine>, MigrateError> {
-    let (url, _tunnel) = through_via(opts)?;
-    let opts = &MigrateOptions {
-        database_url: url,
-        via: None,
-        ..opts.clone()
-    };
+    let db_err = db_error(opts);
+    let (connect, _tunnel) = connectable(opts)?;
     let migrations = source::load(&opts.dir)?;
-    let url = db::redact(&opts.database_url);
-    let db_err = |e: DbError| MigrateError::Db {
-        url: url.clone(),
-        cause: e.0,
-    };
     runtime().block_on(async {
-        let applied = read_applied(&opts.database_url).await.map_err(db_err)?;
+        let applied = read_applied(&connect.database_url).await.map_err(db_err)?;
         Ok(plan::preflight(
             &migrations,
             &applied,
