@@ -422,3 +422,28 @@ fn setup_prepares_hosts_and_records_new_keys() {
         "idempotent"
     );
 }
+
+#[test]
+fn completions_are_printed_for_dp_and_the_tools() {
+    let dir = Dir::new("dp-completions");
+    let out = TestCommand::new("dp")
+        .current_dir(dir.path())
+        .args(["completions", "bash"])
+        .run();
+    out.code(0);
+    assert!(
+        out.stdout.contains("_dp()") && out.stdout.contains("deploy"),
+        "{}",
+        out.stdout
+    );
+    let out = TestCommand::new("dp")
+        .current_dir(dir.path())
+        .args(["completions", "zsh", "--bin", "dp-sync"])
+        .run();
+    out.code(0);
+    assert!(
+        out.stdout.contains("#compdef dp-sync") && out.stdout.contains("--release"),
+        "{}",
+        out.stdout
+    );
+}

@@ -528,3 +528,46 @@ fn via_reaches_the_database_through_an_ssh_host() {
     assert!(stats["via_bytes"].as_u64().unwrap() > 2000, "{stats}");
     assert!(!out.stdout.contains(&pg.password) && !out.stderr.contains(&pg.password));
 }
+
+#[test]
+fn no_transaction_migrations_run_outside_and_a_failed_one_leaves_a_dirty_row() {
+    let pg = PgCluster::shared();
+    let dir = Dir::new("migrate-notx");
+    migrations(&dir);
+    for t in targets(pg, &dir, "notx") {
+        let no_tx = match t {
+            // Refused inside a transaction block: proves it ran outside one.
+            Target::Pg(..) => {
+                "-- no-transaction\nCREATE INDEX CONCURRENTLY users_name ON users (name);\n"
+            }
+            Target::Sqlite(_) => "-- no-transaction\nVACUUM;\n",
+        };
+        dir.write("migrations/5_outside.sql", no_tx);
+        let url = t.url();
+        let out = migrate(&dir, &url, &[], RECORDS);
+        assert_eq!(
+            out.code(0).records()[0].steps["migrate"]["applied"],
+            serde_json::json!([1, 2, 3, 5])
+        );
+        let row = t.query("SELECT success FROM _sqlx_migrations WHERE version = 5");
+        assert!(row == "t" || row == "1", "{row}");
+
+        // A failing no-transaction migration cannot be rolled back: its row stays dirty,
+        // and the next run refuses before applying anything.
+        dir.write(
+            "migrations/6_broken.sql",
+            "-- no-transaction\nINSERT INTO nowhere VALUES (1);\n",
+        );
+        migrate(&dir, &url, &[], RECORDS).code(1);
+        let out = migrate(&dir, &url, &[], RECORDS);
+        out.code(1);
+        let e = out.records()[0].error.clone().unwrap();
+        assert!(
+            e.message.contains("migration 6 (broken) is dirty"),
+            "{}",
+            e.message
+        );
+        std::fs::remove_file(dir.path().join("migrations/6_broken.sql")).unwrap();
+        std::fs::remove_file(dir.path().join("migrations/5_outside.sql")).unwrap();
+    }
+}

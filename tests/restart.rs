@@ -453,3 +453,56 @@ fn zero_downtime_rollout_behind_nginx() {
         assert_eq!(get(nginx.port).unwrap(), "version 2");
     }
 }
+
+#[test]
+fn max_fail_lets_that_many_failures_pass() {
+    let dir = Dir::new("restart-maxfail");
+    dir.write("src/VERSION", "good\n");
+    let src = dir.path().join("src");
+    let roots: Vec<PathBuf> = (1..=3).map(|i| dir.path().join(format!("h{i}"))).collect();
+    let recs: Vec<Record> = roots
+        .iter()
+        .enumerate()
+        .map(|(i, r)| local_record(&format!("h{}", i + 1), r, None))
+        .collect();
+    let input = lines(&recs);
+    let synced = sync(&src, &input, "r1");
+    // h1 fails its check (a file only it has); with --max-fail 1 the rollout goes on.
+    dir.write("h1/releases/r1/FAIL", "");
+    let out = restart(
+        &synced,
+        &[
+            "--batch",
+            "1",
+            "--max-fail",
+            "1",
+            "--health-cmd",
+            "test ! -f FAIL",
+            "--health-timeout",
+            "1s",
+        ],
+    );
+    out.code(1);
+    let recs = out.records();
+    assert!(
+        recs[0]
+            .error
+            .clone()
+            .unwrap()
+            .message
+            .contains("health check"),
+        "{:?}",
+        recs[0].error
+    );
+    assert!(
+        recs[1].error.is_none() && recs[2].error.is_none(),
+        "later batches still ran"
+    );
+    assert_eq!(current(&roots[1]), "releases/r1");
+    assert_eq!(current(&roots[2]), "releases/r1");
+    assert_eq!(
+        current(&roots[0]),
+        "",
+        "h1 had no previous release: current removed"
+    );
+}
