@@ -16,6 +16,8 @@ command -v cc >/dev/null 2>&1 || need="$need gcc"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need="$need python3-venv"
 command -v npm >/dev/null 2>&1 || need="$need nodejs npm"
+# dp-sync tests: bzip2 on the hosts, for compressed uploads.
+command -v bzip2 >/dev/null 2>&1 || need="$need bzip2"
 # dp-migrate tests: a PostgreSQL server (the tests run their own cluster with initdb).
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     need="$need postgresql"

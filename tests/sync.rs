@@ -216,7 +216,10 @@ fn a_second_deploy_sends_only_what_changed() {
         let s = &r.steps["sync"];
         assert_eq!(s["base"], "r1");
         assert_eq!(s["files_sent"], 1, "{s}");
-        assert_eq!(s["gzip"], true, "small uploads are compressed: {s}");
+        assert_eq!(
+            s["compression"], "bzip2",
+            "small uploads are compressed: {s}"
+        );
         assert_eq!(s["linked"], files - 1);
         let sent = s["bytes_sent"].as_u64().unwrap();
         assert!(

@@ -9,10 +9,13 @@
 #  3. full upload to HOSTS (20) hosts: dp-sync vs `xargs -P 20 rsync` (target <= 0.6x)
 #  4. no-change redeploy (new release id, same content) to 20 hosts (target < 1 s)
 #  5. a 2 GiB file to 1 host: dp-sync's peak RSS (target < 100 MiB)
+# SECTIONS="2 4" runs only those parts.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
 runs=${1:-5} n=${2:-20}
+sections=" ${SECTIONS:-1 2 3 4 5} "
+want() { case $sections in *" $1 "*) return 0 ;; esac; return 1; }
 for tool in rsync /usr/bin/time; do
     command -v "$tool" >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq rsync time >/dev/null; }
 done
@@ -40,8 +43,9 @@ dp_sync() { # RELEASE HOST-ARGS...: sync, print sent+received bytes of the first
 }
 wire() { python3 -c 'import json,sys; s=[json.loads(l)["steps"]["sync"] for l in open(sys.argv[1])]; print(s[0]["bytes_sent"]+s[0]["bytes_received"])' "$work/out.json"; }
 
-echo "1. full upload to 1 host (seconds)"
 r1=$(root_of h1)
+if want 1; then
+echo "1. full upload to 1 host (seconds)"
 for i in $(seq 1 "$runs"); do
     clean_all
     time_cmd dp_sync "full$i" -H h1 >>"$work/full.dp"
@@ -54,7 +58,8 @@ dp=$(median <"$work/full.dp") tp=$(median <"$work/full.tar") rs=$(median <"$work
 printf '   dp-sync %.3f   tar|ssh %.3f   rsync -a %.3f   dp/tar %s (target <= 1.0)   dp/rsync %s\n' \
     "$dp" "$tp" "$rs" "$(ratio "$dp" "$tp")" "$(ratio "$dp" "$rs")"
 
-for changes in 1 50; do
+fi
+want 2 && for changes in 1 50; do
     echo "2. new release after $changes changed files (seconds; bytes sent+received)"
     clean_all
     dp_sync base -H h1
@@ -76,6 +81,7 @@ for changes in 1 50; do
         "$dp" "$wd" "$rs" "$wr" "$(ratio "$dp" "$rs")" "$(ratio "$wd" "$wr")"
 done
 
+if want 3; then
 echo "3. full upload to $n hosts (seconds)"
 names=$(cut -d' ' -f1 "$f/hosts.txt")
 for i in $(seq 1 "$runs"); do
@@ -87,6 +93,8 @@ done
 dp=$(median <"$work/fleet.dp") rs=$(median <"$work/fleet.rsync")
 printf '   dp-sync %.3f   xargs -P %s rsync %.3f   dp/rsync %s (target <= 0.6)\n' "$dp" "$n" "$rs" "$(ratio "$dp" "$rs")"
 
+fi
+if want 4; then
 echo "4. no-change redeploy to $n hosts (seconds)"
 clean_all
 dp_sync same0
@@ -94,6 +102,8 @@ for i in $(seq 1 "$runs"); do time_cmd dp_sync "same$i" >>"$work/same.dp"; done
 for i in $(seq 1 "$runs"); do time_cmd dp_sync "same$runs" >>"$work/rerun.dp"; done
 printf '   new release id %.3f (target < 1)   same id again (no-op) %.3f\n' "$(median <"$work/same.dp")" "$(median <"$work/rerun.dp")"
 
+fi
+want 5 || exit 0
 echo "5. one 2 GiB file to 1 host: peak RSS"
 clean_all
 mkdir -p "$work/big"

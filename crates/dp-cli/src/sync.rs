@@ -45,7 +45,7 @@ pub struct Args {
     /// then sends its manifest back and every file is hashed.
     #[arg(long)]
     pub no_cache: bool,
-    /// Never compress the upload (by default small uploads are gzip-compressed).
+    /// Never compress the upload (by default small uploads are compressed with bzip2 or gzip).
     #[arg(long)]
     pub no_compress: bool,
     /// The deploy lock lease.

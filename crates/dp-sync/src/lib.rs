@@ -7,6 +7,7 @@
 //! once complete, so a half-synced release can never become `current`.
 
 pub mod cache;
+pub mod codec;
 pub mod manifest;
 pub mod remote;
 pub mod scan;
@@ -24,11 +25,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use scan::{ScanError, ScanOptions};
-
-/// Payloads up to this many bytes are compressed with gzip level 6.
-pub const GZIP_BEST_BELOW: u64 = 2 << 20;
-/// Payloads up to this many bytes are compressed with gzip level 1; larger ones are not.
-pub const GZIP_FAST_BELOW: u64 = 16 << 20;
 
 /// The step name in records.
 pub const STEP: &str = "sync";
@@ -50,7 +46,7 @@ pub struct SyncOptions {
     pub lease: Duration,
     /// Use the local caches (see [`cache`] and [`scan::HashCache`]).
     pub cache: bool,
-    /// Compress small payloads with gzip when the host has it.
+    /// Compress small payloads (see [`codec`]).
     pub compress: bool,
 }
 
@@ -158,8 +154,8 @@ pub struct SyncStats {
     pub bytes_received: u64,
     /// The release was already complete with the same content: nothing was done.
     pub noop: bool,
-    /// The upload was gzip-compressed.
-    pub gzip: bool,
+    /// How the upload was compressed.
+    pub compression: codec::Codec,
     /// Things the user should know (an expired lock taken over, leftovers cleaned).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -301,8 +297,8 @@ pub enum HostState {
         base: Option<String>,
         /// Its manifest (empty without a base).
         base_manifest: Manifest,
-        /// The host has gzip.
-        has_gzip: bool,
+        /// The decompressors the host has.
+        codecs: codec::HostCodecs,
     },
 }
 
@@ -381,7 +377,7 @@ pub fn prepare_host(
     let mut base = None;
     let mut digest = None;
     let mut self_complete = false;
-    let mut has_gzip = false;
+    let mut codecs = codec::HostCodecs::default();
     for line in head.lines() {
         if let Some(w) = lock::takeover_warning(line) {
             stats.warnings.push(w);
@@ -391,8 +387,7 @@ pub fn prepare_host(
             base = Some(b.to_string()).filter(|b| check_release_id(b).is_ok());
         } else if let Some(d) = line.strip_prefix("digest ") {
             digest = Some(d.to_string());
-        } else if line == "has gzip" {
-            has_gzip = true;
+        } else if codecs.parse_line(line) {
         } else if line == "self complete" {
             self_complete = true;
         } else if let Some(d) = line.strip_prefix("cleaned ") {
@@ -442,7 +437,7 @@ pub fn prepare_host(
         stats,
         base,
         base_manifest,
-        has_gzip,
+        codecs,
     })
 }
 
@@ -459,7 +454,7 @@ pub fn build_host(
         mut stats,
         base,
         base_manifest,
-        has_gzip,
+        codecs,
     } = state
     else {
         return match state {
@@ -501,17 +496,6 @@ pub fn build_host(
         }
     }
 
-    let plan = remote::BuildPlan {
-        root,
-        release: &p.release,
-        base: base.as_deref(),
-        shared: &opts.scan.shared,
-        verify: opts.verify,
-        digest: &p.digest,
-        gzip: false,
-    };
-    // Small payloads (most redeploys) are compressed: cheap for the CPU, and text
-    // shrinks three- to four-fold. Large ones go as they are: there the CPU is the limit.
     let payload: u64 = diff
         .send
         .iter()
@@ -520,20 +504,19 @@ pub fn build_host(
             _ => 512,
         })
         .sum();
-    let level = if !has_gzip || !opts.compress || payload > GZIP_FAST_BELOW {
-        None
-    } else if payload > GZIP_BEST_BELOW {
-        Some(1)
-    } else {
-        Some(6)
-    };
+    let choice = codec::choose(codecs, payload, opts.compress);
     let plan = remote::BuildPlan {
-        gzip: level.is_some(),
-        ..plan
+        root,
+        release: &p.release,
+        base: base.as_deref(),
+        shared: &opts.scan.shared,
+        verify: opts.verify,
+        digest: &p.digest,
+        codec: choice.codec,
     };
     let script = remote::build(&plan).map_err(|e| e.to_string())?;
     stats.bytes_sent += script.len() as u64;
-    stats.gzip = plan.gzip;
+    stats.compression = plan.codec;
     let mut extra: Vec<(&str, &[u8])> = vec![
         (".dp/remove", &remove_list),
         (".dp/manifest.drop", drop_lines.as_bytes()),
@@ -549,14 +532,10 @@ pub fn build_host(
     };
     let mut stdout = Vec::new();
     let (status, sent, produced) = std::thread::scope(|s| {
-        let producer = s.spawn(move || match level {
-            Some(level) => {
-                let gz = flate2::write::GzEncoder::new(writer, flate2::Compression::new(level));
-                tarstream::write_tar(&p.src, &diff.send, &extra, gz)?
-                    .finish()
-                    .map(drop)
-            }
-            None => tarstream::write_tar(&p.src, &diff.send, &extra, writer).map(drop),
+        let producer = s.spawn(move || {
+            choice.encode(writer, |w| {
+                tarstream::write_tar(&p.src, &diff.send, &extra, w).map(drop)
+            })
         });
         let status = conn.exec(&script, Some(&mut counted), &mut stdout);
         let sent = counted.count;

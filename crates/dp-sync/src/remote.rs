@@ -40,8 +40,7 @@ for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
   [ -e "$d" ] || continue
   rm -rf "$d" && echo "cleaned ${{d##*/}}"
 done
-if command -v gzip >/dev/null 2>&1; then echo "has gzip"; fi
-cur=$(readlink "$root/current" 2>/dev/null || true)
+{probe}cur=$(readlink "$root/current" 2>/dev/null || true)
 echo "current ${{cur##*/}}"
 if [ -f "$releases/$rel/.dp/complete" ]; then
   echo "self complete"
@@ -67,6 +66,7 @@ if [ -n "$base" ] && [ -f "$releases/$base/.dp/manifest" ]; then dp_manifest "$r
         rel = quote_str(release)?,
         known = quote_str(&known.join(" "))?,
         mark = MANIFEST_MARK,
+        probe = crate::codec::HostCodecs::PROBE,
     ));
     Ok(s)
 }
@@ -83,8 +83,8 @@ pub struct BuildPlan<'a> {
     pub shared: &'a [String],
     /// Check every file with sha256sum before marking complete.
     pub verify: bool,
-    /// The tar stream is gzip-compressed.
-    pub gzip: bool,
+    /// How the tar stream is compressed.
+    pub codec: crate::codec::Codec,
     /// SHA-256 of the new manifest, which the host rebuilds from the base's manifest,
     /// `.dp/manifest.drop` (base lines to leave out) and `.dp/manifest.add` (lines to add).
     pub digest: &'a str,
@@ -100,16 +100,19 @@ inc="$releases/.incoming-$rel"
 tmp="$releases/.tmp-$rel"
 rm -rf "$inc" "$tmp"
 mkdir -p "$inc"
-tar -x {z}-p --no-same-owner -f - -C "$inc"
 "#,
         rel = quote_str(plan.release)?,
         digest = quote_str(plan.digest)?,
-        z = if plan.gzip { "-z " } else { "" },
     ));
+    // The hard links are made first, while the client is still compressing and sending.
+    let untar = format!(
+        "tar -x {}-p --no-same-owner -f - -C \"$inc\"\n",
+        plan.codec.tar_flag()
+    );
     match plan.base {
         Some(base) => s.push_str(&format!(
             r#"cp -al "$releases"/{b} "$tmp"
-mv "$tmp/.dp/manifest" "$inc/.dp/base"
+{untar}mv "$tmp/.dp/manifest" "$inc/.dp/base"
 rm -rf "$tmp/.dp"
 if [ -s "$inc/.dp/remove" ]; then (cd "$tmp" && xargs -0 rm -rf -- < "$inc/.dp/remove"); fi
 if [ -s "$inc/.dp/manifest.drop" ] || [ -s "$inc/.dp/manifest.add" ]; then
@@ -126,11 +129,11 @@ rm -f "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.
 "#,
             b = quote_str(base)?
         )),
-        None => s.push_str(
-            r#"LC_ALL=C sort "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
+        None => s.push_str(&format!(
+            r#"{untar}LC_ALL=C sort "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
 rm -f "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add"
-"#,
-        ),
+"#
+        )),
     }
     s.push_str(
         r#"if [ -z "${dp_unchanged:-}" ]; then
