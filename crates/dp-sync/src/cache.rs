@@ -60,11 +60,13 @@ impl ManifestCache {
         (manifest.digest() == digest).then_some(manifest)
     }
 
-    /// Stores `manifest` under its digest and prunes old entries. Errors are ignored.
-    pub fn put(&self, manifest: &Manifest) {
+    /// Stores `manifest` under its `digest` and prunes old entries. Errors are ignored.
+    pub fn put(&self, manifest: &Manifest, digest: &str) {
         let Some(dir) = &self.dir else { return };
-        let digest = manifest.digest();
-        let path = dir.join(&digest);
+        if !is_digest(digest) {
+            return;
+        }
+        let path = dir.join(digest);
         if path.exists() {
             // Touch it, so pruning keeps what is in use.
             let _ = std::fs::File::options()

@@ -7,7 +7,7 @@
 //! the limit (on a fast link; `--no-compress` turns it all off).
 
 use serde::Serialize;
-use std::io::{self, Write};
+use std::io::Read;
 
 /// Payloads up to this many bytes go as bzip2 when the host has it.
 pub const BZIP2_BELOW: u64 = 512 << 10;
@@ -85,28 +85,18 @@ pub fn choose(host: HostCodecs, payload: u64, allowed: bool) -> Choice {
 }
 
 impl Choice {
-    /// Runs `write` on `out` wrapped in this compression, then finishes the stream.
-    pub fn encode<W: Write, F>(self, out: W, write: F) -> io::Result<()>
-    where
-        F: FnOnce(&mut dyn Write) -> io::Result<()>,
-    {
+    /// `plain`, compressed as it is read.
+    pub fn reader<'a, R: Read + Send + 'a>(self, plain: R) -> Box<dyn Read + Send + 'a> {
         match self.codec {
-            Codec::None => {
-                let mut out = out;
-                write(&mut out)?;
-                out.flush()
-            }
-            Codec::Gzip => {
-                let mut z =
-                    flate2::write::GzEncoder::new(out, flate2::Compression::new(self.level));
-                write(&mut z)?;
-                z.finish().map(drop)
-            }
-            Codec::Bzip2 => {
-                let mut z = bzip2::write::BzEncoder::new(out, bzip2::Compression::new(self.level));
-                write(&mut z)?;
-                z.finish().map(drop)
-            }
+            Codec::None => Box::new(plain),
+            Codec::Gzip => Box::new(flate2::read::GzEncoder::new(
+                plain,
+                flate2::Compression::new(self.level),
+            )),
+            Codec::Bzip2 => Box::new(bzip2::read::BzEncoder::new(
+                plain,
+                bzip2::Compression::new(self.level),
+            )),
         }
     }
 }
@@ -114,7 +104,6 @@ impl Choice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     const BOTH: HostCodecs = HostCodecs {
         gzip: true,
@@ -145,7 +134,8 @@ mod tests {
             let choice = choose(BOTH, size, true);
             let mut out = Vec::new();
             choice
-                .encode(&mut out, |w| w.write_all(&text))
+                .reader(&text[..])
+                .read_to_end(&mut out)
                 .expect("encodes");
             let mut back = Vec::new();
             match choice.codec {

@@ -20,8 +20,10 @@ use dp_core::transport::Transport;
 use dp_core::Record;
 use manifest::Manifest;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use scan::{ScanError, ScanOptions};
@@ -74,6 +76,125 @@ pub struct Prepared {
     digest: String,
     sha256sums: String,
     cache: cache::ManifestCache,
+    /// Digests of the manifests in the local cache, offered to every host.
+    offer: Vec<String>,
+    /// Base manifests by digest, read or parsed once for all hosts.
+    bases: OncePer<Manifest>,
+    /// What a host needs, by its base's digest (empty without a base), worked out once
+    /// for all hosts on that base.
+    deltas: OncePer<Delta>,
+    /// The new manifest went into the local cache.
+    cached: std::sync::Once,
+}
+
+/// Values made once per key, by the first host that asks; hosts asking for the same key
+/// meanwhile wait for it rather than making it again.
+struct OncePer<T> {
+    slots: Mutex<HashMap<String, Slot<T>>>,
+}
+
+/// One key's value, made or not yet.
+type Slot<T> = Arc<Mutex<Option<Arc<T>>>>;
+
+impl<T> Default for OncePer<T> {
+    fn default() -> Self {
+        OncePer {
+            slots: Mutex::default(),
+        }
+    }
+}
+
+impl<T> OncePer<T> {
+    /// The value for `key`, made with `make` unless made before (a `None` is not kept).
+    fn get_or(&self, key: &str, make: impl FnOnce() -> Option<T>) -> Option<Arc<T>> {
+        let slot = self
+            .slots
+            .lock()
+            .expect("not poisoned")
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().expect("not poisoned");
+        if slot.is_none() {
+            *slot = make().map(Arc::new);
+        }
+        slot.clone()
+    }
+}
+
+/// What a new release needs beyond one base: the same for every host on that base.
+struct Delta {
+    /// Entries to send.
+    send: Vec<manifest::Entry>,
+    /// Regular files among them.
+    files_sent: usize,
+    /// Regular files hard-linked from the base.
+    linked: usize,
+    /// Paths of the base not carried over, NUL-terminated (`.dp/remove`).
+    remove_list: Vec<u8>,
+    /// How many.
+    removed: usize,
+    /// Base manifest lines the host leaves out (`.dp/manifest.drop`).
+    drop_lines: String,
+    /// Lines the host adds (`.dp/manifest.add`).
+    add_lines: String,
+    /// About the bytes of the uncompressed tar.
+    payload: u64,
+}
+
+impl Delta {
+    fn new(base: Option<&Manifest>, new: &Manifest) -> Delta {
+        let empty = Manifest::default();
+        let base_manifest = base.unwrap_or(&empty);
+        let diff = manifest::diff(base_manifest, new);
+        let remove_list: Vec<u8> = diff
+            .remove
+            .iter()
+            .flat_map(|r| r.bytes().chain([0u8]))
+            .collect();
+        // The host rebuilds the new manifest: base lines of changed or removed paths are
+        // dropped, lines of sent entries added (with the header when there is no base).
+        let sent_paths: std::collections::HashSet<&str> =
+            diff.send.iter().map(|e| e.path.as_str()).collect();
+        let removed: std::collections::HashSet<&str> =
+            diff.remove.iter().map(String::as_str).collect();
+        let mut drop_lines = String::new();
+        for (e, line) in base_manifest.entries.iter().zip(base_manifest.lines()) {
+            if sent_paths.contains(e.path.as_str()) || removed.contains(e.path.as_str()) {
+                drop_lines.push_str(line);
+                drop_lines.push('\n');
+            }
+        }
+        let mut add_lines = String::new();
+        if base.is_none() {
+            add_lines.push_str(Manifest::header());
+            add_lines.push('\n');
+        }
+        for (e, line) in new.entries.iter().zip(new.lines()) {
+            if sent_paths.contains(e.path.as_str()) {
+                add_lines.push_str(line);
+                add_lines.push('\n');
+            }
+        }
+        let payload = diff
+            .send
+            .iter()
+            .map(|e| match e.kind {
+                manifest::Kind::File { size, .. } => size + 512,
+                _ => 512,
+            })
+            .sum();
+        Delta {
+            files_sent: diff.send.iter().filter(|e| e.is_file()).count(),
+            send: diff.send.into_iter().cloned().collect(),
+            linked: diff.linked,
+            removed: diff.remove.len(),
+            remove_list,
+            drop_lines,
+            add_lines,
+            payload,
+        }
+    }
 }
 
 /// Scans the source and fixes the release id.
@@ -117,9 +238,13 @@ pub fn prepare(opts: &SyncOptions) -> Result<Prepared, SyncError> {
         } else {
             String::new()
         },
+        offer: cache.offer(),
         manifest,
         release,
         cache,
+        bases: OncePer::default(),
+        deltas: OncePer::default(),
+        cached: std::sync::Once::new(),
     })
 }
 
@@ -294,12 +419,20 @@ pub enum HostState {
         /// Stats so far.
         stats: SyncStats,
         /// The release to hard-link from.
-        base: Option<String>,
-        /// Its manifest (empty without a base).
-        base_manifest: Manifest,
+        base: Option<Base>,
         /// The decompressors the host has.
         codecs: codec::HostCodecs,
     },
+}
+
+/// The release a new one is built on.
+pub struct Base {
+    /// Its id.
+    pub id: String,
+    /// The digest of its manifest.
+    pub digest: String,
+    /// Its manifest.
+    pub manifest: Arc<Manifest>,
 }
 
 /// Why a host cannot be synced.
@@ -358,8 +491,8 @@ pub fn prepare_host(
         entries: p.manifest.entries.len(),
         ..SyncStats::default()
     };
-    let script = remote::prepare(root, &p.release, opts.lease, &p.cache.offer())
-        .map_err(|e| fail(e.to_string()))?;
+    let script =
+        remote::prepare(root, &p.release, opts.lease, &p.offer).map_err(|e| fail(e.to_string()))?;
     stats.bytes_sent += script.len() as u64;
     let out = conn.run(&script).map_err(|e| fail(e.to_string()))?;
     stats.bytes_received += (out.stdout.len() + out.status.stderr.len()) as u64;
@@ -397,15 +530,16 @@ pub fn prepare_host(
         }
     }
     // The manifest the host reported: sent in full, or named by a digest we have cached.
-    let reported = |digest: &Option<String>| -> Option<Manifest> {
-        let digest = digest.as_deref()?;
-        if manifest_text.is_empty() {
-            return p.cache.get(digest);
-        }
-        let m = Manifest::parse(manifest_text)?;
-        (m.digest() == digest).then(|| {
-            p.cache.put(&m);
-            m
+    let reported = |digest: &str| -> Option<Arc<Manifest>> {
+        p.bases.get_or(digest, || {
+            if manifest_text.is_empty() {
+                return p.cache.get(digest);
+            }
+            let m = Manifest::parse(manifest_text)?;
+            (m.digest() == digest).then(|| {
+                p.cache.put(&m, digest);
+                m
+            })
         })
     };
     if self_complete {
@@ -421,22 +555,31 @@ pub fn prepare_host(
             ))),
         };
     }
-    let base_manifest = match base.as_deref().map(|_| reported(&digest)) {
-        Some(Some(m)) => m,
-        Some(None) => {
-            stats.warnings.push(format!(
-                "manifest of {} unreadable: sending everything",
-                base.unwrap_or_default()
-            ));
-            base = None;
-            Manifest::default()
+    let base = match (base, digest) {
+        (Some(id), Some(digest)) => match reported(&digest) {
+            Some(manifest) => Some(Base {
+                id,
+                digest,
+                manifest,
+            }),
+            None => {
+                stats
+                    .warnings
+                    .push(format!("manifest of {id} unreadable: sending everything"));
+                None
+            }
+        },
+        (Some(id), None) => {
+            stats
+                .warnings
+                .push(format!("manifest of {id} missing: sending everything"));
+            None
         }
-        None => Manifest::default(),
+        (None, _) => None,
     };
     Ok(HostState::Build {
         stats,
         base,
-        base_manifest,
         codecs,
     })
 }
@@ -453,7 +596,6 @@ pub fn build_host(
     let HostState::Build {
         mut stats,
         base,
-        base_manifest,
         codecs,
     } = state
     else {
@@ -462,53 +604,23 @@ pub fn build_host(
             HostState::Build { .. } => unreachable!(),
         };
     };
-    stats.base = base.clone();
-    let diff = manifest::diff(&base_manifest, &p.manifest);
-    stats.files_sent = diff.send.iter().filter(|e| e.is_file()).count();
-    stats.linked = diff.linked;
-    stats.removed = diff.remove.len();
-    let remove_list: Vec<u8> = diff
-        .remove
-        .iter()
-        .flat_map(|r| r.bytes().chain([0u8]))
-        .collect();
-    // The host rebuilds the new manifest: base lines of changed or removed paths are
-    // dropped, lines of sent entries added (with the header when there is no base).
-    let sent_paths: std::collections::HashSet<&str> =
-        diff.send.iter().map(|e| e.path.as_str()).collect();
-    let removed: std::collections::HashSet<&str> = diff.remove.iter().map(String::as_str).collect();
-    let mut drop_lines = String::new();
-    for (e, line) in base_manifest.entries.iter().zip(base_manifest.lines()) {
-        if sent_paths.contains(e.path.as_str()) || removed.contains(e.path.as_str()) {
-            drop_lines.push_str(line);
-            drop_lines.push('\n');
-        }
-    }
-    let mut add_lines = String::new();
-    if base.is_none() {
-        add_lines.push_str(Manifest::header());
-        add_lines.push('\n');
-    }
-    for (e, line) in p.manifest.entries.iter().zip(p.manifest.lines()) {
-        if sent_paths.contains(e.path.as_str()) {
-            add_lines.push_str(line);
-            add_lines.push('\n');
-        }
-    }
-
-    let payload: u64 = diff
-        .send
-        .iter()
-        .map(|e| match e.kind {
-            manifest::Kind::File { size, .. } => size + 512,
-            _ => 512,
+    stats.base = base.as_ref().map(|b| b.id.clone());
+    let key = base.as_ref().map(|b| b.digest.as_str()).unwrap_or("");
+    let delta = p
+        .deltas
+        .get_or(key, || {
+            Some(Delta::new(base.as_ref().map(|b| &*b.manifest), &p.manifest))
         })
-        .sum();
+        .expect("always made");
+    stats.files_sent = delta.files_sent;
+    stats.linked = delta.linked;
+    stats.removed = delta.removed;
+    let payload = delta.payload;
     let choice = codec::choose(codecs, payload, opts.compress);
     let plan = remote::BuildPlan {
         root,
         release: &p.release,
-        base: base.as_deref(),
+        base: base.as_ref().map(|b| b.id.as_str()),
         shared: &opts.scan.shared,
         verify: opts.verify,
         digest: &p.digest,
@@ -518,59 +630,54 @@ pub fn build_host(
     stats.bytes_sent += script.len() as u64;
     stats.compression = plan.codec;
     let mut extra: Vec<(&str, &[u8])> = vec![
-        (".dp/remove", &remove_list),
-        (".dp/manifest.drop", drop_lines.as_bytes()),
-        (".dp/manifest.add", add_lines.as_bytes()),
+        (".dp/remove", &delta.remove_list),
+        (".dp/manifest.drop", delta.drop_lines.as_bytes()),
+        (".dp/manifest.add", delta.add_lines.as_bytes()),
     ];
     if opts.verify {
         extra.push((".dp/sha256sums", p.sha256sums.as_bytes()));
     }
-    let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+    let send: Vec<&manifest::Entry> = delta.send.iter().collect();
+    let tar = tarstream::TarReader::new(&p.src, &send, &extra);
     let mut counted = Counting {
-        inner: reader,
+        inner: choice.reader(tar),
         count: 0,
+        error: None,
     };
     let mut stdout = Vec::new();
-    let (status, sent, produced) = std::thread::scope(|s| {
-        let producer = s.spawn(move || {
-            choice.encode(writer, |w| {
-                tarstream::write_tar(&p.src, &diff.send, &extra, w).map(drop)
-            })
-        });
-        let status = conn.exec(&script, Some(&mut counted), &mut stdout);
-        let sent = counted.count;
-        // Closing the read end stops the producer if the host stopped reading early.
-        drop(counted);
-        let produced = producer
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("tar writer panicked")));
-        (status, sent, produced)
-    });
-    stats.bytes_sent += sent;
+    let status = conn.exec(&script, Some(&mut counted), &mut stdout);
+    stats.bytes_sent += counted.count;
+    if let Some(e) = counted.error {
+        return Err(format!("reading the source: {e}"));
+    }
     let status = status.map_err(|e| format!("sending the release: {e}"))?;
     stats.bytes_received += (stdout.len() + status.stderr.len()) as u64;
-    if let Err(e) = produced {
-        if e.kind() != std::io::ErrorKind::BrokenPipe || status.success() {
-            return Err(format!("reading the source: {e}"));
-        }
-    }
     status
         .check("building the release")
         .map_err(|e| e.to_string())?;
-    p.cache.put(&p.manifest);
+    p.cached.call_once(|| p.cache.put(&p.manifest, &p.digest));
     Ok(stats)
 }
 
-/// Counts the bytes read through it.
+/// Counts the bytes read through it and keeps the error that stopped it, if any.
 struct Counting<R> {
     inner: R,
     count: u64,
+    error: Option<std::io::Error>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        Ok(n)
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.count += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                let copy = std::io::Error::new(e.kind(), e.to_string());
+                self.error = Some(e);
+                Err(copy)
+            }
+        }
     }
 }
