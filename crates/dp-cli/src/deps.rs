@@ -93,6 +93,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         jobs: usize::from(args.jobs),
         wait: args.wait,
         lease: args.lease.lease,
+        renew: dp_core::lock::Renew::Always,
     };
     let mut records = read_input("-")?;
     dp_deps::run(&mut records, &mut Sessions::new(), &opts);

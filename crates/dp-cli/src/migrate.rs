@@ -142,6 +142,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             let opts = ExecOptions {
                 command,
                 lease: args.lease.lease,
+                renew: dp_core::lock::Renew::Always,
             };
             dp_migrate::run_exec(&mut records, &mut Sessions::new(), &opts);
         }

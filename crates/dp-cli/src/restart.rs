@@ -107,6 +107,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         jobs: usize::from(args.jobs),
         rollback: args.rollback,
         lease: args.lease.lease,
+        renew: dp_core::lock::Renew::Always,
     };
     let mut records = read_input("-")?;
     dp_restart::run(&mut records, &mut Sessions::new(), &opts);

@@ -48,6 +48,14 @@ pub fn root_of(record: &crate::Record) -> Result<&str, String> {
         .ok_or_else(|| "record has no `root`".to_string())
 }
 
+/// A shell line that sets `var` to the release `$root/current` points to (empty when there
+/// is none), with the shell alone: `cd -P` resolves the link, so no `readlink` process.
+pub fn current_release_sh(var: &str) -> String {
+    format!(
+        "{var}=\nif [ -L \"$root/current\" ] && dp_here=$PWD && cd -P \"$root/current\" 2>/dev/null; then {var}=${{PWD##*/}}; cd \"$dp_here\" 2>/dev/null || cd /; fi\n"
+    )
+}
+
 /// The record's release, checked, or an error saying dp-sync must run first.
 pub fn release_of(record: &crate::Record) -> Result<&str, String> {
     let release = record

@@ -59,10 +59,38 @@ pub fn holder() -> String {
     format!("{user}@{machine}")
 }
 
+/// When a step renews the lease of the lock its own deploy holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Renew {
+    /// Every time: a tool run on its own cannot know how old the lease is.
+    #[default]
+    Always,
+    /// Only once this moment has passed. Before it, the step only checks that the lock
+    /// still names its release, which costs the host no process (`dp deploy` knows when
+    /// it took the lease, a few seconds earlier).
+    After(std::time::Instant),
+}
+
+impl Renew {
+    /// Renew now?
+    pub fn due(self) -> bool {
+        match self {
+            Renew::Always => true,
+            Renew::After(t) => std::time::Instant::now() >= t,
+        }
+    }
+
+    /// Renew once a third of `lease` has passed since `taken`.
+    pub fn after_taken(taken: std::time::Instant, lease: Duration) -> Renew {
+        Renew::After(taken + lease / 3)
+    }
+}
+
 /// Shell lines (after [`crate::layout::script_prelude`]) that take or renew the lock for
 /// `release`, or exit [`HELD_STATUS`] with the holder's lock line on stderr. Prints one of
-/// `lock taken`, `lock renewed`, `lock taken-over <old line>` on stdout.
-pub fn acquire_script(release: &str, lease: Duration) -> Result<String, QuoteError> {
+/// `lock taken`, `lock renewed`, `lock taken-over <old line>` on stdout; with `renew`
+/// false, a lock that already names `release` is left as it is (`lock held`).
+pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<String, QuoteError> {
     let prefix = format!(
         "{{\"release\":\"{}\",\"holder\":{},\"pid\":{},\"time\":",
         release,
@@ -70,18 +98,25 @@ pub fn acquire_script(release: &str, lease: Duration) -> Result<String, QuoteErr
         std::process::id()
     );
     Ok(format!(
-        r#"mkdir -p "$root/.dp" "$releases" "$root/shared"
+        r#"[ -d "$root/.dp" ] && [ -d "$releases" ] && [ -d "$root/shared" ] || mkdir -p "$root/.dp" "$releases" "$root/shared"
 lock="$root/.dp/lock"
+dp_rel={release}
+# The lock is parsed with the shell's own pattern matching: no processes on the common paths.
+dp_cur=
+IFS= read -r dp_cur < "$lock" 2>/dev/null || true
+case $dp_cur in
+  *\"release\":\"$dp_rel\",*) dp_cur_rel=$dp_rel ;;
+  *) dp_cur_rel= ;;
+esac
+if [ -n "{hold}" ] && [ "$dp_cur_rel" = "$dp_rel" ]; then
+  echo "lock held"
+else
 dp_now=$(date +%s)
 dp_info={prefix}"$dp_now",'"expires":'"$((dp_now + {lease}))"'}}'
-
-dp_rel={release}
 dp_create() {{ ( set -C; printf '%s\n' "$dp_info" > "$lock" ) 2>/dev/null; }}
-if dp_create; then
+if [ -z "$dp_cur" ] && dp_create; then
   echo "lock taken"
 else
-  # Parsed with the shell's own pattern matching: no processes on this common path.
-  dp_cur=
   IFS= read -r dp_cur < "$lock" 2>/dev/null || true
   dp_cur_exp=${{dp_cur##*\"expires\":}}
   dp_cur_exp=${{dp_cur_exp%%[!0-9]*}}
@@ -92,8 +127,12 @@ else
   if [ "$dp_cur_rel" = "$dp_rel" ]; then
     printf '%s\n' "$dp_info" > "$lock.$$" && mv -f "$lock.$$" "$lock"
     echo "lock renewed"
+  elif [ -z "$dp_cur" ] && dp_create; then
+    echo "lock taken"
   elif [ -n "$dp_cur_exp" ] && [ "$dp_cur_exp" -lt "$dp_now" ] && mv "$lock" "$lock.stale.$$" 2>/dev/null; then
-    if [ "$(cat "$lock.stale.$$")" = "$dp_cur" ] && dp_create; then
+    dp_stale=
+    IFS= read -r dp_stale < "$lock.stale.$$" 2>/dev/null || true
+    if [ "$dp_stale" = "$dp_cur" ] && dp_create; then
       rm -f "$lock.stale.$$"
       echo "lock taken-over $dp_cur"
     else
@@ -106,26 +145,31 @@ else
     exit {held}
   fi
 fi
+fi
 "#,
         prefix = quote_str(&prefix)?,
         lease = lease.as_secs(),
         release = quote_str(release)?,
         held = HELD_STATUS,
+        hold = if renew { "" } else { "hold" },
     ))
 }
 
-/// Shell lines that remove the lock if (and only if) `release` holds it.
+/// Shell lines that remove the lock if `release` holds it (printing `lock released`).
 pub fn release_script(release: &str) -> Result<String, QuoteError> {
     Ok(format!(
         r#"lock="$root/.dp/lock"
-if [ -f "$lock" ] && grep -q "\"release\":\"$(printf '%s' {release})\"" "$lock"; then rm -f "$lock"; echo "lock released"; fi
+dp_rel={release}
+dp_cur=
+IFS= read -r dp_cur < "$lock" 2>/dev/null || true
+case $dp_cur in
+  *\"release\":\"$dp_rel\",*) rm -f "$lock"; echo "lock released" ;;
+esac
 "#,
         release = quote_str(release)?
     ))
 }
 
-/// When a script that takes the lock ended with [`HELD_STATUS`], the message naming the
-/// holder.
 pub fn held(status: &crate::transport::ExecStatus) -> Option<String> {
     (status.code == Some(HELD_STATUS))
         .then(|| held_message(&String::from_utf8_lossy(&status.stderr)))

@@ -94,6 +94,8 @@ pub struct DepsOptions {
     pub wait: Duration,
     /// Deploy lock lease to renew.
     pub lease: Duration,
+    /// When to renew a lease this deploy already holds.
+    pub renew: dp_core::lock::Renew,
 }
 
 /// What dp-deps did on one host (`steps.deps`).

@@ -17,7 +17,11 @@ fn words(list: &[String]) -> Result<String, QuoteError> {
 /// environment, link it into the release. Prints `kind`, `key`, `cache` and `waited`.
 pub fn deps(root: &str, release: &str, opts: &DepsOptions) -> Result<String, QuoteError> {
     let mut s = script_prelude(root)?;
-    s.push_str(&dp_core::lock::acquire_script(release, opts.lease)?);
+    s.push_str(&dp_core::lock::acquire_script(
+        release,
+        opts.lease,
+        opts.renew.due(),
+    )?);
     let (kind, command, link) = match &opts.kind {
         Kind::Auto => ("auto", String::new(), String::new()),
         Kind::Pip => ("pip", String::new(), String::new()),
@@ -41,6 +45,8 @@ if [ "$kind" = auto ]; then
   else echo "kind none"; echo "key "; echo "cache none"; exit 0
   fi
 fi
+deps="$root/.dp/deps"
+[ -d "$deps" ] || mkdir -p "$deps"
 case $kind in
 pip)
   [ $# -gt 0 ] || set -- requirements.txt
@@ -60,10 +66,9 @@ esac
 for f; do
   [ -f "$f" ] || {{ echo "lockfile $f is missing from release $rel" >&2; exit 4; }}
 done
-key=$({{ printf '%s\n' dp-deps-1 "$kind" "$ver" "$pip_args" "$cmd"; for f; do printf '%s\n' "$f"; cat -- "$f"; done; }} | sha256sum | cut -c 1-16)
-deps="$root/.dp/deps"
+key=$({{ printf '%s\n' dp-deps-1 "$kind" "$ver" "$pip_args" "$cmd"; for f; do printf '%s\n' "$f"; cat -- "$f"; done; }} | sha256sum)
+key=${{key%"${{key#????????????????}}"}}
 env="$deps/$key"
-mkdir -p "$deps"
 cache=hit
 waited=0
 if [ ! -f "$env/.dp-complete" ]; then
@@ -115,10 +120,18 @@ if [ ! -f "$env/.dp-complete" ]; then
     fi
   fi
 fi
-case $link in */*) up=$(printf '%s' "$link" | sed 's|[^/]*/|../|g; s|[^/]*$||') ;; *) up= ;; esac
-rm -rf "$rd/$link"
-mkdir -p "$(dirname "$rd/$link")"
-ln -s "$up../../.dp/deps/$key$sub" "$rd/$link"
+up=
+case $link in */*)
+  up=$(printf '%s' "$link" | sed 's|[^/]*/|../|g; s|[^/]*$||')
+  [ -d "$rd/${{link%/*}}" ] || mkdir -p "$rd/${{link%/*}}"
+  ;;
+esac
+# A link carried over from the base release that already leads to this environment
+# stays (same relative target); anything else there is replaced.
+if ! {{ [ -L "$rd/$link" ] && [ "$rd/$link" -ef "$env$sub" ]; }}; then
+  if [ -e "$rd/$link" ] || [ -L "$rd/$link" ]; then rm -rf "$rd/$link"; fi
+  ln -s "$up../../.dp/deps/$key$sub" "$rd/$link"
+fi
 printf '%s\n' "$key" > "$rd/.dp/deps-key"
 echo "kind $kind"
 echo "key $key"
@@ -142,7 +155,11 @@ echo "waited $waited"
 pub fn cleanup_script() -> &'static str {
     r#"deps="$root/.dp/deps"
 if [ -d "$deps" ]; then
-  used=" $(cat "$releases"/*/.dp/deps-key 2>/dev/null | tr '\n' ' ') "
+  used=" "
+  for f in "$releases"/*/.dp/deps-key; do
+    k=
+    [ -f "$f" ] && IFS= read -r k < "$f" && used="$used$k "
+  done
   for d in "$deps"/*; do
     [ -d "$d" ] || continue
     k=${d##*/}

@@ -7,6 +7,7 @@
 pub mod admin;
 
 use dp_core::config::{Config, Selection};
+use dp_core::lock::Renew;
 use dp_core::parallel::Sessions;
 use dp_core::quote::quote_str;
 use dp_core::sshconfig::SshAliases;
@@ -17,7 +18,7 @@ use dp_migrate::{ExecOptions, MigrateOptions};
 use dp_restart::{Batch, Health, RestartOptions};
 use dp_sync::{ScanOptions, SyncOptions};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A problem found before any host was touched (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -95,11 +96,16 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
         jobs,
         wait: Duration::from_secs(30 * 60),
         lease,
+        renew: Renew::Always,
     });
     let m = config.migrate.clone().unwrap_or_default();
     let migrations_dir = config.migrations_dir();
     let migrate = if let Some(command) = m.exec.clone() {
-        Some(MigrateStep::Exec(ExecOptions { command, lease }))
+        Some(MigrateStep::Exec(ExecOptions {
+            command,
+            lease,
+            renew: Renew::Always,
+        }))
     } else if migrations_dir.is_dir() {
         let url = std::env::var("DATABASE_URL")
             .ok()
@@ -141,6 +147,7 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
         jobs,
         rollback: false,
         lease,
+        renew: Renew::Always,
     };
     Ok(Plan {
         config_path: config_path.to_path_buf(),
@@ -172,11 +179,18 @@ pub type Progress<'a> = &'a mut dyn FnMut(&str, &[Record]);
 /// The one-line deploy. Never fails as a whole: failures are in the records.
 pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result<(), FlowError> {
     let mut sessions = Sessions::new();
+    // The sync takes the lease after this moment; later steps renew it only once a
+    // third of it has passed (until then they check it without a process on the host).
+    let renew = Renew::after_taken(Instant::now(), plan.sync.lease);
     dp_sync::scan_and_run(records, &mut sessions, &plan.sync)
         .map_err(|e| FlowError(e.to_string()))?;
     progress(dp_sync::STEP, records);
     if let Some(deps) = &plan.deps {
-        dp_deps::run(records, &mut sessions, deps);
+        let deps = DepsOptions {
+            renew,
+            ..deps.clone()
+        };
+        dp_deps::run(records, &mut sessions, &deps);
         progress(dp_deps::STEP, records);
     }
     match &plan.migrate {
@@ -185,12 +199,20 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
             progress("migrate pre", records);
         }
         Some(MigrateStep::Exec(opts)) => {
-            dp_migrate::run_exec(records, &mut sessions, opts);
+            let opts = ExecOptions {
+                renew,
+                ..opts.clone()
+            };
+            dp_migrate::run_exec(records, &mut sessions, &opts);
             progress("migrate", records);
         }
         None => {}
     }
-    dp_restart::run(records, &mut sessions, &plan.restart);
+    let restart = RestartOptions {
+        renew,
+        ..plan.restart.clone()
+    };
+    dp_restart::run(records, &mut sessions, &restart);
     progress(dp_restart::STEP, records);
     if let Some(MigrateStep::Sql(opts)) = &plan.migrate {
         let post = MigrateOptions {

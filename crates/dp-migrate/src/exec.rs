@@ -17,6 +17,8 @@ pub struct ExecOptions {
     pub command: String,
     /// Deploy lock lease to renew.
     pub lease: Duration,
+    /// When to renew a lease this deploy already holds.
+    pub renew: dp_core::lock::Renew,
 }
 
 pub(crate) fn run_on(
@@ -34,7 +36,9 @@ fn exec_host(conn: &mut dyn Transport, record: &Record, opts: &ExecOptions) -> R
     let root = root_of(record)?;
     let release = release_of(record)?;
     let mut s = script_prelude(root).map_err(|e| e.to_string())?;
-    s.push_str(&lock::acquire_script(release, opts.lease).map_err(|e| e.to_string())?);
+    s.push_str(
+        &lock::acquire_script(release, opts.lease, opts.renew.due()).map_err(|e| e.to_string())?,
+    );
     s.push_str(&format!(
         r#"cd "$releases"/{rel}
 PATH="$PWD/.venv/bin:$PWD/node_modules/.bin:$PATH"

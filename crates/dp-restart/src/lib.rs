@@ -83,6 +83,8 @@ pub struct RestartOptions {
     pub rollback: bool,
     /// Deploy lock lease to renew.
     pub lease: Duration,
+    /// When to renew a lease this deploy already holds.
+    pub renew: dp_core::lock::Renew,
 }
 
 /// What dp-restart did on one host (`steps.restart`).
@@ -210,6 +212,7 @@ fn roll_host(
         release.as_deref(),
         &lock_id,
         opts.lease,
+        opts.renew.due(),
         restart.as_deref(),
     )
     .map_err(|e| e.to_string())?;

@@ -12,15 +12,12 @@ pub fn switch(
     release: Option<&str>,
     lock_id: &str,
     lease: Duration,
+    renew: bool,
     restart: Option<&str>,
 ) -> Result<String, QuoteError> {
     let mut s = script_prelude(root)?;
-    s.push_str(&dp_core::lock::acquire_script(lock_id, lease)?);
-    s.push_str(
-        r#"prev=$(readlink "$root/current" 2>/dev/null || true)
-prev=${prev##*/}
-"#,
-    );
+    s.push_str(&dp_core::lock::acquire_script(lock_id, lease, renew)?);
+    s.push_str(&dp_core::layout::current_release_sh("prev"));
     match release {
         Some(rel) => s.push_str(&format!("target={}\n", quote_str(rel)?)),
         None => s.push_str(
@@ -34,7 +31,7 @@ prev=${prev##*/}
 echo "target $target"
 [ -f "$releases/$target/.dp/complete" ] || { echo "release $target is not complete on this host; it cannot go live" >&2; exit 3; }
 if [ "$prev" != "$target" ]; then
-  rm -f "$root/.current.tmp"
+  if [ -e "$root/.current.tmp" ] || [ -L "$root/.current.tmp" ]; then rm -f "$root/.current.tmp"; fi
   ln -s "releases/$target" "$root/.current.tmp"
   mv -T "$root/.current.tmp" "$root/current"
 fi
@@ -55,7 +52,7 @@ pub fn switch_back(
     let mut s = script_prelude(root)?;
     match previous {
         Some(prev) => s.push_str(&format!(
-            r#"rm -f "$root/.current.tmp"
+            r#"if [ -e "$root/.current.tmp" ] || [ -L "$root/.current.tmp" ]; then rm -f "$root/.current.tmp"; fi
 ln -s releases/{p} "$root/.current.tmp"
 mv -T "$root/.current.tmp" "$root/current"
 echo "switched back"
@@ -102,17 +99,34 @@ pub fn finish(f: &Finish) -> Result<String, QuoteError> {
         r#"keep={keep}
 prev={prev}
 rel={rel}
-cur=$(readlink "$root/current" 2>/dev/null || true)
-cur=${{cur##*/}}
-mkdir -p "$root/.dp"
+{current}[ -d "$root/.dp" ] || mkdir -p "$root/.dp"
+dp_lock=
+IFS= read -r dp_lock < "$root/.dp/lock" 2>/dev/null || true
 # Clean up only while this release holds the lock: another deploy may be mid-sync.
-if [ -f "$root/.dp/lock" ] && grep -q "\"release\":\"$rel\"" "$root/.dp/lock"; then
+case $dp_lock in *\"release\":\"$rel\",*) dp_ours=1 ;; *) dp_ours= ;; esac
+if [ -n "$dp_ours" ]; then
   if [ -d "$releases" ]; then
+    # Complete releases beyond the newest $keep (by completion time), with the shell's
+    # own -nt test: each pass takes out the newest of those left.
+    dp_left=
+    for f in "$releases"/*/.dp/complete; do
+      [ -f "$f" ] || continue
+      d=${{f%/.dp/complete}}
+      dp_left="$dp_left ${{d##*/}}"
+    done
     n=0
-    for d in $(cd "$releases" && ls -1t -- */.dp/complete 2>/dev/null | sed 's|/\.dp/complete$||'); do
+    while [ -n "$dp_left" ]; do
+      newest=
+      for d in $dp_left; do
+        # Ties go to the later name (ids start with their time).
+        if [ -z "$newest" ] || ! [ "$releases/$newest/.dp/complete" -nt "$releases/$d/.dp/complete" ]; then newest=$d; fi
+      done
+      dp_rest=
+      for d in $dp_left; do [ "$d" = "$newest" ] || dp_rest="$dp_rest $d"; done
+      dp_left=$dp_rest
       n=$((n + 1))
-      if [ "$n" -gt "$keep" ] && [ "$d" != "$cur" ] && [ "$d" != "$prev" ]; then
-        rm -rf "$releases/$d" && echo "removed release $d"
+      if [ "$n" -gt "$keep" ] && [ "$newest" != "$cur" ] && [ "$newest" != "$prev" ]; then
+        rm -rf "$releases/$newest" && echo "removed release $newest"
       fi
     done
     for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
@@ -123,6 +137,7 @@ if [ -f "$root/.dp/lock" ] && grep -q "\"release\":\"$rel\"" "$root/.dp/lock"; t
         keep = f.keep,
         prev = quote_str(f.previous.unwrap_or(""))?,
         rel = quote_str(f.lock_id)?,
+        current = dp_core::layout::current_release_sh("cur"),
     ));
     s.push_str(dp_deps::cleanup_script());
     s.push_str("fi\n");

@@ -9,6 +9,9 @@
 use serde::Serialize;
 use std::io::Read;
 
+/// Payloads below this many bytes go as they are: a few kilobytes are not worth a
+/// decompressor process on the host.
+pub const COMPRESS_FROM: u64 = 16 << 10;
 /// Payloads up to this many bytes go as bzip2 when the host has it.
 pub const BZIP2_BELOW: u64 = 512 << 10;
 /// Payloads up to this many bytes go as gzip level 6.
@@ -75,7 +78,7 @@ pub struct Choice {
 /// The compression for a payload of about `payload` bytes to a host with `host`.
 pub fn choose(host: HostCodecs, payload: u64, allowed: bool) -> Choice {
     let (codec, level) = match () {
-        _ if !allowed => (Codec::None, 0),
+        _ if !allowed || payload < COMPRESS_FROM => (Codec::None, 0),
         _ if host.bzip2 && payload <= BZIP2_BELOW => (Codec::Bzip2, 9),
         _ if host.gzip && payload <= GZIP_BEST_BELOW => (Codec::Gzip, 6),
         _ if host.gzip && payload <= GZIP_FAST_BELOW => (Codec::Gzip, 1),
@@ -112,17 +115,18 @@ mod tests {
 
     #[test]
     fn chooses_by_size_and_what_the_host_has() {
-        assert_eq!(choose(BOTH, 10_000, true).codec, Codec::Bzip2);
+        assert_eq!(choose(BOTH, 10_000, true).codec, Codec::None);
+        assert_eq!(choose(BOTH, 100_000, true).codec, Codec::Bzip2);
         assert_eq!(choose(BOTH, 1 << 20, true).codec, Codec::Gzip);
         assert_eq!(choose(BOTH, 100 << 20, true).codec, Codec::None);
-        assert_eq!(choose(BOTH, 10_000, false).codec, Codec::None);
+        assert_eq!(choose(BOTH, 100_000, false).codec, Codec::None);
         let gzip_only = HostCodecs {
             gzip: true,
             bzip2: false,
         };
-        assert_eq!(choose(gzip_only, 10_000, true).codec, Codec::Gzip);
+        assert_eq!(choose(gzip_only, 100_000, true).codec, Codec::Gzip);
         assert_eq!(
-            choose(HostCodecs::default(), 10_000, true).codec,
+            choose(HostCodecs::default(), 100_000, true).codec,
             Codec::None
         );
     }
@@ -130,7 +134,7 @@ mod tests {
     #[test]
     fn encodes_what_the_decoders_read_back() {
         let text = b"def view(request):\n    return render(request, 'page.html')\n".repeat(200);
-        for size in [10_000, 1 << 20, 100 << 20] {
+        for size in [100_000, 1 << 20, 100 << 20] {
             let choice = choose(BOTH, size, true);
             let mut out = Vec::new();
             choice

@@ -26,12 +26,19 @@ pub fn prepare(
     known: &[String],
 ) -> Result<String, QuoteError> {
     let mut s = script_prelude(root)?;
-    s.push_str(&dp_core::lock::acquire_script(release, lease)?);
+    s.push_str(&dp_core::lock::acquire_script(release, lease, true)?);
     s.push_str(&format!(
         r#"rel={rel}
 known={known}
+# The digest is stored beside the manifest when the release is built (older releases:
+# computed here).
 dp_manifest() {{
-  d=$(sha256sum < "$1" | cut -d ' ' -f 1)
+  d=
+  IFS= read -r d < "$1.sha256" 2>/dev/null || true
+  case $d in
+    ????????????????????????????????????????????????????????????????) ;;
+    *) d=$(sha256sum < "$1"); d=${{d%% *}} ;;
+  esac
   echo "digest $d"
   echo "{mark}"
   case " $known " in *" $d "*) ;; *) cat "$1" ;; esac
@@ -40,8 +47,7 @@ for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
   [ -e "$d" ] || continue
   rm -rf "$d" && echo "cleaned ${{d##*/}}"
 done
-{probe}cur=$(readlink "$root/current" 2>/dev/null || true)
-echo "current ${{cur##*/}}"
+{probe}{current}echo "current $cur"
 if [ -f "$releases/$rel/.dp/complete" ]; then
   echo "self complete"
   dp_manifest "$releases/$rel/.dp/manifest"
@@ -67,6 +73,7 @@ if [ -n "$base" ] && [ -f "$releases/$base/.dp/manifest" ]; then dp_manifest "$r
         known = quote_str(&known.join(" "))?,
         mark = MANIFEST_MARK,
         probe = crate::codec::HostCodecs::PROBE,
+        current = dp_core::layout::current_release_sh("cur"),
     ));
     Ok(s)
 }
@@ -98,8 +105,8 @@ pub fn build(plan: &BuildPlan) -> Result<String, QuoteError> {
 digest={digest}
 inc="$releases/.incoming-$rel"
 tmp="$releases/.tmp-$rel"
-rm -rf "$inc" "$tmp"
-mkdir -p "$inc"
+[ ! -e "$inc" ] && [ ! -e "$tmp" ] || rm -rf "$inc" "$tmp"
+mkdir "$inc"
 "#,
         rel = quote_str(plan.release)?,
         digest = quote_str(plan.digest)?,
@@ -111,21 +118,20 @@ mkdir -p "$inc"
     );
     match plan.base {
         Some(base) => s.push_str(&format!(
-            r#"cp -al "$releases"/{b} "$tmp"
-{untar}mv "$tmp/.dp/manifest" "$inc/.dp/base"
-rm -rf "$tmp/.dp"
-if [ -s "$inc/.dp/remove" ]; then (cd "$tmp" && xargs -0 rm -rf -- < "$inc/.dp/remove"); fi
+            r#"base="$releases"/{b}
+cp -al "$base" "$tmp"
+{untar}if [ -s "$inc/.dp/remove" ]; then (cd "$tmp" && xargs -0 rm -rf -- < "$inc/.dp/remove"); fi
 if [ -s "$inc/.dp/manifest.drop" ] || [ -s "$inc/.dp/manifest.add" ]; then
-  {{
-    grep -v -x -F -f "$inc/.dp/manifest.drop" "$inc/.dp/base" || [ $? -eq 1 ]
-    cat "$inc/.dp/manifest.add"
-  }} | LC_ALL=C sort > "$inc/.dp/manifest"
+  # Both sides are in canonical (byte) order, so a merge is enough.
+  {{ grep -v -x -F -f "$inc/.dp/manifest.drop" "$base/.dp/manifest" || [ $? -eq 1 ]; }} |
+    LC_ALL=C sort -m - "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
 else
   # Nothing changed: the manifest is the base's, digest and all.
-  mv "$inc/.dp/base" "$inc/.dp/manifest"
+  cp "$base/.dp/manifest" "$inc/.dp/manifest"
   dp_unchanged=1
 fi
-rm -f "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.dp/base"
+# The base's own .dp (its manifest, completion mark, deps key) is not the new release's.
+rm -rf "$tmp/.dp" "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add"
 "#,
             b = quote_str(base)?
         )),
@@ -137,12 +143,14 @@ rm -f "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add"
     }
     s.push_str(
         r#"if [ -z "${dp_unchanged:-}" ]; then
-  dp_digest=$(sha256sum < "$inc/.dp/manifest" | cut -d ' ' -f 1)
+  dp_digest=$(sha256sum < "$inc/.dp/manifest")
+  dp_digest=${dp_digest%% *}
   if [ "$dp_digest" != "$digest" ]; then
     echo "the manifest rebuilt on the host does not match (got $dp_digest)" >&2
     exit 1
   fi
 fi
+printf '%s\n' "$digest" > "$inc/.dp/manifest.sha256"
 "#,
     );
     match plan.base {
@@ -158,16 +166,22 @@ fi
         let target = format!("{}shared/{rel}", "../".repeat(depth));
         let q = quote_str(rel)?;
         if dir {
-            s.push_str(&format!("mkdir -p \"$root/shared/\"{q}\n"));
+            s.push_str(&format!(
+                "[ -d \"$root/shared/\"{q} ] || mkdir -p \"$root/shared/\"{q}\n"
+            ));
         } else {
             s.push_str(&format!(
                 "[ -e \"$root/shared/\"{q} ] || {{ echo \"shared file $root/shared/\"{q}\" is missing: create it on the host\" >&2; exit 1; }}\n"
             ));
         }
         s.push_str(&format!(
-            "rm -rf \"$tmp/\"{q}\nmkdir -p \"$(dirname \"$tmp/\"{q})\"\nln -s {} \"$tmp/\"{q}\n",
-            quote_str(&target)?
+            "if [ -e \"$tmp/\"{q} ] || [ -L \"$tmp/\"{q} ]; then rm -rf \"$tmp/\"{q}; fi\n"
         ));
+        if let Some((parent, _)) = rel.rsplit_once('/') {
+            let p = quote_str(parent)?;
+            s.push_str(&format!("[ -d \"$tmp/\"{p} ] || mkdir -p \"$tmp/\"{p}\n"));
+        }
+        s.push_str(&format!("ln -s {} \"$tmp/\"{q}\n", quote_str(&target)?));
     }
     if plan.verify {
         s.push_str(
