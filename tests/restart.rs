@@ -100,11 +100,25 @@ fn rolls_out_keeps_releases_writes_history_and_rolls_back() {
         }
     }
     for root in &roots {
-        let mut kept: Vec<String> = std::fs::read_dir(root.join("releases"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        kept.sort();
+        // Removed releases are renamed to .trash-* at once and deleted in the background.
+        let listing = || -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(root.join("releases"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while listing().iter().any(|n| n.starts_with(".trash-")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "removed releases are deleted: {:?}",
+                listing()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let kept = listing();
         assert_eq!(
             kept,
             ["r3", "r4"],

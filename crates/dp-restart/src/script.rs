@@ -126,7 +126,8 @@ if [ -n "$dp_ours" ]; then
       dp_left=$dp_rest
       n=$((n + 1))
       if [ "$n" -gt "$keep" ] && [ "$newest" != "$cur" ] && [ "$newest" != "$prev" ]; then
-        rm -rf "$releases/$newest" && echo "removed release $newest"
+        # Renamed away at once (it leaves the list of releases atomically), deleted below.
+        mv "$releases/$newest" "$releases/.trash-$newest.$$" && echo "removed release $newest"
       fi
     done
     for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
@@ -140,7 +141,17 @@ if [ -n "$dp_ours" ]; then
         current = dp_core::layout::current_release_sh("cur"),
     ));
     s.push_str(dp_deps::cleanup_script());
-    s.push_str("fi\n");
+    s.push_str(
+        r#"  # Unlinking thousands of files takes a while: it goes on in the background, after
+  # the deploy has returned (a deletion cut short is finished by the next one).
+  for d in "$releases"/.trash-*; do
+    [ -e "$d" ] || continue
+    ( cd / && exec rm -rf "$releases"/.trash-* ) </dev/null >/dev/null 2>&1 &
+    break
+  done
+fi
+"#,
+    );
     s.push_str(&format!(
         "printf '%s\\n' {} >> \"$root/.dp/history.jsonl\"\n",
         quote_str(f.history)?
