@@ -105,7 +105,12 @@ impl Progress {
             None => {}
         }
         if self.verbosity == Verbosity::Verbose {
-            let key = step.split_whitespace().next().unwrap_or(step);
+            // Step names in records: "migrate pre" is `migrate`, "migrate post" is
+            // `migrate_post` (see dp_migrate's step names).
+            let key = match step {
+                "migrate post" => "migrate_post",
+                _ => step.split_whitespace().next().unwrap_or(step),
+            };
             for r in records {
                 if let Some(stats) = r.steps.get(key) {
                     self.println(&format!("dp: {}: {step}: {stats}", r.host));
