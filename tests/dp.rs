@@ -239,6 +239,62 @@ fn a_failing_migration_switches_no_host() {
 }
 
 #[test]
+fn failing_dependencies_switch_no_host_and_a_rerun_finishes_the_deploy() {
+    let dir = Dir::new("dp-failing-deps");
+    let roots = fixture(&dir);
+    dp(&dir, &["deploy", "--release", "r1"]).code(0);
+    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
+    let with_deps = |command: &str| {
+        dir.write(
+            "deploy.toml",
+            &format!("{config}[deps]\nkind = \"command\"\ncommand = \"{command}\"\n"),
+        )
+    };
+    // The dependencies are made ready in the upload's session: their failure is theirs.
+    with_deps("echo resolving; echo no such package >&2; exit 7");
+    let out = dp(&dir, &["deploy", "--release", "r2"]);
+    out.code(1);
+    for r in out.records() {
+        let e = r.error.clone().unwrap();
+        assert_eq!(e.step, "deps", "{e:?}");
+        assert!(e.message.contains("no such package"), "{e:?}");
+        assert_eq!(
+            r.steps["sync"]["files_sent"], 0,
+            "the upload itself succeeded"
+        );
+    }
+    for root in &roots {
+        assert_eq!(current(root), "releases/r1", "no host switched");
+        assert!(root.join("releases/r2/.dp/complete").exists());
+        assert!(!root.join(".dp/lock").exists(), "the lock was released");
+    }
+    // Again with the same id: the release is already there, so the dependencies are
+    // made ready in a session of their own, and the deploy goes through.
+    with_deps("echo ok > \\\"$DP_DEPS_DIR/built\\\"");
+    let out = dp(&dir, &["deploy", "--release", "r2"]);
+    out.code(0);
+    for (r, root) in out.records().iter().zip(&roots) {
+        assert_eq!(r.steps["sync"]["noop"], true);
+        assert_eq!(r.steps["deps"]["cache"], "built");
+        assert_eq!(current(root), "releases/r2");
+    }
+    // A new release: the dependencies are ready in the upload's session, from the cache.
+    dir.write("site/VERSION", "3\n");
+    let out = dp(&dir, &["deploy", "--release", "r3"]);
+    out.code(0);
+    for (r, root) in out.records().iter().zip(&roots) {
+        assert_eq!(r.steps["deps"]["cache"], "hit", "{:?}", r.steps);
+        assert!(r.steps["deps"]["ms"].is_u64());
+        assert_eq!(current(root), "releases/r3");
+        assert_eq!(
+            std::fs::read_to_string(root.join("current/deps/built")).unwrap(),
+            "ok\n",
+            "the environment is linked into the new release"
+        );
+    }
+}
+
+#[test]
 fn a_concurrent_deploy_is_refused() {
     let dir = Dir::new("dp-concurrent");
     let roots = fixture(&dir);

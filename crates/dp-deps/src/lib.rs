@@ -114,9 +114,14 @@ pub struct DepsStats {
     pub ms: u64,
 }
 
-/// Makes dependencies ready on every record that has not failed.
+/// Makes dependencies ready on every record that has not failed. Records that already
+/// have `steps.deps` (made ready in the upload's session by `dp deploy`) are left as
+/// they are.
 pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &DepsOptions) {
     sessions.run(records, opts.jobs, STEP, |conn, record| {
+        if record.steps.contains_key(STEP) {
+            return Ok(());
+        }
         let started = Instant::now();
         let mut stats = deps_host(conn, record, opts)?;
         stats.ms = started.elapsed().as_millis() as u64;
@@ -131,10 +136,20 @@ pub fn deps_host(
     record: &Record,
     opts: &DepsOptions,
 ) -> Result<DepsStats, String> {
+    let script = host_script(record, opts)?;
+    let out = conn.run(&script).map_err(|e| e.to_string())?;
+    interpret(out)
+}
+
+/// The script that makes one host's dependencies ready (see [`interpret`]).
+pub fn host_script(record: &Record, opts: &DepsOptions) -> Result<String, String> {
     let root = root_of(record)?;
     let release = release_of(record)?;
-    let script = script::deps(root, release, opts).map_err(|e| e.to_string())?;
-    let out = conn.run(&script).map_err(|e| e.to_string())?;
+    script::deps(root, release, opts).map_err(|e| e.to_string())
+}
+
+/// What [`host_script`] did, read from its output.
+pub fn interpret(out: dp_core::transport::Output) -> Result<DepsStats, String> {
     if let Some(held) = lock::held(&out.status) {
         return Err(held);
     }

@@ -182,15 +182,34 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
     // The sync takes the lease after this moment; later steps renew it only once a
     // third of it has passed (until then they check it without a process on the host).
     let renew = Renew::after_taken(Instant::now(), plan.sync.lease);
-    dp_sync::scan_and_run(records, &mut sessions, &plan.sync)
-        .map_err(|e| FlowError(e.to_string()))?;
+    let deps = plan
+        .deps
+        .as_ref()
+        .map(|d| DepsOptions { renew, ..d.clone() });
+    // Dependencies are made ready in the same session as the upload, right after it.
+    let then = deps
+        .as_ref()
+        .map(|d| move |r: &Record| dp_deps::host_script(r, d));
+    let (_, thens) = dp_sync::scan_and_run_then(
+        records,
+        &mut sessions,
+        &plan.sync,
+        then.as_ref().map(|f| f as dp_sync::Then),
+    )
+    .map_err(|e| FlowError(e.to_string()))?;
     progress(dp_sync::STEP, records);
-    if let Some(deps) = &plan.deps {
-        let deps = DepsOptions {
-            renew,
-            ..deps.clone()
-        };
-        dp_deps::run(records, &mut sessions, &deps);
+    if let Some(deps) = &deps {
+        for (i, t) in thens {
+            match t.output.and_then(dp_deps::interpret) {
+                Ok(mut stats) => {
+                    stats.ms = t.ms;
+                    records[i].set_step(dp_deps::STEP, stats);
+                }
+                Err(m) => records[i].fail(dp_deps::STEP, m),
+            }
+        }
+        // Hosts where the release was already complete (nothing was built).
+        dp_deps::run(records, &mut sessions, deps);
         progress(dp_deps::STEP, records);
     }
     match &plan.migrate {

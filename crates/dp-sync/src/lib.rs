@@ -296,14 +296,39 @@ pub fn scan_and_run(
     sessions: &mut Sessions,
     opts: &SyncOptions,
 ) -> Result<Prepared, SyncError> {
+    scan_and_run_then(records, sessions, opts, None).map(|(p, _)| p)
+}
+
+/// A script to run on a host in the same session, right after its release is built
+/// (`dp deploy` makes the dependencies ready this way), made from the host's record.
+pub type Then<'a> = &'a (dyn Fn(&Record) -> Result<String, String> + Sync);
+
+/// What the [`Then`] script did on one host.
+#[derive(Debug)]
+pub struct ThenOutput {
+    /// Its output and exit status, or why it could not run to the end.
+    pub output: Result<dp_core::transport::Output, String>,
+    /// Milliseconds from the end of the build to the end of the script.
+    pub ms: u64,
+}
+
+/// [`scan_and_run`], running `then` after each build in the same session. Gives the
+/// output of `then` by record index, for the hosts where it ran (not where the release
+/// was already complete, nor where the sync failed).
+pub fn scan_and_run_then(
+    records: &mut [Record],
+    sessions: &mut Sessions,
+    opts: &SyncOptions,
+    then: Option<Then>,
+) -> Result<(Prepared, HashMap<usize, ThenOutput>), SyncError> {
     let prepared = std::thread::scope(|s| {
         let scan = s.spawn(|| prepare(opts));
         sessions.connect(records, opts.jobs, STEP);
         scan.join()
             .unwrap_or_else(|_| Err(SyncError::Invalid("the scan panicked".into())))
     })?;
-    run_phased(records, sessions, &prepared, opts);
-    Ok(prepared)
+    let thens = run_phased(records, sessions, &prepared, opts, then);
+    Ok((prepared, thens))
 }
 
 /// Prepares every host (taking its deploy lock), the first host by name alone and then
@@ -312,13 +337,19 @@ pub fn scan_and_run(
 /// on; a deploy refused anywhere gives back the locks it took and fails every record: a
 /// deploy goes to all its hosts or to none. It costs no extra round trip: the lock is
 /// taken by the same script that reads the host's base release.
-fn run_phased(records: &mut [Record], sessions: &mut Sessions, p: &Prepared, opts: &SyncOptions) {
+fn run_phased(
+    records: &mut [Record],
+    sessions: &mut Sessions,
+    p: &Prepared,
+    opts: &SyncOptions,
+    then: Option<Then>,
+) -> HashMap<usize, ThenOutput> {
     let mut order: Vec<usize> = (0..records.len())
         .filter(|&i| !records[i].failed())
         .collect();
     order.sort_by(|&a, &b| records[a].host.cmp(&records[b].host));
     if order.is_empty() {
-        return;
+        return HashMap::new();
     }
     for &i in &order {
         // Set even if the sync fails: dp-restart's finish then releases this release's
@@ -363,7 +394,7 @@ fn run_phased(records: &mut [Record], sessions: &mut Sessions, p: &Prepared, opt
         for r in records.iter_mut() {
             r.fail(STEP, format!("deploy refused: on {host}, {message}"));
         }
-        return;
+        return HashMap::new();
     }
     let mut to_build: Vec<usize> = Vec::new();
     let mut plans: std::collections::HashMap<usize, HostState> = std::collections::HashMap::new();
@@ -393,17 +424,25 @@ fn run_phased(records: &mut [Record], sessions: &mut Sessions, p: &Prepared, opt
             .expect("not poisoned")
             .remove(&i)
             .expect("planned");
-        let mut stats = build_host(conn, record, p, opts, plan)?;
-        stats.ms = started.elapsed().as_millis() as u64;
+        let (mut stats, then_out) = build_host_then(conn, record, p, opts, plan, then)?;
+        stats.ms = (started.elapsed().as_millis() as u64)
+            .saturating_sub(then_out.as_ref().map_or(0, |t| t.ms));
         stats.scan_ms = p.scan_ms;
-        Ok(stats)
+        Ok((stats, then_out))
     });
+    let mut thens = HashMap::new();
     for (i, result) in to_build.into_iter().zip(results) {
         match result {
-            Ok(stats) => records[i].set_step(STEP, stats),
+            Ok((stats, then_out)) => {
+                records[i].set_step(STEP, stats);
+                if let Some(t) = then_out {
+                    thens.insert(i, t);
+                }
+            }
             Err(m) => records[i].fail(STEP, m),
         }
     }
+    thens
 }
 
 fn flatten(r: Result<Result<HostState, PrepareError>, String>) -> Result<HostState, PrepareError> {
@@ -472,7 +511,7 @@ pub fn sync_host(
 ) -> Result<SyncStats, String> {
     match prepare_host(conn, record, p, opts) {
         Ok(HostState::Done(stats)) => Ok(stats),
-        Ok(plan) => build_host(conn, record, p, opts, plan),
+        Ok(plan) => build_host_then(conn, record, p, opts, plan, None).map(|(s, _)| s),
         Err(PrepareError::Held(m)) | Err(PrepareError::Failed(m)) => Err(m),
     }
 }
@@ -592,6 +631,30 @@ pub fn build_host(
     opts: &SyncOptions,
     state: HostState,
 ) -> Result<SyncStats, String> {
+    build_host_then(conn, record, p, opts, state, None).map(|(s, _)| s)
+}
+
+/// Marks, on stdout and stderr, where the output of a [`Then`] script starts.
+const THEN_MARK: &[u8] = b"---dp-then---\n";
+/// Starts the line with the exit status of a [`Then`] script.
+const THEN_STATUS: &str = "---dp-then-status ";
+
+/// The shell that runs `script` after the build, in a subshell with its own `set -e`,
+/// whatever its exit status (the build is done by then).
+fn then_script(script: &str) -> String {
+    let mark = std::str::from_utf8(THEN_MARK).expect("ascii");
+    format!("set +e\nprintf '%s' '{mark}'\nprintf '%s' '{mark}' >&2\n(\n{script}\n)\necho \"{THEN_STATUS}$?\"\n")
+}
+
+/// [`build_host`], then `then` in the same session when given.
+fn build_host_then(
+    conn: &mut dyn Transport,
+    record: &Record,
+    p: &Prepared,
+    opts: &SyncOptions,
+    state: HostState,
+    then: Option<Then>,
+) -> Result<(SyncStats, Option<ThenOutput>), String> {
     let root = root_of(record)?;
     let HostState::Build {
         mut stats,
@@ -600,7 +663,7 @@ pub fn build_host(
     } = state
     else {
         return match state {
-            HostState::Done(stats) => Ok(stats),
+            HostState::Done(stats) => Ok((stats, None)),
             HostState::Build { .. } => unreachable!(),
         };
     };
@@ -626,8 +689,20 @@ pub fn build_host(
         digest: &p.digest,
         codec: choice.codec,
     };
-    let script = remote::build(&plan).map_err(|e| e.to_string())?;
+    let mut script = remote::build(&plan).map_err(|e| e.to_string())?;
     stats.bytes_sent += script.len() as u64;
+    let mut then_out = None;
+    match then.map(|f| f(record)) {
+        Some(Ok(s)) => script.push_str(&then_script(&s)),
+        Some(Err(e)) => {
+            then_out = Some(ThenOutput {
+                output: Err(e),
+                ms: 0,
+            })
+        }
+        None => {}
+    }
+    let chained = then_out.is_none() && then.is_some();
     stats.compression = plan.codec;
     let mut extra: Vec<(&str, &[u8])> = vec![
         (".dp/remove", &delta.remove_list),
@@ -644,19 +719,106 @@ pub fn build_host(
         count: 0,
         error: None,
     };
-    let mut stdout = Vec::new();
+    let mut stdout = MarkClock {
+        buf: Vec::new(),
+        seen: None,
+    };
     let status = conn.exec(&script, Some(&mut counted), &mut stdout);
     stats.bytes_sent += counted.count;
     if let Some(e) = counted.error {
         return Err(format!("reading the source: {e}"));
     }
-    let status = status.map_err(|e| format!("sending the release: {e}"))?;
-    stats.bytes_received += (stdout.len() + status.stderr.len()) as u64;
+    let ended = Instant::now();
+    let (mut stdout, built_at) = (stdout.buf, stdout.seen);
+    // The part after the mark is the then-script's; the build is done once it shows.
+    let then_part = built_at.map(|at| {
+        let start = find(&stdout, THEN_MARK).expect("seen") + THEN_MARK.len();
+        let part = stdout.split_off(start);
+        stdout.truncate(start - THEN_MARK.len());
+        (at, part)
+    });
+    let status = match (status, then_part) {
+        (Err(e), Some((at, _))) => {
+            stats.bytes_received += stdout.len() as u64;
+            p.cached.call_once(|| p.cache.put(&p.manifest, &p.digest));
+            let t = ThenOutput {
+                output: Err(e.to_string()),
+                ms: ended.duration_since(at).as_millis() as u64,
+            };
+            return Ok((stats, Some(t)));
+        }
+        (Err(e), None) => return Err(format!("sending the release: {e}")),
+        (Ok(status), Some((at, part))) if chained && status.success() => {
+            let (build_err, then_err) = match find(&status.stderr, THEN_MARK) {
+                Some(i) => (
+                    status.stderr[..i].to_vec(),
+                    status.stderr[i + THEN_MARK.len()..].to_vec(),
+                ),
+                None => (status.stderr.clone(), Vec::new()),
+            };
+            stats.bytes_received += (stdout.len() + build_err.len()) as u64;
+            then_out = Some(ThenOutput {
+                output: then_result(part, then_err),
+                ms: ended.duration_since(at).as_millis() as u64,
+            });
+            status
+        }
+        (Ok(status), _) => {
+            stats.bytes_received += (stdout.len() + status.stderr.len()) as u64;
+            status
+        }
+    };
     status
         .check("building the release")
         .map_err(|e| e.to_string())?;
     p.cached.call_once(|| p.cache.put(&p.manifest, &p.digest));
-    Ok(stats)
+    Ok((stats, then_out))
+}
+
+/// The then-script's output and status from what followed the mark.
+fn then_result(mut stdout: Vec<u8>, stderr: Vec<u8>) -> Result<dp_core::transport::Output, String> {
+    let text = String::from_utf8_lossy(&stdout);
+    let Some(at) = text.rfind(THEN_STATUS) else {
+        return Err("the host did not report how the step ended".into());
+    };
+    let code: i32 = text[at + THEN_STATUS.len()..]
+        .trim()
+        .parse()
+        .map_err(|_| "the host reported an unreadable exit status".to_string())?;
+    stdout.truncate(at);
+    Ok(dp_core::transport::Output {
+        status: dp_core::transport::ExecStatus {
+            code: Some(code),
+            signal: None,
+            stderr,
+        },
+        stdout,
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Collects stdout and notes when the then-mark arrived.
+struct MarkClock {
+    buf: Vec<u8>,
+    seen: Option<Instant>,
+}
+
+impl std::io::Write for MarkClock {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let from = self.buf.len().saturating_sub(THEN_MARK.len());
+        self.buf.extend_from_slice(data);
+        if self.seen.is_none() && find(&self.buf[from..], THEN_MARK).is_some() {
+            self.seen = Some(Instant::now());
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Counts the bytes read through it and keeps the error that stopped it, if any.
