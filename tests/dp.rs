@@ -247,7 +247,7 @@ fn failing_dependencies_switch_no_host_and_a_rerun_finishes_the_deploy() {
     let with_deps = |command: &str| {
         dir.write(
             "deploy.toml",
-            &format!("{config}[deps]\nkind = \"command\"\ncommand = \"{command}\"\n"),
+            format!("{config}[deps]\nkind = \"command\"\ncommand = \"{command}\"\n"),
         )
     };
     // The dependencies are made ready in the upload's session: their failure is theirs.
