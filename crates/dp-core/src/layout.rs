@@ -34,7 +34,7 @@ pub fn script_prelude(root: &str) -> Result<String, QuoteError> {
     let root = root.trim_end_matches('/');
     let root = if root.is_empty() { "/" } else { root };
     Ok(format!(
-        "set -e\numask 022\nroot={}\nreleases=\"$root/releases\"\n",
+        "set -e\numask 022\nunset CDPATH\nroot={}\nreleases=\"$root/releases\"\n",
         quote_str(root)?
     ))
 }

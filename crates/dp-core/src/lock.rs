@@ -103,7 +103,7 @@ lock="$root/.dp/lock"
 dp_rel={release}
 # The lock is parsed with the shell's own pattern matching: no processes on the common paths.
 dp_cur=
-IFS= read -r dp_cur < "$lock" 2>/dev/null || true
+IFS= read -r dp_cur 2>/dev/null < "$lock" || true
 case $dp_cur in
   *\"release\":\"$dp_rel\",*) dp_cur_rel=$dp_rel ;;
   *) dp_cur_rel= ;;
@@ -117,7 +117,7 @@ dp_create() {{ ( set -C; printf '%s\n' "$dp_info" > "$lock" ) 2>/dev/null; }}
 if [ -z "$dp_cur" ] && dp_create; then
   echo "lock taken"
 else
-  IFS= read -r dp_cur < "$lock" 2>/dev/null || true
+  IFS= read -r dp_cur 2>/dev/null < "$lock" || true
   dp_cur_exp=${{dp_cur##*\"expires\":}}
   dp_cur_exp=${{dp_cur_exp%%[!0-9]*}}
   case $dp_cur in
@@ -131,12 +131,14 @@ else
     echo "lock taken"
   elif [ -n "$dp_cur_exp" ] && [ "$dp_cur_exp" -lt "$dp_now" ] && mv "$lock" "$lock.stale.$$" 2>/dev/null; then
     dp_stale=
-    IFS= read -r dp_stale < "$lock.stale.$$" 2>/dev/null || true
+    IFS= read -r dp_stale 2>/dev/null < "$lock.stale.$$" || true
     if [ "$dp_stale" = "$dp_cur" ] && dp_create; then
       rm -f "$lock.stale.$$"
       echo "lock taken-over $dp_cur"
     else
-      mv -f "$lock.stale.$$" "$lock" 2>/dev/null || true
+      # Put it back only if no other deploy took the lock meanwhile (ln never overwrites).
+      ln "$lock.stale.$$" "$lock" 2>/dev/null || true
+      rm -f "$lock.stale.$$"
       cat "$lock" >&2 2>/dev/null || true
       exit {held}
     fi
@@ -161,7 +163,7 @@ pub fn release_script(release: &str) -> Result<String, QuoteError> {
         r#"lock="$root/.dp/lock"
 dp_rel={release}
 dp_cur=
-IFS= read -r dp_cur < "$lock" 2>/dev/null || true
+IFS= read -r dp_cur 2>/dev/null < "$lock" || true
 case $dp_cur in
   *\"release\":\"$dp_rel\",*) rm -f "$lock"; echo "lock released" ;;
 esac

@@ -114,12 +114,21 @@ pub struct DepsStats {
     pub ms: u64,
 }
 
-/// Makes dependencies ready on every record that has not failed. Records that already
-/// have `steps.deps` (made ready in the upload's session by `dp deploy`) are left as
-/// they are.
+/// Makes dependencies ready on every record that has not failed.
 pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &DepsOptions) {
+    run_skipping(records, sessions, opts, &|_| false)
+}
+
+/// [`run`], leaving alone the records for which `skip` says so (`dp deploy` skips those
+/// whose dependencies were made ready in the upload's session).
+pub fn run_skipping(
+    records: &mut [Record],
+    sessions: &mut Sessions,
+    opts: &DepsOptions,
+    skip: &(dyn Fn(&Record) -> bool + Sync),
+) {
     sessions.run(records, opts.jobs, STEP, |conn, record| {
-        if record.steps.contains_key(STEP) {
+        if skip(record) {
             return Ok(());
         }
         let started = Instant::now();

@@ -87,7 +87,7 @@ if [ ! -f "$env/.dp-complete" ]; then
     trap 'rm -rf "$env.lock"' EXIT
     if [ -f "$env/.dp-complete" ]; then :; else
       cache=built
-      rm -rf "$env"
+{renew_lock}      rm -rf "$env"
       log="$env.log"
       if ! (
         set -e
@@ -146,6 +146,13 @@ echo "waited $waited"
         pip_args_text = quote_str(&words(&opts.pip_args)?)?,
         lockfiles = words(&opts.lockfiles)?,
         wait = opts.wait.as_secs(),
+        // A build may take long: the lease is renewed before it even when the script
+        // only checked it above.
+        renew_lock = if opts.renew.due() {
+            String::new()
+        } else {
+            dp_core::lock::acquire_script(release, opts.lease, true)?
+        },
     ));
     Ok(s)
 }

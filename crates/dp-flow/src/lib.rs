@@ -199,7 +199,9 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
     .map_err(|e| FlowError(e.to_string()))?;
     progress(dp_sync::STEP, records);
     if let Some(deps) = &deps {
+        let mut done = std::collections::HashSet::new();
         for (i, t) in thens {
+            done.insert(records[i].host.clone());
             match t.output.and_then(dp_deps::interpret) {
                 Ok(mut stats) => {
                     stats.ms = t.ms;
@@ -209,7 +211,7 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
             }
         }
         // Hosts where the release was already complete (nothing was built).
-        dp_deps::run(records, &mut sessions, deps);
+        dp_deps::run_skipping(records, &mut sessions, deps, &|r| done.contains(&r.host));
         progress(dp_deps::STEP, records);
     }
     match &plan.migrate {

@@ -101,7 +101,7 @@ prev={prev}
 rel={rel}
 {current}[ -d "$root/.dp" ] || mkdir -p "$root/.dp"
 dp_lock=
-IFS= read -r dp_lock < "$root/.dp/lock" 2>/dev/null || true
+IFS= read -r dp_lock 2>/dev/null < "$root/.dp/lock" || true
 # Clean up only while this release holds the lock: another deploy may be mid-sync.
 case $dp_lock in *\"release\":\"$rel\",*) dp_ours=1 ;; *) dp_ours= ;; esac
 if [ -n "$dp_ours" ]; then
@@ -146,7 +146,7 @@ if [ -n "$dp_ours" ]; then
   # the deploy has returned (a deletion cut short is finished by the next one).
   for d in "$releases"/.trash-*; do
     [ -e "$d" ] || continue
-    ( cd / && exec rm -rf "$releases"/.trash-* ) </dev/null >/dev/null 2>&1 &
+    ( cd "$releases" && exec rm -rf ./.trash-* ) </dev/null >/dev/null 2>&1 &
     break
   done
 fi

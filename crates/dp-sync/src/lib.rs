@@ -712,6 +712,8 @@ fn build_host_then(
     if opts.verify {
         extra.push((".dp/sha256sums", p.sha256sums.as_bytes()));
     }
+    // Last: the host checks it arrived (see remote::build).
+    extra.push((".dp/end", b""));
     let send: Vec<&manifest::Entry> = delta.send.iter().collect();
     let tar = tarstream::TarReader::new(&p.src, &send, &extra);
     let mut counted = Counting {
@@ -749,12 +751,14 @@ fn build_host_then(
         }
         (Err(e), None) => return Err(format!("sending the release: {e}")),
         (Ok(status), Some((at, part))) if chained && status.success() => {
+            // Only the tail of stderr is kept: when the then-script wrote so much that
+            // the mark fell out of it, all of it is the then-script's.
             let (build_err, then_err) = match find(&status.stderr, THEN_MARK) {
                 Some(i) => (
                     status.stderr[..i].to_vec(),
                     status.stderr[i + THEN_MARK.len()..].to_vec(),
                 ),
-                None => (status.stderr.clone(), Vec::new()),
+                None => (Vec::new(), status.stderr.clone()),
             };
             stats.bytes_received += (stdout.len() + build_err.len()) as u64;
             then_out = Some(ThenOutput {
@@ -777,11 +781,11 @@ fn build_host_then(
 
 /// The then-script's output and status from what followed the mark.
 fn then_result(mut stdout: Vec<u8>, stderr: Vec<u8>) -> Result<dp_core::transport::Output, String> {
-    let text = String::from_utf8_lossy(&stdout);
-    let Some(at) = text.rfind(THEN_STATUS) else {
+    let mark = THEN_STATUS.as_bytes();
+    let Some(at) = stdout.windows(mark.len()).rposition(|w| w == mark) else {
         return Err("the host did not report how the step ended".into());
     };
-    let code: i32 = text[at + THEN_STATUS.len()..]
+    let code: i32 = String::from_utf8_lossy(&stdout[at + mark.len()..])
         .trim()
         .parse()
         .map_err(|_| "the host reported an unreadable exit status".to_string())?;

@@ -34,7 +34,7 @@ known={known}
 # computed here).
 dp_manifest() {{
   d=
-  IFS= read -r d < "$1.sha256" 2>/dev/null || true
+  IFS= read -r d 2>/dev/null < "$1.sha256" || true
   case $d in
     ????????????????????????????????????????????????????????????????) ;;
     *) d=$(sha256sum < "$1"); d=${{d%% *}} ;;
@@ -61,7 +61,8 @@ fi
 base=
 for f in "$releases"/*/.dp/complete; do
   [ -f "$f" ] || continue
-  if [ -z "$base" ] || [ "$f" -nt "$releases/$base/.dp/complete" ]; then
+  # Ties go to the later name (ids start with their time), as in dp-restart's finish.
+  if [ -z "$base" ] || ! [ "$releases/$base/.dp/complete" -nt "$f" ]; then
     d=${{f%/.dp/complete}}
     base=${{d##*/}}
   fi
@@ -112,8 +113,10 @@ mkdir "$inc"
         digest = quote_str(plan.digest)?,
     ));
     // The hard links are made first, while the client is still compressing and sending.
+    // `.dp/end` is the stream's last entry: without it the upload was cut short (tar
+    // exits 0 when its input ends between two entries).
     let untar = format!(
-        "tar -x {}-p --no-same-owner -f - -C \"$inc\"\n",
+        "tar -x {}-p --no-same-owner -f - -C \"$inc\"\n[ -f \"$inc/.dp/end\" ] || {{ echo \"the upload was cut short\" >&2; exit 1; }}\n",
         plan.codec.tar_flag()
     );
     match plan.base {
@@ -131,13 +134,13 @@ else
   dp_unchanged=1
 fi
 # The base's own .dp (its manifest, completion mark, deps key) is not the new release's.
-rm -rf "$tmp/.dp" "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add"
+rm -rf "$tmp/.dp" "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.dp/end"
 "#,
             b = quote_str(base)?
         )),
         None => s.push_str(&format!(
             r#"{untar}LC_ALL=C sort "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
-rm -f "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add"
+rm -f "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.dp/end"
 "#
         )),
     }
