@@ -305,6 +305,40 @@ fn rerunning_a_release_is_a_noop_and_other_content_is_refused() {
 }
 
 #[test]
+fn verify_fails_a_host_whose_files_were_changed_there() {
+    let dir = Dir::new("sync-verify");
+    let src = dir.path().join("src");
+    dir.write("src/a.txt", "a\n");
+    dir.write("src/b.txt", "b\n");
+    let (good, bad) = (dir.path().join("good"), dir.path().join("bad"));
+    let input = local_line("good", &good) + &local_line("bad", &bad);
+    sync(&src, &input, &["--release", "v1"]).code(0);
+    unlock(&[&good, &bad]);
+    // Someone edits a live file on one host; the next release would hard-link it.
+    let edited = bad.join("releases/v1/a.txt");
+    std::fs::remove_file(&edited).unwrap();
+    std::fs::write(&edited, "edited on the host\n").unwrap();
+    dir.write("src/b.txt", "b2\n");
+    let out = sync(&src, &input, &["--release", "v2", "--verify"]);
+    out.code(1);
+    let records = out.records();
+    let host = |name: &str| records.iter().find(|r| r.host == name).unwrap().clone();
+    assert!(host("good").error.is_none(), "{:?}", host("good").error);
+    let e = host("bad").error.unwrap();
+    assert_eq!(e.step, "sync");
+    assert!(
+        e.message.contains("differs from the source") && e.message.contains("a.txt"),
+        "{}",
+        e.message
+    );
+    assert!(good.join("releases/v2/.dp/complete").exists());
+    assert!(
+        !bad.join("releases/v2").exists(),
+        "a release that fails verification never gets its final name"
+    );
+}
+
+#[test]
 fn concurrent_syncs_of_different_releases_one_wins() {
     let fleet = Fleet::shared();
     let dir = Dir::new("sync-concurrent");
