@@ -89,7 +89,8 @@ impl Renew {
 /// Shell lines (after [`crate::layout::script_prelude`]) that take or renew the lock for
 /// `release`, or exit [`HELD_STATUS`] with the holder's lock line on stderr. Prints one of
 /// `lock taken`, `lock renewed`, `lock taken-over <old line>` on stdout; with `renew`
-/// false, a lock that already names `release` is left as it is (`lock held`).
+/// false, a lock that already names `release` is left as it is (`lock held`). They define
+/// `dp_lock hold|renew`, which the script may call again later ([`RENEW_AGAIN`]).
 pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<String, QuoteError> {
     let prefix = format!(
         "{{\"release\":\"{}\",\"holder\":{},\"pid\":{},\"time\":",
@@ -98,80 +99,69 @@ pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<Str
         std::process::id()
     );
     Ok(format!(
-        r#"[ -d "$root/.dp" ] && [ -d "$releases" ] && [ -d "$root/shared" ] || mkdir -p "$root/.dp" "$releases" "$root/shared"
-lock="$root/.dp/lock"
-dp_rel={release}
-# The lock is parsed with the shell's own pattern matching: no processes on the common paths.
-dp_cur=
-IFS= read -r dp_cur 2>/dev/null < "$lock" || true
-case $dp_cur in
-  *\"release\":\"$dp_rel\",*) dp_cur_rel=$dp_rel ;;
-  *) dp_cur_rel= ;;
-esac
-if [ -n "{hold}" ] && [ "$dp_cur_rel" = "$dp_rel" ]; then
-  echo "lock held"
-else
-dp_now=$(date +%s)
-dp_info={prefix}"$dp_now",'"expires":'"$((dp_now + {lease}))"'}}'
-dp_create() {{ ( set -C; printf '%s\n' "$dp_info" > "$lock" ) 2>/dev/null; }}
-if [ -z "$dp_cur" ] && dp_create; then
-  echo "lock taken"
-else
-  IFS= read -r dp_cur 2>/dev/null < "$lock" || true
-  dp_cur_exp=${{dp_cur##*\"expires\":}}
-  dp_cur_exp=${{dp_cur_exp%%[!0-9]*}}
-  case $dp_cur in
-    *\"release\":\"$dp_rel\",*) dp_cur_rel=$dp_rel ;;
-    *) dp_cur_rel= ;;
-  esac
-  if [ "$dp_cur_rel" = "$dp_rel" ]; then
+        r#"dp_lock() {{
+  dp_mkdir "$root/.dp" "$releases" "$root/shared"
+  lock="$root/.dp/lock"
+  dp_rel={release}
+  if dp_lock_is "$dp_rel" && [ "$1" = hold ]; then
+    echo "lock held"
+    return
+  fi
+  dp_now=$(date +%s)
+  dp_info={prefix}"$dp_now",'"expires":'"$((dp_now + {lease}))"'}}'
+  dp_create() {{ ( set -C; printf '%s\n' "$dp_info" > "$lock" ) 2>/dev/null; }}
+  if [ -z "$dp_cur" ] && dp_create; then
+    echo "lock taken"
+  elif dp_lock_is "$dp_rel"; then
     printf '%s\n' "$dp_info" > "$lock.$$" && mv -f "$lock.$$" "$lock"
     echo "lock renewed"
   elif [ -z "$dp_cur" ] && dp_create; then
     echo "lock taken"
-  elif [ -n "$dp_cur_exp" ] && [ "$dp_cur_exp" -lt "$dp_now" ] && mv "$lock" "$lock.stale.$$" 2>/dev/null; then
-    dp_stale=
-    IFS= read -r dp_stale 2>/dev/null < "$lock.stale.$$" || true
-    if [ "$dp_stale" = "$dp_cur" ] && dp_create; then
-      rm -f "$lock.stale.$$"
-      echo "lock taken-over $dp_cur"
+  else
+    dp_cur_exp=${{dp_cur##*\"expires\":}}
+    dp_cur_exp=${{dp_cur_exp%%[!0-9]*}}
+    if [ -n "$dp_cur_exp" ] && [ "$dp_cur_exp" -lt "$dp_now" ] && mv "$lock" "$lock.stale.$$" 2>/dev/null; then
+      dp_stale=
+      IFS= read -r dp_stale 2>/dev/null < "$lock.stale.$$" || true
+      if [ "$dp_stale" = "$dp_cur" ] && dp_create; then
+        rm -f "$lock.stale.$$"
+        echo "lock taken-over $dp_cur"
+      else
+        # Put it back only if no other deploy took the lock meanwhile (ln never overwrites).
+        ln "$lock.stale.$$" "$lock" 2>/dev/null || true
+        rm -f "$lock.stale.$$"
+        cat "$lock" >&2 2>/dev/null || true
+        exit {held}
+      fi
     else
-      # Put it back only if no other deploy took the lock meanwhile (ln never overwrites).
-      ln "$lock.stale.$$" "$lock" 2>/dev/null || true
-      rm -f "$lock.stale.$$"
-      cat "$lock" >&2 2>/dev/null || true
+      printf '%s\n' "$dp_cur" >&2
       exit {held}
     fi
-  else
-    printf '%s\n' "$dp_cur" >&2
-    exit {held}
   fi
-fi
-fi
+}}
+dp_lock {mode}
 "#,
         prefix = quote_str(&prefix)?,
         lease = lease.as_secs(),
         release = quote_str(release)?,
         held = HELD_STATUS,
-        hold = if renew { "" } else { "hold" },
+        mode = if renew { "renew" } else { "hold" },
     ))
 }
+
+/// Renews the lease, in a script that already ran [`acquire_script`].
+pub const RENEW_AGAIN: &str = "dp_lock renew\n";
 
 /// Shell lines that remove the lock if `release` holds it (printing `lock released`).
 pub fn release_script(release: &str) -> Result<String, QuoteError> {
     Ok(format!(
-        r#"lock="$root/.dp/lock"
-dp_rel={release}
-dp_cur=
-IFS= read -r dp_cur 2>/dev/null < "$lock" || true
-case $dp_cur in
-  *\"release\":\"$dp_rel\",*) rm -f "$lock"; echo "lock released" ;;
-esac
-"#,
+        "if dp_lock_is {release}; then rm -f \"$root/.dp/lock\"; echo \"lock released\"; fi\n",
         release = quote_str(release)?
     ))
 }
 
+/// When a script that takes the lock ended with [`HELD_STATUS`], the message naming the
+/// holder.
 pub fn held(status: &crate::transport::ExecStatus) -> Option<String> {
     (status.code == Some(HELD_STATUS))
         .then(|| held_message(&String::from_utf8_lossy(&status.stderr)))

@@ -46,7 +46,7 @@ if [ "$kind" = auto ]; then
   fi
 fi
 deps="$root/.dp/deps"
-[ -d "$deps" ] || mkdir -p "$deps"
+dp_mkdir "$deps"
 case $kind in
 pip)
   [ $# -gt 0 ] || set -- requirements.txt
@@ -123,13 +123,13 @@ fi
 up=
 case $link in */*)
   up=$(printf '%s' "$link" | sed 's|[^/]*/|../|g; s|[^/]*$||')
-  [ -d "$rd/${{link%/*}}" ] || mkdir -p "$rd/${{link%/*}}"
+  dp_mkdir "$rd/${{link%/*}}"
   ;;
 esac
 # A link carried over from the base release that already leads to this environment
 # stays (same relative target); anything else there is replaced.
 if ! {{ [ -L "$rd/$link" ] && [ "$rd/$link" -ef "$env$sub" ]; }}; then
-  if [ -e "$rd/$link" ] || [ -L "$rd/$link" ]; then rm -rf "$rd/$link"; fi
+  dp_rm "$rd/$link"
   ln -s "$up../../.dp/deps/$key$sub" "$rd/$link"
 fi
 printf '%s\n' "$key" > "$rd/.dp/deps-key"
@@ -149,9 +149,9 @@ echo "waited $waited"
         // A build may take long: the lease is renewed before it even when the script
         // only checked it above.
         renew_lock = if opts.renew.due() {
-            String::new()
+            ""
         } else {
-            dp_core::lock::acquire_script(release, opts.lease, true)?
+            dp_core::lock::RENEW_AGAIN
         },
     ));
     Ok(s)

@@ -199,9 +199,7 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
     .map_err(|e| FlowError(e.to_string()))?;
     progress(dp_sync::STEP, records);
     if let Some(deps) = &deps {
-        let mut done = std::collections::HashSet::new();
         for (i, t) in thens {
-            done.insert(records[i].host.clone());
             match t.output.and_then(dp_deps::interpret) {
                 Ok(mut stats) => {
                     stats.ms = t.ms;
@@ -210,8 +208,11 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
                 Err(m) => records[i].fail(dp_deps::STEP, m),
             }
         }
-        // Hosts where the release was already complete (nothing was built).
-        dp_deps::run_skipping(records, &mut sessions, deps, &|r| done.contains(&r.host));
+        // Hosts where the release was already complete (nothing was built); the others
+        // have steps.deps from the upload's session by now.
+        dp_deps::run_skipping(records, &mut sessions, deps, &|r| {
+            r.steps.contains_key(dp_deps::STEP)
+        });
         progress(dp_deps::STEP, records);
     }
     match &plan.migrate {

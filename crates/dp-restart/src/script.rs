@@ -31,7 +31,7 @@ pub fn switch(
 echo "target $target"
 [ -f "$releases/$target/.dp/complete" ] || { echo "release $target is not complete on this host; it cannot go live" >&2; exit 3; }
 if [ "$prev" != "$target" ]; then
-  if [ -e "$root/.current.tmp" ] || [ -L "$root/.current.tmp" ]; then rm -f "$root/.current.tmp"; fi
+  dp_rm "$root/.current.tmp"
   ln -s "releases/$target" "$root/.current.tmp"
   mv -T "$root/.current.tmp" "$root/current"
 fi
@@ -52,7 +52,7 @@ pub fn switch_back(
     let mut s = script_prelude(root)?;
     match previous {
         Some(prev) => s.push_str(&format!(
-            r#"if [ -e "$root/.current.tmp" ] || [ -L "$root/.current.tmp" ]; then rm -f "$root/.current.tmp"; fi
+            r#"dp_rm "$root/.current.tmp"
 ln -s releases/{p} "$root/.current.tmp"
 mv -T "$root/.current.tmp" "$root/current"
 echo "switched back"
@@ -99,12 +99,9 @@ pub fn finish(f: &Finish) -> Result<String, QuoteError> {
         r#"keep={keep}
 prev={prev}
 rel={rel}
-{current}[ -d "$root/.dp" ] || mkdir -p "$root/.dp"
-dp_lock=
-IFS= read -r dp_lock 2>/dev/null < "$root/.dp/lock" || true
+{current}dp_mkdir "$root/.dp"
 # Clean up only while this release holds the lock: another deploy may be mid-sync.
-case $dp_lock in *\"release\":\"$rel\",*) dp_ours=1 ;; *) dp_ours= ;; esac
-if [ -n "$dp_ours" ]; then
+if dp_lock_is "$rel"; then
   if [ -d "$releases" ]; then
     # Complete releases beyond the newest $keep (by completion time), with the shell's
     # own -nt test: each pass takes out the newest of those left.

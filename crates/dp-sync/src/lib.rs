@@ -87,6 +87,14 @@ pub struct Prepared {
     cached: std::sync::Once,
 }
 
+impl Prepared {
+    /// Puts the new manifest in the local cache, once: a host has it now.
+    fn remember_manifest(&self) {
+        self.cached
+            .call_once(|| self.cache.put(&self.manifest, &self.digest));
+    }
+}
+
 /// Values made once per key, by the first host that asks; hosts asking for the same key
 /// meanwhile wait for it rather than making it again.
 struct OncePer<T> {
@@ -511,7 +519,7 @@ pub fn sync_host(
 ) -> Result<SyncStats, String> {
     match prepare_host(conn, record, p, opts) {
         Ok(HostState::Done(stats)) => Ok(stats),
-        Ok(plan) => build_host_then(conn, record, p, opts, plan, None).map(|(s, _)| s),
+        Ok(plan) => build_host(conn, record, p, opts, plan),
         Err(PrepareError::Held(m)) | Err(PrepareError::Failed(m)) => Err(m),
     }
 }
@@ -742,7 +750,7 @@ fn build_host_then(
     let status = match (status, then_part) {
         (Err(e), Some((at, _))) => {
             stats.bytes_received += stdout.len() as u64;
-            p.cached.call_once(|| p.cache.put(&p.manifest, &p.digest));
+            p.remember_manifest();
             let t = ThenOutput {
                 output: Err(e.to_string()),
                 ms: ended.duration_since(at).as_millis() as u64,
@@ -775,7 +783,7 @@ fn build_host_then(
     status
         .check("building the release")
         .map_err(|e| e.to_string())?;
-    p.cached.call_once(|| p.cache.put(&p.manifest, &p.digest));
+    p.remember_manifest();
     Ok((stats, then_out))
 }
 

@@ -106,7 +106,7 @@ pub fn build(plan: &BuildPlan) -> Result<String, QuoteError> {
 digest={digest}
 inc="$releases/.incoming-$rel"
 tmp="$releases/.tmp-$rel"
-[ ! -e "$inc" ] && [ ! -e "$tmp" ] || rm -rf "$inc" "$tmp"
+dp_rm "$inc" "$tmp"
 mkdir "$inc"
 "#,
         rel = quote_str(plan.release)?,
@@ -169,20 +169,16 @@ printf '%s\n' "$digest" > "$inc/.dp/manifest.sha256"
         let target = format!("{}shared/{rel}", "../".repeat(depth));
         let q = quote_str(rel)?;
         if dir {
-            s.push_str(&format!(
-                "[ -d \"$root/shared/\"{q} ] || mkdir -p \"$root/shared/\"{q}\n"
-            ));
+            s.push_str(&format!("dp_mkdir \"$root/shared/\"{q}\n"));
         } else {
             s.push_str(&format!(
                 "[ -e \"$root/shared/\"{q} ] || {{ echo \"shared file $root/shared/\"{q}\" is missing: create it on the host\" >&2; exit 1; }}\n"
             ));
         }
-        s.push_str(&format!(
-            "if [ -e \"$tmp/\"{q} ] || [ -L \"$tmp/\"{q} ]; then rm -rf \"$tmp/\"{q}; fi\n"
-        ));
+        s.push_str(&format!("dp_rm \"$tmp/\"{q}\n"));
         if let Some((parent, _)) = rel.rsplit_once('/') {
             let p = quote_str(parent)?;
-            s.push_str(&format!("[ -d \"$tmp/\"{p} ] || mkdir -p \"$tmp/\"{p}\n"));
+            s.push_str(&format!("dp_mkdir \"$tmp/\"{p}\n"));
         }
         s.push_str(&format!("ln -s {} \"$tmp/\"{q}\n", quote_str(&target)?));
     }
