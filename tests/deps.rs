@@ -1,40 +1,28 @@
 //! dp-deps with real python3 venv + pip (offline, from wheels built in the test) and npm,
 //! over real sshd and the local transport.
 
-use crate::util::{local_line, Dir, Fleet, Outcome, TestCommand};
+use crate::util::{local_line, sh, sync_release, Dir, Fleet, Outcome, TestCommand};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn wheel(dir: &Path, name: &str, version: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make_wheel.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(dir)
-        .args([name, version])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    sh(
+        "python3",
+        &[
+            script.to_str().unwrap(),
+            dir.to_str().unwrap(),
+            name,
+            version,
+        ],
     );
 }
 
 /// Syncs `src` as `release`, then runs dp-deps with `args` on the synced records.
 fn deploy_deps(src: &Path, input: &str, release: &str, args: &[&str]) -> Outcome {
-    let synced = TestCommand::new("dp-sync")
-        .args([
-            "--src".as_ref(),
-            src.as_os_str(),
-            "--release".as_ref(),
-            release.as_ref(),
-        ])
-        .stdin(input)
-        .run();
-    synced.code(0);
     TestCommand::new("dp-deps")
         .args(args)
-        .stdin(synced.stdout)
+        .stdin(sync_release(src, input, release))
         .run()
 }
 
@@ -176,19 +164,11 @@ fn a_requirement_that_cannot_be_installed_fails_only_that_host() {
     let src = dir.path().join("src");
     let roots = [fleet.root_for(1, "deps-fail"), dir.path().join("local")];
     let input = fleet.record_line(1, &roots[0]) + &local_line("local1", &roots[1]);
-    let synced = TestCommand::new("dp-sync")
-        .args([
-            "--src".as_ref(),
-            src.as_os_str(),
-            "--release".as_ref(),
-            "r1".as_ref(),
-        ])
-        .stdin(input)
-        .run();
+    let synced = sync_release(&src, input, "r1");
     let out = TestCommand::new("dp-deps")
         .args(["--kind", "pip", "--pip-arg=--no-index"])
         .env("PIP_FIND_LINKS", &local_wheels)
-        .stdin(synced.stdout)
+        .stdin(synced)
         .run();
     out.code(1);
     let recs = out.records();
@@ -247,20 +227,12 @@ fn concurrent_builds_of_one_environment_build_it_once() {
     wheel(&wheels, "dptool", "1.0");
     dir.write("src/requirements.txt", "dptool==1.0\n");
     let root = dir.path().join("local");
-    let synced = TestCommand::new("dp-sync")
-        .args([
-            "--src".as_ref(),
-            dir.path().join("src").as_os_str(),
-            "--release".as_ref(),
-            "r1".as_ref(),
-        ])
-        .stdin(local_line("l", &root))
-        .run();
+    let synced = sync_release(&dir.path().join("src"), local_line("l", &root), "r1");
     let find_links = format!("--pip-arg=--find-links={}", wheels.display());
     let run = || {
         TestCommand::new("dp-deps")
             .args(["--kind", "pip", "--pip-arg=--no-index", find_links.as_str()])
-            .stdin(synced.stdout.clone())
+            .stdin(synced.clone())
             .run()
     };
     let (a, b) = std::thread::scope(|s| {

@@ -1,6 +1,6 @@
 //! dp-migrate against a real PostgreSQL cluster and real SQLite files.
 
-use crate::util::{Dir, Outcome, PgCluster, TestCommand};
+use crate::util::{sh, sync_release, Dir, Outcome, PgCluster, TestCommand};
 use std::process::Command;
 
 const RECORDS: &str = "{\"host\":\"web1\",\"roles\":[\"web\"]}\n{\"host\":\"web2\",\"roles\":[\"web\",\"migrate\"]}\n";
@@ -35,18 +35,17 @@ fn migrations(dir: &Dir) {
 }
 
 fn sqlite_query(db: &std::path::Path, sql: &str) -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print('\\n'.join('|'.join(map(str, r)) for r in c.execute(sys.argv[2])))"])
-        .arg(db)
-        .arg(sql)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    sh(
+        "python3",
+        &[
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print('\\n'.join('|'.join(map(str, r)) for r in c.execute(sys.argv[2])))",
+            db.to_str().unwrap(),
+            sql,
+        ],
+    )
+    .trim()
+    .to_string()
 }
 
 /// The same checks, by database: how to query it.
@@ -460,22 +459,13 @@ fn exec_mode_runs_once_on_the_migrate_host_in_its_release() {
             )
         })
         .collect();
-    let synced = TestCommand::new("dp-sync")
-        .args([
-            "--src".as_ref(),
-            dir.path().join("src").as_os_str(),
-            "--release".as_ref(),
-            "r1".as_ref(),
-        ])
-        .stdin(input)
-        .run();
-    synced.code(0);
+    let synced = sync_release(&dir.path().join("src"), input, "r1");
     let marker = dir.path().join("ran.txt");
     let out = TestCommand::new("dp-migrate")
         .current_dir(dir.path())
         .env("DP_TEST_OUT", &marker)
         .args(["--exec", "sh manage.sh && mytool >> \"$DP_TEST_OUT\""])
-        .stdin(synced.stdout.clone())
+        .stdin(synced.clone())
         .run();
     out.code(0);
     assert_eq!(
@@ -493,7 +483,7 @@ fn exec_mode_runs_once_on_the_migrate_host_in_its_release() {
             "--exec",
             "echo 'django.db.utils.OperationalError: no such table' >&2; exit 1",
         ])
-        .stdin(synced.stdout)
+        .stdin(synced)
         .run();
     out.code(1);
     for r in out.records() {

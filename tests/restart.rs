@@ -1,10 +1,10 @@
 //! dp-restart over real sshd and local hosts, and zero downtime behind a real nginx.
 
-use crate::util::{free_port, Dir, Fleet, Outcome, TestCommand};
+use crate::util::{free_port, spawn_guarded, sync_release, Dir, Fleet, Outcome, TestCommand};
 use dp_core::Record;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -24,18 +24,15 @@ fn lines(records: &[Record]) -> String {
         .collect()
 }
 
-fn sync(src: &Path, input: &str, release: &str) -> String {
-    let out = TestCommand::new("dp-sync")
-        .args([
-            "--src".as_ref(),
-            src.as_os_str(),
-            "--release".as_ref(),
-            release.as_ref(),
-        ])
-        .stdin(input)
-        .run();
-    out.code(0);
-    out.stdout
+/// Three local hosts h1..h3 under `dir`: their roots and their records as input.
+fn three_local_hosts(dir: &Dir) -> (Vec<PathBuf>, String) {
+    let roots: Vec<PathBuf> = (1..=3).map(|i| dir.path().join(format!("h{i}"))).collect();
+    let recs: Vec<Record> = roots
+        .iter()
+        .enumerate()
+        .map(|(i, r)| local_record(&format!("h{}", i + 1), r, None))
+        .collect();
+    (roots, lines(&recs))
 }
 
 fn restart(input: &str, args: &[&str]) -> Outcome {
@@ -83,7 +80,7 @@ fn rolls_out_keeps_releases_writes_history_and_rolls_back() {
     ];
     for (i, rel) in ["r1", "r2", "r3", "r4"].iter().enumerate() {
         dir.write("src/VERSION", format!("{}\n", i + 1));
-        let out = restart(&sync(&src, &input, rel), &args);
+        let out = restart(&sync_release(&src, input.as_str(), rel), &args);
         out.code(0);
         for (r, root) in out.records().iter().zip(&roots) {
             let s = &r.steps["restart"];
@@ -171,13 +168,7 @@ fn a_failing_check_switches_the_batch_back_and_skips_the_rest() {
     let dir = Dir::new("restart-fail");
     dir.write("src/VERSION", "good\n");
     let src = dir.path().join("src");
-    let roots: Vec<PathBuf> = (1..=3).map(|i| dir.path().join(format!("h{i}"))).collect();
-    let recs: Vec<Record> = roots
-        .iter()
-        .enumerate()
-        .map(|(i, r)| local_record(&format!("h{}", i + 1), r, None))
-        .collect();
-    let input = lines(&recs);
+    let (roots, input) = three_local_hosts(&dir);
     let args = [
         "--batch",
         "1",
@@ -186,9 +177,9 @@ fn a_failing_check_switches_the_batch_back_and_skips_the_rest() {
         "--health-timeout",
         "1s",
     ];
-    restart(&sync(&src, &input, "r1"), &args).code(0);
+    restart(&sync_release(&src, input.as_str(), "r1"), &args).code(0);
     dir.write("src/VERSION", "broken\n");
-    let out = restart(&sync(&src, &input, "r2"), &args);
+    let out = restart(&sync_release(&src, input.as_str(), "r2"), &args);
     out.code(1);
     let recs = out.records();
     let e = recs[0].error.clone().unwrap();
@@ -244,7 +235,7 @@ fn template_values_are_quoted() {
     );
     let input = lines(&[r]);
     let out = restart(
-        &sync(&dir.path().join("src"), &input, "r1"),
+        &sync_release(&dir.path().join("src"), input.as_str(), "r1"),
         &["--command", "printf '%s' {evil} > out.txt"],
     );
     out.code(0);
@@ -302,14 +293,7 @@ impl Nginx {
             conf_path.display(),
             dir.display()
         );
-        let mut child = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
+        let (child, stdin) = spawn_guarded(Command::new("sh").args(["-c", &script]));
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
@@ -402,13 +386,13 @@ fn zero_downtime_rollout_behind_nginx() {
         "--health-timeout",
         "3s",
     ];
-    restart(&sync(&src, &input, "v1"), &args).code(0);
+    restart(&sync_release(&src, input.as_str(), "v1"), &args).code(0);
     let nginx = Nginx::start(dir.path(), &ports);
     assert_eq!(get(nginx.port).unwrap(), "version 1");
 
     let run_with_load = |release: &str, version: &str, code: i32| -> (Outcome, usize, usize) {
         dir.write("src/VERSION", format!("{version}\n"));
-        let synced = sync(&src, &input, release);
+        let synced = sync_release(&src, input.as_str(), release);
         let done = AtomicBool::new(false);
         let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
         let out = std::thread::scope(|s| {
@@ -473,14 +457,8 @@ fn max_fail_lets_that_many_failures_pass() {
     let dir = Dir::new("restart-maxfail");
     dir.write("src/VERSION", "good\n");
     let src = dir.path().join("src");
-    let roots: Vec<PathBuf> = (1..=3).map(|i| dir.path().join(format!("h{i}"))).collect();
-    let recs: Vec<Record> = roots
-        .iter()
-        .enumerate()
-        .map(|(i, r)| local_record(&format!("h{}", i + 1), r, None))
-        .collect();
-    let input = lines(&recs);
-    let synced = sync(&src, &input, "r1");
+    let (roots, input) = three_local_hosts(&dir);
+    let synced = sync_release(&src, input.as_str(), "r1");
     // h1 fails its check (a file only it has); with --max-fail 1 the rollout goes on.
     dir.write("h1/releases/r1/FAIL", "");
     let out = restart(

@@ -205,6 +205,36 @@ pub fn sh(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Spawns a server script whose last lines wait on stdin and then stop the server
+/// (`... & pid=$!; read _; kill $pid; wait $pid`), with its output discarded. Closing the
+/// returned stdin stops it, and so does the end of the test binary, whatever way it ends.
+pub fn spawn_guarded(cmd: &mut Command) -> (std::process::Child, std::process::ChildStdin) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    (child, stdin)
+}
+
+/// Syncs `src` as `release` to the hosts of `input` (JSON lines) and returns the records
+/// dp-sync printed; panics unless it succeeded everywhere.
+pub fn sync_release(src: &Path, input: impl Into<Vec<u8>>, release: &str) -> String {
+    let out = TestCommand::new("dp-sync")
+        .args([
+            "--src".as_ref(),
+            src.as_os_str(),
+            "--release".as_ref(),
+            release.as_ref(),
+        ])
+        .stdin(input)
+        .run();
+    out.code(0);
+    out.stdout
+}
+
 /// A directory for a fixture shared by this whole test run: `<prefix><pid>` under the
 /// target dir. Shared fixtures outlive the run (statics are never dropped), so the
 /// directories of runs that have ended are removed first.
@@ -363,14 +393,7 @@ impl SshHost {
                 log = self.dir.join("sshd.log").display(),
                 pidfile = self.dir.join("sshd.pid").display(),
             );
-            let mut child = Command::new("sh")
-                .args(["-c", &script])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let stdin = child.stdin.take().unwrap();
+            let (mut child, stdin) = spawn_guarded(Command::new("sh").args(["-c", &script]));
             if wait_for_banner(port, Duration::from_secs(5)) {
                 self.port = port;
                 self.guard = Some((child, stdin));
@@ -660,13 +683,8 @@ impl PgCluster {
                 data = data.display(),
                 dir = dir.display(),
             );
-            let mut child = as_pg_user(Path::new("/bin/sh"), &["-c", &cmd])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let stdin = child.stdin.take().unwrap();
+            let (mut child, stdin) =
+                spawn_guarded(&mut as_pg_user(Path::new("/bin/sh"), &["-c", &cmd]));
             let deadline = Instant::now() + Duration::from_secs(20);
             let mut ready = false;
             while Instant::now() < deadline {
