@@ -19,6 +19,21 @@ impl ConfigArg {
     }
 }
 
+/// `--jobs`: how many hosts a tool works on at once.
+#[derive(Debug, Clone, Args)]
+pub struct JobsArg {
+    /// How many hosts at once.
+    #[arg(long, short = 'j', default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
+}
+
+impl JobsArg {
+    /// The number of hosts at once.
+    pub fn get(&self) -> usize {
+        usize::from(self.jobs)
+    }
+}
+
 /// `--lease`: the deploy lock lease each step renews.
 #[derive(Debug, Clone, Args)]
 pub struct LeaseArg {

@@ -43,8 +43,8 @@ pub struct Args {
     #[arg(long)]
     pub python: Option<String>,
     /// How many hosts at once.
-    #[arg(long, short = 'j', default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
-    pub jobs: u16,
+    #[command(flatten)]
+    pub jobs: crate::args::JobsArg,
     /// How long to wait for another deploy building the same environment.
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = dp_core::config::parse_duration)]
     pub wait: std::time::Duration,
@@ -90,7 +90,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             .clone()
             .or(deps.python)
             .unwrap_or_else(|| "python3".into()),
-        jobs: usize::from(args.jobs),
+        jobs: args.jobs.get(),
         wait: args.wait,
         lease: args.lease.lease,
         renew: dp_core::lock::Renew::Always,

@@ -36,8 +36,8 @@ pub struct Args {
     #[arg(long = "exclude", value_name = "GLOB")]
     pub excludes: Vec<String>,
     /// How many hosts at once.
-    #[arg(long, short = 'j', default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
-    pub jobs: u16,
+    #[command(flatten)]
+    pub jobs: crate::args::JobsArg,
     /// Recompute every file's SHA-256 on the host (sha256sum) before marking it complete.
     #[arg(long)]
     pub verify: bool,
@@ -82,7 +82,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 .unwrap_or_default(),
             hash_cache: None,
         },
-        jobs: usize::from(args.jobs),
+        jobs: args.jobs.get(),
         verify: args.verify,
         lease: args.lease.lease,
         cache: !args.no_cache,
