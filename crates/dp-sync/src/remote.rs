@@ -199,3 +199,94 @@ echo "built"
     );
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+    use crate::tarstream::TarReader;
+    use std::io::{Read, Write};
+
+    /// Runs the build script of a first release with `sh`, the tar on stdin; `end` says
+    /// whether the stream carries its closing `.dp/end`.
+    fn build_first_release(end: bool) -> (std::process::Output, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("dp-remote-build-{}-{end}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("src/a.txt"), "a\n").unwrap();
+        let manifest: Manifest = crate::scan::scan(&dir.join("src"), &Default::default()).unwrap();
+        let mut add = format!("{}\n", Manifest::header());
+        for line in manifest.lines() {
+            add.push_str(line);
+            add.push('\n');
+        }
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("releases")).unwrap();
+        let digest = manifest.digest();
+        let plan = BuildPlan {
+            root: root.to_str().unwrap(),
+            release: "r1",
+            base: None,
+            shared: &[],
+            verify: false,
+            codec: crate::codec::Codec::None,
+            digest: &digest,
+        };
+        let script = build(&plan).unwrap();
+        let entries: Vec<&crate::manifest::Entry> = manifest.entries.iter().collect();
+        let mut extra: Vec<(&str, &[u8])> = vec![
+            (".dp/remove", b""),
+            (".dp/manifest.drop", b""),
+            (".dp/manifest.add", add.as_bytes()),
+        ];
+        if end {
+            extra.push((".dp/end", b""));
+        }
+        let mut tar = Vec::new();
+        TarReader::new(&dir.join("src"), &entries, &extra)
+            .read_to_end(&mut tar)
+            .unwrap();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&tar).unwrap();
+        (child.wait_with_output().unwrap(), dir)
+    }
+
+    #[test]
+    fn a_stream_without_its_end_builds_no_release() {
+        let (out, dir) = build_first_release(true);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let release = dir.join("root/releases/r1");
+        assert_eq!(
+            std::fs::read_to_string(release.join("a.txt")).unwrap(),
+            "a\n"
+        );
+        assert!(release.join(".dp/complete").exists());
+        assert!(
+            !release.join(".dp/end").exists(),
+            "the mark is not left in the release"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // A stream that ends before `.dp/end`: tar itself exits 0 on it.
+        let (out, dir) = build_first_release(false);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("the upload was cut short"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!dir.join("root/releases/r1").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
