@@ -51,6 +51,24 @@ fn ssh_round_trips_stdin_stdout_and_exit_code() {
     round_trip(&mut ssh());
 }
 
+/// In dp's programs (and this test binary) libssh2's ChaCha20 and Poly1305 are OpenSSL's,
+/// through the link flags in build.rs, and sshd accepts what they compute.
+#[cfg(target_os = "linux")]
+#[test]
+fn ssh_encrypts_with_openssl_chacha20_poly1305() {
+    use dp_core::transport::chachapoly;
+    let mut conn = ssh();
+    let cipher = conn.info().cipher.unwrap_or_default();
+    assert_eq!(cipher, "chacha20-poly1305@openssh.com");
+    let before = chachapoly::calls();
+    round_trip(&mut conn);
+    // At least one ChaCha20 and one Poly1305 call per packet of the 6 MiB round trip.
+    assert!(
+        chachapoly::calls() - before > 2 * 6 * 1024 * 1024 / 32768,
+        "libssh2 used its own ChaCha20"
+    );
+}
+
 #[test]
 fn local_round_trips_stdin_stdout_and_exit_code() {
     round_trip(&mut local());

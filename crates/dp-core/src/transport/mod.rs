@@ -2,12 +2,16 @@
 //!
 //! - [`local`]: `sh -c` on this machine (the embedded default; `root` is a directory here);
 //! - [`ssh`]: an OpenSSH-compatible server through libssh2, one session per host reused
-//!   for every command, host keys verified against known_hosts.
+//!   for every command, host keys verified against known_hosts;
+//! - [`chachapoly`] (Linux): OpenSSL's ChaCha20 and Poly1305 in place of libssh2's
+//!   portable C ones, swapped in at link time.
 //!
 //! Every command is a POSIX shell script; arguments inside it must be quoted with
 //! [`crate::quote`]. Input is streamed from a reader and output to a writer, so memory does
 //! not grow with the size of what flows through.
 
+#[cfg(target_os = "linux")]
+pub mod chachapoly;
 pub mod knownhosts;
 pub mod local;
 pub mod ssh;
