@@ -384,6 +384,96 @@ fn wrong_key_fails_authentication_clearly() {
 }
 
 #[test]
+fn an_encrypted_key_is_opened_with_one_askpass_answer_for_all_hosts() {
+    let fleet = Fleet::start(2);
+    let dir = Dir::new("hosts-passphrase");
+    let locked = dir.path().join("locked key");
+    crate::util::sh(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "open sesame",
+            "-C",
+            "dp-test",
+            "-f",
+            locked.to_str().unwrap(),
+        ],
+    );
+    let public = std::fs::read_to_string(locked.with_extension("pub")).unwrap();
+    for i in 1..=2 {
+        let keys = fleet.dir().join(format!("h{i}/authorized_keys"));
+        let mut all = std::fs::read_to_string(&keys).unwrap();
+        all.push_str(&format!("\n{public}"));
+        std::fs::write(&keys, all).unwrap();
+    }
+    let asked = dir.path().join("asked");
+    let askpass = dir.write(
+        "askpass",
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$1\" >>'{}'\n[ -n \"$PASS\" ] || exit 1\nprintf '%s\\n' \"$PASS\"\n",
+            asked.display()
+        ),
+    );
+    std::fs::set_permissions(
+        &askpass,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let toml = fleet.deploy_toml(&[0, 1], "/srv/app", "").replace(
+        &fleet.client_key.display().to_string(),
+        &locked.display().to_string(),
+    );
+    dir.write("deploy.toml", toml);
+    let check = |pass: &str| {
+        hosts(&dir)
+            .args(["--check"])
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("PASS", pass)
+            .without_terminal()
+            .run()
+    };
+
+    // One question for both hosts, naming the key; both hosts let us in.
+    let out = check("open sesame");
+    out.code(0);
+    for r in out.records() {
+        assert_eq!(r.steps["hosts"]["reachable"], true, "{r:?}");
+    }
+    let questions = std::fs::read_to_string(&asked).unwrap();
+    assert_eq!(
+        questions.trim_end(),
+        format!("Enter passphrase for key '{}':", locked.display())
+    );
+    assert!(!out.stdout.contains("open sesame") && !out.stderr.contains("open sesame"));
+
+    // A wrong answer, no answer, and no way to ask: each host fails naming the key.
+    let no_terminal = hosts(&dir).args(["--check"]).without_terminal().run();
+    for (out, why) in [
+        (
+            check("open says me"),
+            "wrong passphrase? the key did not open with it",
+        ),
+        (check(""), "gave no passphrase"),
+        (
+            no_terminal,
+            "no terminal to ask on: load it into ssh-agent (ssh-add), or set SSH_ASKPASS",
+        ),
+    ] {
+        out.code(1);
+        for r in out.records() {
+            let e = r.error.unwrap().message;
+            assert!(e.starts_with("authentication as"), "{e}");
+            assert!(e.contains(&format!("{} (", locked.display())), "{e}");
+            assert!(e.contains(why), "{e}");
+        }
+    }
+}
+
+#[test]
 fn failed_records_pass_through_untouched() {
     let dir = Dir::new("hosts-failed");
     let input = "{\"host\":\"a\",\"transport\":\"local\",\"error\":{\"step\":\"sync\",\"message\":\"disk full\"}}\n";

@@ -118,6 +118,8 @@ impl TestCommand {
             .env_remove("DP_STAGE")
             .env_remove("DP_HOST_KEY_POLICY")
             .env_remove("DATABASE_URL")
+            .env_remove("SSH_ASKPASS")
+            .env_remove("SSH_ASKPASS_REQUIRE")
             // Tests that install packages mean "offline, from this directory" only.
             .env_remove("PIP_FIND_LINKS");
         TestCommand {
@@ -145,6 +147,20 @@ impl TestCommand {
     /// Sets an environment variable.
     pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Self {
         self.cmd.env(k, v);
+        self
+    }
+
+    /// Runs in a session of its own, without a controlling terminal (nothing can be asked
+    /// on /dev/tty, as under cron or CI).
+    pub fn without_terminal(mut self) -> Self {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe and touches nothing of this process.
+        unsafe {
+            self.cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            })
+        };
         self
     }
 

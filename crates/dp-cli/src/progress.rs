@@ -61,6 +61,8 @@ impl Progress {
                     b
                 })
                 .collect();
+            let hidden = multi.clone();
+            dp_core::transport::passphrase::around_prompt(move |ask| hidden.suspend(ask));
             (multi, overall, hosts)
         });
         Progress {

@@ -2,7 +2,8 @@
 //!
 //! - [`local`]: `sh -c` on this machine (the embedded default; `root` is a directory here);
 //! - [`ssh`]: an OpenSSH-compatible server through libssh2, one session per host reused
-//!   for every command, host keys verified against known_hosts;
+//!   for every command, host keys verified against known_hosts, encrypted key files
+//!   opened with a passphrase asked once ([`passphrase`]);
 //! - [`chachapoly`] (Linux): OpenSSL's ChaCha20 and Poly1305 in place of libssh2's
 //!   portable C ones, swapped in at link time.
 //!
@@ -14,6 +15,7 @@
 pub mod chachapoly;
 pub mod knownhosts;
 pub mod local;
+pub mod passphrase;
 pub mod ssh;
 pub mod tunnel;
 

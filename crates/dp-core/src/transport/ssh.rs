@@ -6,6 +6,7 @@
 //! at the same time and neither side can deadlock on a full window.
 
 use super::knownhosts::KnownHostsFile;
+use super::passphrase::{self, Unlocked};
 use super::{ConnectInfo, ExecStatus, TailBuffer, Transport, TransportError, STDERR_TAIL};
 use crate::record::{HostKeyPolicy, Record};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
@@ -14,6 +15,8 @@ use ssh2::{BlockDirections, Channel, ErrorCode, MethodType, Session};
 /// libssh2's "would block" and "timed out" codes.
 const EAGAIN: i32 = -37;
 const TIMEOUT: i32 = -9;
+/// libssh2's "could not read the key file".
+const LIBSSH2_ERROR_FILE: i32 = -16;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
@@ -454,11 +457,39 @@ fn authenticate(
             .collect(),
     };
     for key in candidates {
-        match nb(session, fd, timeout, || {
-            session.userauth_pubkey_file(user, None, &key, None)
+        let unlocked = if passphrase::is_encrypted(&key) {
+            match passphrase::unlock(&key) {
+                Ok(u) => Some(u),
+                Err(why) => {
+                    tried.push(format!("{} ({why})", key.display()));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let passphrase = match unlocked.as_deref() {
+            Some(Unlocked::Passphrase(p)) => Some(p.expose()),
+            _ => None,
+        };
+        match nb(session, fd, timeout, || match unlocked.as_deref() {
+            Some(Unlocked::Key(plain)) => {
+                session.userauth_pubkey_memory(user, None, plain.expose(), None)
+            }
+            _ => session.userauth_pubkey_file(user, None, &key, passphrase),
         }) {
             Ok(()) if session.authenticated() => return Ok(()),
             Ok(()) => tried.push(key.display().to_string()),
+            // libssh2 reads a wrong passphrase as an unknown key format; say which it is.
+            Err(e)
+                if passphrase.is_some() && e.code() == ErrorCode::Session(LIBSSH2_ERROR_FILE) =>
+            {
+                tried.push(format!(
+                    "{} (wrong passphrase? the key did not open with it: {})",
+                    key.display(),
+                    e.message()
+                ))
+            }
             Err(e) => tried.push(format!("{} ({})", key.display(), e.message())),
         }
     }

@@ -1,0 +1,218 @@
+//! Passphrases for encrypted private key files, asked once per key file and process.
+//!
+//! As OpenSSH does: from the program in `SSH_ASKPASS` when `SSH_ASKPASS_REQUIRE` is
+//! `force` or `prefer`, or when there is no terminal; otherwise at a prompt on the
+//! terminal with echo off. A deploy to 20 hosts asks once. An OpenSSH-format key is
+//! decrypted once, here, and handed to libssh2 from memory for every host; the opened key
+//! and the passphrase stay in memory only (never in records, logs, argv or files) and are
+//! wiped when the process ends.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// A passphrase, overwritten when dropped.
+pub struct Secret(String);
+
+impl Secret {
+    /// The passphrase.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        // SAFETY: zero bytes are valid UTF-8; the string is not used after this.
+        for b in unsafe { self.0.as_mut_vec() } {
+            // SAFETY: a valid, aligned pointer into the string's own buffer.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+/// True when `path` holds a private key that needs a passphrase: an OpenSSH-format key
+/// whose cipher is not `none`, or a PEM key marked `ENCRYPTED`.
+pub fn is_encrypted(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    if text.contains("-----BEGIN OPENSSH PRIVATE KEY-----") {
+        return ssh_key::PrivateKey::from_openssh(&text).is_ok_and(|k| k.is_encrypted());
+    }
+    // "-----BEGIN ENCRYPTED PRIVATE KEY-----" (PKCS#8), or "Proc-Type: 4,ENCRYPTED" on
+    // the line after the BEGIN line (the older PEM keys).
+    text.lines().take(2).any(|l| l.contains("ENCRYPTED"))
+}
+
+/// An encrypted key file, opened with its passphrase.
+pub enum Unlocked {
+    /// An OpenSSH-format key, decrypted here once (its bcrypt-pbkdf takes about 0.3 s):
+    /// the plain key in OpenSSH format, for libssh2 to read from memory.
+    Key(Secret),
+    /// Any other key (PEM): libssh2 decrypts the file with this passphrase, which is cheap
+    /// for these formats.
+    Passphrase(Secret),
+}
+
+/// The key file at `path`, opened: the passphrase is asked at the first call for that
+/// file, and the outcome (an error too) is kept for the other hosts. Errors are one line
+/// that says what to do.
+pub fn unlock(path: &Path) -> Result<Arc<Unlocked>, String> {
+    type Opened = HashMap<PathBuf, Result<Arc<Unlocked>, String>>;
+    static OPENED: OnceLock<Mutex<Opened>> = OnceLock::new();
+    // One lock for the whole ask: hosts connecting in parallel wait for the one prompt.
+    let mut opened = OPENED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(done) = opened.get(path) {
+        return done.clone();
+    }
+    let prompt = format!("Enter passphrase for key '{}': ", path.display());
+    let done = ask(&prompt)
+        .and_then(|p| open(path, Secret(p)))
+        .map(Arc::new);
+    opened.insert(path.to_path_buf(), done.clone());
+    done
+}
+
+fn open(path: &Path, passphrase: Secret) -> Result<Unlocked, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("could not read the key: {e}"))?;
+    let Ok(key) = ssh_key::PrivateKey::from_openssh(&text) else {
+        return Ok(Unlocked::Passphrase(passphrase));
+    };
+    let plain = key
+        .decrypt(passphrase.expose())
+        .map_err(|_| "wrong passphrase? the key did not open with it".to_string())?;
+    let text = plain
+        .to_openssh(ssh_key::LineEnding::LF)
+        .map_err(|e| format!("could not re-encode the opened key: {e}"))?;
+    Ok(Unlocked::Key(Secret(text.to_string())))
+}
+
+fn ask(prompt: &str) -> Result<String, String> {
+    let askpass = std::env::var_os("SSH_ASKPASS").filter(|p| !p.is_empty());
+    let require = std::env::var("SSH_ASKPASS_REQUIRE").unwrap_or_default();
+    let tty = OpenOptions::new().read(true).write(true).open("/dev/tty");
+    match (askpass, require.as_str(), tty) {
+        (Some(program), "force" | "prefer", _) | (Some(program), _, Err(_))
+            if require != "never" =>
+        {
+            run_askpass(&program, prompt)
+        }
+        (_, _, Ok(tty)) => read_tty(tty, prompt),
+        (_, _, Err(_)) => Err(
+            "the key needs a passphrase and there is no terminal to ask on: \
+             load it into ssh-agent (ssh-add), or set SSH_ASKPASS"
+                .into(),
+        ),
+    }
+}
+
+fn run_askpass(program: &std::ffi::OsStr, prompt: &str) -> Result<String, String> {
+    let name = Path::new(program).display().to_string();
+    let mut child = Command::new(program)
+        .arg(prompt)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("SSH_ASKPASS {name} could not start: {e}"))?;
+    let mut out = String::new();
+    let read = child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut out);
+    let status = child
+        .wait()
+        .map_err(|e| format!("SSH_ASKPASS {name}: {e}"))?;
+    let secret = Secret(out);
+    if read.is_err() || !status.success() {
+        return Err(format!("SSH_ASKPASS {name} gave no passphrase ({status})"));
+    }
+    Ok(secret.expose().trim_end_matches(['\n', '\r']).to_string())
+}
+
+type Around = Box<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+
+static AROUND_PROMPT: Mutex<Option<Around>> = Mutex::new(None);
+
+/// Runs every terminal prompt inside `around`: a live display on the same terminal uses
+/// it to stand still and clear itself while the passphrase is typed.
+pub fn around_prompt(around: impl Fn(&mut dyn FnMut()) + Send + Sync + 'static) {
+    *AROUND_PROMPT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(around));
+}
+
+fn read_tty(tty: std::fs::File, prompt: &str) -> Result<String, String> {
+    let around = AROUND_PROMPT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut answer = Err(String::new());
+    let mut ask = || answer = prompt_on(&tty, prompt);
+    match around.as_ref() {
+        Some(around) => around(&mut ask),
+        None => ask(),
+    }
+    answer
+}
+
+fn prompt_on(tty: &std::fs::File, prompt: &str) -> Result<String, String> {
+    let fd = tty.as_raw_fd();
+    // SAFETY: termios calls on the terminal's own descriptor with a zeroed struct that
+    // tcgetattr fills in.
+    let saved = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd, &mut t) != 0 {
+            return Err("could not read the terminal's settings to ask for the passphrase".into());
+        }
+        let saved = t;
+        t.c_lflag &= !libc::ECHO;
+        t.c_lflag |= libc::ECHONL;
+        libc::tcsetattr(fd, libc::TCSAFLUSH, &t);
+        saved
+    };
+    let mut out = tty;
+    let _ = out.write_all(prompt.as_bytes());
+    let _ = out.flush();
+    let mut line = String::new();
+    let read = BufReader::new(tty).read_line(&mut line);
+    // SAFETY: puts back the settings read above.
+    unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &saved) };
+    let secret = Secret(line);
+    read.map_err(|e| format!("could not read the passphrase: {e}"))?;
+    Ok(secret.expose().trim_end_matches(['\n', '\r']).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encrypted_keys_are_told_from_plain_ones() {
+        let dir = std::env::temp_dir().join(format!("dp-pass-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, pass, encrypted) in [("plain", "", false), ("locked", "s3cret", true)] {
+            let key = dir.join(name);
+            let _ = std::fs::remove_file(&key);
+            let ok = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", pass, "-f"])
+                .arg(&key)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            assert_eq!(is_encrypted(&key), encrypted, "{name}");
+        }
+        let pem = dir.join("pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00\n\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        assert!(is_encrypted(&pem));
+        assert!(!is_encrypted(&dir.join("missing")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
