@@ -3,9 +3,9 @@
 //! As OpenSSH does: from the program in `SSH_ASKPASS` when `SSH_ASKPASS_REQUIRE` is
 //! `force` or `prefer`, or when there is no terminal; otherwise at a prompt on the
 //! terminal with echo off. A deploy to 20 hosts asks once. An OpenSSH-format key is
-//! decrypted once, here, and handed to libssh2 from memory for every host; the opened key
-//! and the passphrase stay in memory only (never in records, logs, argv or files) and are
-//! wiped when the process ends.
+//! decrypted once, here, and handed to libssh2 from memory for every host. The opened key
+//! and the passphrase stay in this process's memory (never in records, logs, argv or
+//! files); dp's own copies are overwritten when dropped.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
