@@ -36,6 +36,21 @@ aes256-gcm@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr";
 /// Environment variable that overrides [`CIPHERS`] (for benchmarks and old servers).
 pub const CIPHERS_ENV: &str = "DP_SSH_CIPHERS";
 
+/// [`CIPHERS`] or `$DP_SSH_CIPHERS`, without chacha20-poly1305 where this OpenSSL cannot
+/// compute it (see [`super::chachapoly::usable`]).
+fn cipher_preference() -> String {
+    let ciphers = std::env::var(CIPHERS_ENV).unwrap_or_else(|_| CIPHERS.to_string());
+    #[cfg(target_os = "linux")]
+    if !super::chachapoly::usable() {
+        return ciphers
+            .split(',')
+            .filter(|c| !c.starts_with("chacha20-poly1305"))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    ciphers
+}
+
 /// An authenticated SSH session to one host.
 pub struct SshTransport {
     session: Session,
@@ -74,7 +89,7 @@ impl SshTransport {
             .clone()
             .unwrap_or_else(|| home().join(".ssh/known_hosts"));
         let known = KnownHostsFile::load(&known_hosts_path)?;
-        let ciphers = std::env::var(CIPHERS_ENV).unwrap_or_else(|_| CIPHERS.to_string());
+        let ciphers = cipher_preference();
         session
             .method_pref(MethodType::CryptCs, &ciphers)
             .and_then(|()| session.method_pref(MethodType::CryptSc, &ciphers))
