@@ -471,6 +471,32 @@ fn an_encrypted_key_is_opened_with_one_askpass_answer_for_all_hosts() {
             assert!(e.contains(why), "{e}");
         }
     }
+    // The wrong answer was asked for three times in all, the empty one once.
+    let questions = std::fs::read_to_string(&asked).unwrap();
+    assert_eq!(questions.lines().count(), 1 + 3 + 1, "{questions}");
+    assert_eq!(questions.matches("Wrong passphrase, try again").count(), 2);
+
+    // With no identity set, a plain default key is tried before an encrypted one, so
+    // nothing is asked when the plain one is let in.
+    let toml = fleet.deploy_toml(&[0, 1], "/srv/app", "").replace(
+        &format!("identity = \"{}\"\n", fleet.client_key.display()),
+        "",
+    );
+    assert!(!toml.contains("identity"));
+    dir.write("defaults.toml", toml);
+    let cmd = hosts(&dir);
+    let ssh_dir = cmd.home().join(".ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    std::fs::copy(&locked, ssh_dir.join("id_ed25519")).unwrap();
+    std::fs::copy(&fleet.client_key, ssh_dir.join("id_rsa")).unwrap();
+    let out = cmd
+        .args(["-c", "defaults.toml", "--check"])
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .without_terminal()
+        .run();
+    out.code(0);
+    assert_eq!(std::fs::read_to_string(&asked).unwrap(), questions);
 }
 
 #[test]

@@ -157,7 +157,9 @@ impl TestCommand {
         // SAFETY: setsid is async-signal-safe and touches nothing of this process.
         unsafe {
             self.cmd.pre_exec(|| {
-                libc::setsid();
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 Ok(())
             })
         };

@@ -1,6 +1,6 @@
 //! Passphrases for encrypted private key files, asked once per key file and process.
 //!
-//! As OpenSSH does: from the program in `SSH_ASKPASS` when `SSH_ASKPASS_REQUIRE` is
+//! Much as OpenSSH asks: from the program in `SSH_ASKPASS` when `SSH_ASKPASS_REQUIRE` is
 //! `force` or `prefer`, or when there is no terminal; otherwise at a prompt on the
 //! terminal with echo off. A deploy to 20 hosts asks once. An OpenSSH-format key is
 //! decrypted once, here, and handed to libssh2 from memory for every host. The opened key
@@ -60,8 +60,9 @@ pub enum Unlocked {
 }
 
 /// The key file at `path`, opened: the passphrase is asked at the first call for that
-/// file, and the outcome (an error too) is kept for the other hosts. Errors are one line
-/// that says what to do.
+/// file (up to three times while the answer does not open an OpenSSH-format key), and
+/// the outcome, an error too, is kept for the other hosts. Errors are one line that says
+/// what to do.
 pub fn unlock(path: &Path) -> Result<Arc<Unlocked>, String> {
     type Opened = HashMap<PathBuf, Result<Arc<Unlocked>, String>>;
     static OPENED: OnceLock<Mutex<Opened>> = OnceLock::new();
@@ -73,31 +74,79 @@ pub fn unlock(path: &Path) -> Result<Arc<Unlocked>, String> {
     if let Some(done) = opened.get(path) {
         return done.clone();
     }
-    let prompt = format!("Enter passphrase for key '{}': ", path.display());
-    let done = ask(&prompt)
-        .and_then(|p| open(path, Secret(p)))
-        .map(Arc::new);
+    let first = format!("Enter passphrase for key '{}': ", path.display());
+    let mut prompt = first.clone();
+    let mut tries = 0;
+    let done = loop {
+        tries += 1;
+        match ask(&prompt)
+            .map_err(Refused::Other)
+            .and_then(|p| open(path, p))
+        {
+            Err(Refused::Wrong) if tries < 3 => {
+                prompt = format!("Wrong passphrase, try again. {first}");
+            }
+            Err(Refused::Wrong) => {
+                break Err("wrong passphrase? the key did not open with it".to_string())
+            }
+            Err(Refused::Other(why)) => break Err(why),
+            Ok(unlocked) => {
+                keep_out_of_core_dumps();
+                break Ok(Arc::new(unlocked));
+            }
+        }
+    };
     opened.insert(path.to_path_buf(), done.clone());
     done
 }
 
-fn open(path: &Path, passphrase: Secret) -> Result<Unlocked, String> {
+/// Why a key did not open.
+enum Refused {
+    /// The passphrase does not decrypt it.
+    Wrong,
+    /// Anything else, said in one line.
+    Other(String),
+}
+
+impl From<String> for Refused {
+    fn from(why: String) -> Refused {
+        Refused::Other(why)
+    }
+}
+
+fn open(path: &Path, passphrase: Secret) -> Result<Unlocked, Refused> {
+    if passphrase.expose().is_empty() {
+        // As OpenSSH does: an empty answer skips the key.
+        return Err("no passphrase given, key skipped".to_string().into());
+    }
     let text = std::fs::read_to_string(path).map_err(|e| format!("could not read the key: {e}"))?;
     let Ok(key) = ssh_key::PrivateKey::from_openssh(&text) else {
         return Ok(Unlocked::Passphrase(passphrase));
     };
     let plain = key
         .decrypt(passphrase.expose())
-        .map_err(|_| "wrong passphrase? the key did not open with it".to_string())?;
+        .map_err(|_| Refused::Wrong)?;
     let text = plain
         .to_openssh(ssh_key::LineEnding::LF)
         .map_err(|e| format!("could not re-encode the opened key: {e}"))?;
     Ok(Unlocked::Key(Secret(text.to_string())))
 }
 
-fn ask(prompt: &str) -> Result<String, String> {
+/// An opened key is in this process's memory from now on: keep it out of core dumps (and
+/// other users' debuggers), as ssh-agent does.
+fn keep_out_of_core_dumps() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with an integer option; it changes only this process's flags.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+}
+
+fn ask(prompt: &str) -> Result<Secret, String> {
     let askpass = std::env::var_os("SSH_ASKPASS").filter(|p| !p.is_empty());
-    let require = std::env::var("SSH_ASKPASS_REQUIRE").unwrap_or_default();
+    let require = std::env::var("SSH_ASKPASS_REQUIRE")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let tty = OpenOptions::new().read(true).write(true).open("/dev/tty");
     match (askpass, require.as_str(), tty) {
         (Some(program), "force" | "prefer", _) | (Some(program), _, Err(_))
@@ -114,7 +163,12 @@ fn ask(prompt: &str) -> Result<String, String> {
     }
 }
 
-fn run_askpass(program: &std::ffi::OsStr, prompt: &str) -> Result<String, String> {
+/// The first line of `answer`, without its line end.
+fn first_line(answer: Secret) -> Secret {
+    Secret(answer.expose().lines().next().unwrap_or("").to_string())
+}
+
+fn run_askpass(program: &std::ffi::OsStr, prompt: &str) -> Result<Secret, String> {
     let name = Path::new(program).display().to_string();
     let mut child = Command::new(program)
         .arg(prompt)
@@ -122,20 +176,19 @@ fn run_askpass(program: &std::ffi::OsStr, prompt: &str) -> Result<String, String
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("SSH_ASKPASS {name} could not start: {e}"))?;
-    let mut out = String::new();
+    let mut out = Secret(String::new());
     let read = child
         .stdout
         .take()
         .expect("piped stdout")
-        .read_to_string(&mut out);
+        .read_to_string(&mut out.0);
     let status = child
         .wait()
         .map_err(|e| format!("SSH_ASKPASS {name}: {e}"))?;
-    let secret = Secret(out);
     if read.is_err() || !status.success() {
         return Err(format!("SSH_ASKPASS {name} gave no passphrase ({status})"));
     }
-    Ok(secret.expose().trim_end_matches(['\n', '\r']).to_string())
+    Ok(first_line(out))
 }
 
 type Around = Box<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
@@ -148,7 +201,7 @@ pub fn around_prompt(around: impl Fn(&mut dyn FnMut()) + Send + Sync + 'static) 
     *AROUND_PROMPT.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(around));
 }
 
-fn read_tty(tty: std::fs::File, prompt: &str) -> Result<String, String> {
+fn read_tty(tty: std::fs::File, prompt: &str) -> Result<Secret, String> {
     let around = AROUND_PROMPT.lock().unwrap_or_else(|e| e.into_inner());
     let mut answer = Err(String::new());
     let mut ask = || answer = prompt_on(&tty, prompt);
@@ -159,7 +212,7 @@ fn read_tty(tty: std::fs::File, prompt: &str) -> Result<String, String> {
     answer
 }
 
-fn prompt_on(tty: &std::fs::File, prompt: &str) -> Result<String, String> {
+fn prompt_on(tty: &std::fs::File, prompt: &str) -> Result<Secret, String> {
     let fd = tty.as_raw_fd();
     // SAFETY: termios calls on the terminal's own descriptor with a zeroed struct that
     // tcgetattr fills in.
@@ -171,19 +224,20 @@ fn prompt_on(tty: &std::fs::File, prompt: &str) -> Result<String, String> {
         let saved = t;
         t.c_lflag &= !libc::ECHO;
         t.c_lflag |= libc::ECHONL;
-        libc::tcsetattr(fd, libc::TCSAFLUSH, &t);
+        if libc::tcsetattr(fd, libc::TCSAFLUSH, &t) != 0 {
+            return Err("could not turn off the terminal's echo to ask for the passphrase".into());
+        }
         saved
     };
     let mut out = tty;
     let _ = out.write_all(prompt.as_bytes());
     let _ = out.flush();
-    let mut line = String::new();
-    let read = BufReader::new(tty).read_line(&mut line);
+    let mut line = Secret(String::new());
+    let read = BufReader::new(tty).read_line(&mut line.0);
     // SAFETY: puts back the settings read above.
     unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &saved) };
-    let secret = Secret(line);
     read.map_err(|e| format!("could not read the passphrase: {e}"))?;
-    Ok(secret.expose().trim_end_matches(['\n', '\r']).to_string())
+    Ok(first_line(line))
 }
 
 #[cfg(test)]

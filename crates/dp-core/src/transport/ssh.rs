@@ -463,7 +463,7 @@ fn authenticate(
         }
         tried.push("ssh-agent".to_string());
     }
-    let candidates: Vec<PathBuf> = match identity {
+    let mut candidates: Vec<PathBuf> = match identity {
         Some(path) => vec![path.clone()],
         None => ["id_ed25519", "id_ecdsa", "id_rsa"]
             .iter()
@@ -471,6 +471,8 @@ fn authenticate(
             .filter(|p| p.exists())
             .collect(),
     };
+    // Keys that need no passphrase first: no question when one of them is let in.
+    candidates.sort_by_key(|key| passphrase::is_encrypted(key));
     for key in candidates {
         let unlocked = if passphrase::is_encrypted(&key) {
             match passphrase::unlock(&key) {
