@@ -2,6 +2,7 @@
 
 use crate::util::{free_port, Dir, Fleet, TestCommand};
 use std::net::TcpListener;
+use std::path::Path;
 
 fn hosts(dir: &Dir) -> TestCommand {
     TestCommand::new("dp-hosts").current_dir(dir.path())
@@ -497,6 +498,78 @@ fn an_encrypted_key_is_opened_with_one_askpass_answer_for_all_hosts() {
         .run();
     out.code(0);
     assert_eq!(std::fs::read_to_string(&asked).unwrap(), questions);
+}
+
+/// On a terminal: the prompt turns echo off, the answer opens the key, and echo is back
+/// afterwards, also when the prompt is interrupted with Ctrl-C.
+#[test]
+fn a_passphrase_is_asked_on_the_terminal_with_echo_off() {
+    let fleet = Fleet::start(1);
+    let dir = Dir::new("hosts-tty");
+    let locked = dir.path().join("locked");
+    crate::util::sh(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "open sesame",
+            "-f",
+            locked.to_str().unwrap(),
+        ],
+    );
+    let keys = fleet.dir().join("h1/authorized_keys");
+    let public = std::fs::read_to_string(locked.with_extension("pub")).unwrap();
+    let all = std::fs::read_to_string(&keys).unwrap() + "\n" + &public;
+    std::fs::write(&keys, all).unwrap();
+    let toml = fleet.deploy_toml(&[0], "/srv/app", "").replace(
+        &fleet.client_key.display().to_string(),
+        &locked.display().to_string(),
+    );
+    dir.write("deploy.toml", toml);
+    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pty_prompt.py");
+    let on_terminal = |mode: &str| {
+        let out = std::process::Command::new("python3")
+            .arg(&harness)
+            .arg(mode)
+            .arg(crate::util::bin("dp-hosts"))
+            .args(["--check"])
+            .current_dir(dir.path())
+            .env("HOME", dir.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("SSH_ASKPASS")
+            .env_remove("SSH_ASKPASS_REQUIRE")
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{shown}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        shown
+    };
+
+    let shown = on_terminal("answer");
+    assert!(
+        shown.contains(&format!(
+            "Enter passphrase for key '{}': ",
+            locked.display()
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains("\"reachable\":true"), "{shown}");
+    assert!(
+        !shown.contains("open sesame"),
+        "the answer was echoed:\n{shown}"
+    );
+    assert!(shown.contains("exit code 0, echo after: on"), "{shown}");
+    assert!(shown.contains("echo while asked: off"), "{shown}");
+
+    let shown = on_terminal("interrupt");
+    assert!(shown.contains("echo while asked: off"), "{shown}");
+    assert!(shown.contains("exit code -2, echo after: on"), "{shown}");
 }
 
 #[test]

@@ -7,12 +7,15 @@
 //! and the passphrase stay in this process's memory (never in records, logs, argv or
 //! files); dp's own copies are overwritten when dropped.
 
+use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// A passphrase, overwritten when dropped.
@@ -212,32 +215,83 @@ fn read_tty(tty: std::fs::File, prompt: &str) -> Result<Secret, String> {
     answer
 }
 
+/// The terminal's settings from before the prompt, for the signal handler below. Written
+/// only while no handler is installed (prompts are one at a time, under `OPENED`).
+struct SavedTermios(UnsafeCell<MaybeUninit<libc::termios>>);
+
+// SAFETY: see above: written before the handlers are installed, read only by them.
+unsafe impl Sync for SavedTermios {}
+
+static SAVED: SavedTermios = SavedTermios(UnsafeCell::new(MaybeUninit::uninit()));
+static PROMPT_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// The signals that end a process at a prompt; each puts the terminal's echo back first.
+const ENDING: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+extern "C" fn restore_and_end(sig: libc::c_int) {
+    // Only async-signal-safe calls: tcsetattr, signal, raise.
+    let fd = PROMPT_FD.load(Ordering::SeqCst);
+    // SAFETY: SAVED was written before this handler was installed; fd is the open tty.
+    unsafe {
+        if fd >= 0 {
+            libc::tcsetattr(fd, libc::TCSAFLUSH, (*SAVED.0.get()).as_ptr());
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
 fn prompt_on(tty: &std::fs::File, prompt: &str) -> Result<Secret, String> {
     let fd = tty.as_raw_fd();
     // SAFETY: termios calls on the terminal's own descriptor with a zeroed struct that
-    // tcgetattr fills in.
-    let saved = unsafe {
+    // tcgetattr fills in; sigaction with handlers that only restore it. Signals that were
+    // ignored stay ignored.
+    let (saved, before) = unsafe {
         let mut t: libc::termios = std::mem::zeroed();
         if libc::tcgetattr(fd, &mut t) != 0 {
             return Err("could not read the terminal's settings to ask for the passphrase".into());
+        }
+        (*SAVED.0.get()).write(t);
+        PROMPT_FD.store(fd, Ordering::SeqCst);
+        let mut before: [libc::sigaction; ENDING.len()] = std::mem::zeroed();
+        for (sig, old) in ENDING.iter().zip(before.iter_mut()) {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = restore_and_end as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(*sig, &act, old);
+            if old.sa_sigaction == libc::SIG_IGN {
+                libc::sigaction(*sig, old, std::ptr::null_mut());
+            }
         }
         let saved = t;
         t.c_lflag &= !libc::ECHO;
         t.c_lflag |= libc::ECHONL;
         if libc::tcsetattr(fd, libc::TCSAFLUSH, &t) != 0 {
+            put_back(fd, &saved, &before);
             return Err("could not turn off the terminal's echo to ask for the passphrase".into());
         }
-        saved
+        (saved, before)
     };
     let mut out = tty;
     let _ = out.write_all(prompt.as_bytes());
     let _ = out.flush();
     let mut line = Secret(String::new());
     let read = BufReader::new(tty).read_line(&mut line.0);
-    // SAFETY: puts back the settings read above.
-    unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &saved) };
+    put_back(fd, &saved, &before);
     read.map_err(|e| format!("could not read the passphrase: {e}"))?;
     Ok(first_line(line))
+}
+
+/// Puts back the terminal's settings and the signal handlers from before the prompt.
+fn put_back(fd: RawFd, saved: &libc::termios, before: &[libc::sigaction; ENDING.len()]) {
+    // SAFETY: the settings and handlers read in prompt_on, for the same descriptor.
+    unsafe {
+        libc::tcsetattr(fd, libc::TCSAFLUSH, saved);
+        for (sig, old) in ENDING.iter().zip(before) {
+            libc::sigaction(*sig, old, std::ptr::null_mut());
+        }
+    }
+    PROMPT_FD.store(-1, Ordering::SeqCst);
 }
 
 #[cfg(test)]
