@@ -335,6 +335,73 @@ fn a_concurrent_deploy_is_refused() {
 }
 
 #[test]
+fn the_printed_pipeline_passes_a_lease_to_every_tool_that_locks() {
+    let dir = Dir::new("dp-pipeline-lease");
+    fixture(&dir);
+    let out = dp(&dir, &["deploy", "--print-pipeline", "--lease", "2m"]);
+    out.code(0);
+    let with_lease: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("--lease 120s"))
+        .map(|l| l.trim_start_matches(['|', ' ']).split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        with_lease,
+        ["dp-sync", "dp-deps", "dp-migrate", "dp-restart"],
+        "{}",
+        out.stdout
+    );
+    let out = dp(&dir, &["deploy", "--print-pipeline"]);
+    assert!(!out.stdout.contains("--lease"), "{}", out.stdout);
+}
+
+/// A database migration longer than the lease: the deploy keeps renewing it, so another
+/// deploy cannot take the hosts before this one switches them.
+#[test]
+fn a_migration_longer_than_the_lease_keeps_the_hosts_locked() {
+    let pg = crate::util::PgCluster::shared();
+    let url = pg.create_db("dp_lease");
+    let dir = Dir::new("dp-lease");
+    let roots = fixture(&dir);
+    dir.write("site/migrations/3_slow.sql", "SELECT pg_sleep(4);\n");
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| {
+            TestCommand::new("dp")
+                .current_dir(dir.path())
+                .env("DATABASE_URL", &url)
+                .env("DP_CACHE_DIR", dir.path().join("cache"))
+                .args(["deploy", "--release", "ra", "--lease", "2s"])
+                .run()
+        });
+        // Well into the migration, after a 2 s lease taken at the upload would have run
+        // out: a second deploy's upload tries to take the hosts.
+        std::thread::sleep(std::time::Duration::from_millis(3500));
+        let records = TestCommand::new("dp-hosts").current_dir(dir.path()).run();
+        let b = TestCommand::new("dp-sync")
+            .current_dir(dir.path())
+            .args(["--src", "site", "--release", "rb"])
+            .stdin(records.stdout)
+            .run();
+        (a.join().unwrap(), b)
+    });
+    a.code(0);
+    assert!(
+        a.elapsed.as_secs_f64() > 3.5,
+        "the second deploy came after the first"
+    );
+    b.code(1);
+    for r in b.records() {
+        let e = r.error.unwrap().message;
+        assert!(e.contains("deploy lock is held by release ra"), "{e}");
+    }
+    for root in &roots {
+        assert_eq!(current(root), "releases/ra");
+        assert!(!root.join(".dp/lock").exists());
+    }
+}
+
+#[test]
 fn end_to_end_over_sshd_and_postgresql() {
     let fleet = crate::util::Fleet::shared();
     let pg = crate::util::PgCluster::shared();

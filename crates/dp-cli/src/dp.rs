@@ -60,6 +60,8 @@ pub enum Command {
         /// Release id (default: UTC time plus a content hash).
         #[arg(long)]
         release: Option<String>,
+        #[command(flatten)]
+        lease: crate::args::LeaseArg,
     },
     /// Prepare hosts for their first deploy: directories, prerequisites, host keys.
     Setup {
@@ -116,6 +118,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         stage: args.stage.clone(),
         release: None,
         jobs: Some(jobs),
+        lease: None,
     };
     let say = |msg: &str| {
         if !args.quiet {
@@ -126,9 +129,11 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         Command::Deploy {
             print_pipeline,
             release,
+            lease,
         } => {
             let overrides = dp_flow::Overrides {
                 release: release.clone(),
+                lease: Some(lease.lease),
                 ..overrides
             };
             let plan = dp_flow::plan(&config, &args.config, &overrides)?;

@@ -7,10 +7,12 @@
 pub mod admin;
 
 use dp_core::config::{Config, Selection};
-use dp_core::lock::Renew;
+use dp_core::layout::{release_of, root_of, script_prelude};
+use dp_core::lock::{self, Renew};
 use dp_core::parallel::Sessions;
 use dp_core::quote::quote_str;
 use dp_core::sshconfig::SshAliases;
+use dp_core::transport::Transport;
 use dp_core::Record;
 use dp_deps::{DepsOptions, Kind};
 use dp_migrate::source::Phase;
@@ -18,6 +20,7 @@ use dp_migrate::{ExecOptions, MigrateOptions};
 use dp_restart::{Batch, Health, RestartOptions};
 use dp_sync::{ScanOptions, SyncOptions};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 /// A problem found before any host was touched (exit 2).
@@ -60,12 +63,14 @@ pub struct Overrides {
     pub release: Option<String>,
     /// Hosts at once.
     pub jobs: Option<usize>,
+    /// Deploy lock lease (default [`dp_core::lock::DEFAULT_LEASE`]).
+    pub lease: Option<Duration>,
 }
 
 /// Resolves the plan; checks everything that can be checked without touching a host.
 pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, FlowError> {
     let jobs = o.jobs.unwrap_or(16);
-    let lease = Duration::from_secs(15 * 60);
+    let lease = o.lease.unwrap_or(dp_core::lock::DEFAULT_LEASE);
     let src = config.source_dir();
     let sync = SyncOptions {
         src: src.clone(),
@@ -217,7 +222,10 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
     }
     match &plan.migrate {
         Some(MigrateStep::Sql(opts)) => {
-            dp_migrate::run_sql(records, opts);
+            // SQL migrations use no host session, and may take longer than the lease.
+            renewing(records, &mut sessions, plan, renew, |r| {
+                dp_migrate::run_sql(r, opts)
+            });
             progress("migrate pre", records);
         }
         Some(MigrateStep::Exec(opts)) => {
@@ -247,6 +255,51 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
     Ok(())
 }
 
+/// Runs `during` (work that uses no host session) while a thread renews the deploy
+/// lock's lease on every host still in the deploy, once `renew` is due and then every
+/// third of the lease: a long database migration must not let the lease run out, or
+/// another deploy could take the hosts before this one switches them.
+fn renewing<T>(
+    records: &mut [Record],
+    sessions: &mut Sessions,
+    plan: &Plan,
+    renew: Renew,
+    during: impl FnOnce(&mut [Record]) -> T,
+) -> T {
+    let lease = plan.sync.lease;
+    let mut hosts = records.to_vec();
+    let alive: Vec<usize> = (0..hosts.len()).filter(|&i| !hosts[i].failed()).collect();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut next = match renew {
+                Renew::After(t) => t,
+                Renew::Always => Instant::now(),
+            };
+            // Waits until `next`; any message, or the sender going away, ends the loop.
+            while let Err(RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(next.saturating_duration_since(Instant::now()))
+            {
+                // A host whose lock was lost fails in the restart step, which checks it.
+                sessions.run_indices(&mut hosts, &alive, plan.sync.jobs, |conn, r| {
+                    let mut s = script_prelude(root_of(r)?).map_err(|e| e.to_string())?;
+                    s.push_str(
+                        &lock::acquire_script(release_of(r)?, lease, true)
+                            .map_err(|e| e.to_string())?,
+                    );
+                    conn.run_ok(&s, "renew the deploy lock")
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                });
+                next = Instant::now() + lease / 3;
+            }
+        });
+        let out = during(records);
+        drop(stop);
+        out
+    })
+}
+
 /// The equivalent pipeline of the small tools, for scripts, Makefiles and CI.
 pub fn pipeline(plan: &Plan) -> Result<String, FlowError> {
     let q = |s: &str| quote_str(s).map_err(|e| FlowError(e.to_string()));
@@ -265,26 +318,32 @@ pub fn pipeline(plan: &Plan) -> Result<String, FlowError> {
     } else {
         format!(" --jobs {}", plan.sync.jobs)
     };
+    // The lease too, for every tool that takes or renews the lock.
+    let lease = if plan.sync.lease == lock::DEFAULT_LEASE {
+        String::new()
+    } else {
+        format!(" --lease {}s", plan.sync.lease.as_secs())
+    };
     let mut parts = vec![
         format!("dp-hosts --config {config}{stage}"),
         format!(
-            "dp-sync --config {config} --src {}{release}{jobs}",
+            "dp-sync --config {config} --src {}{release}{jobs}{lease}",
             q(&plan.sync.src.display().to_string())?
         ),
-        format!("dp-deps --config {config}{jobs}"),
+        format!("dp-deps --config {config}{jobs}{lease}"),
     ];
     match &plan.migrate {
         Some(MigrateStep::Sql(m)) => parts.push(format!(
-            "dp-migrate --config {config} --dir {} --phase pre",
+            "dp-migrate --config {config} --dir {} --phase pre{lease}",
             q(&m.dir.display().to_string())?
         )),
         Some(MigrateStep::Exec(e)) => parts.push(format!(
-            "dp-migrate --config {config} --exec {}",
+            "dp-migrate --config {config} --exec {}{lease}",
             q(&e.command)?
         )),
         None => {}
     }
-    parts.push(format!("dp-restart --config {config}{jobs}"));
+    parts.push(format!("dp-restart --config {config}{jobs}{lease}"));
     if let Some(MigrateStep::Sql(m)) = &plan.migrate {
         parts.push(format!(
             "dp-migrate --config {config} --dir {} --phase post",
