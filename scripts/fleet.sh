@@ -22,7 +22,12 @@ start)
     user=${FLEET_USER:-$(id -un)}
     if ! id "$user" >/dev/null 2>&1; then
         [ "$(id -u)" = 0 ] || { echo "fleet: no user $user" >&2; exit 2; }
-        useradd --system --no-create-home --home-dir /nonexistent --shell /bin/sh "$user"
+        useradd --system --create-home --home-dir "/var/lib/$user" --shell /bin/sh "$user"
+    fi
+    # A home that exists, or sshd prints "Could not chdir to home directory" at each login.
+    home=$(getent passwd "$user" | cut -d: -f6)
+    if [ ! -d "$home" ] && [ "$(id -u)" = 0 ]; then
+        mkdir -p "/var/lib/$user" && chown "$user" "/var/lib/$user" && usermod -d "/var/lib/$user" "$user"
     fi
     # No password, but not locked: sshd refuses locked accounts.
     [ "$user" = "$(id -un)" ] || [ "$(id -u)" != 0 ] || usermod -p '*' "$user"
