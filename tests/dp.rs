@@ -357,47 +357,68 @@ fn the_printed_pipeline_passes_a_lease_to_every_tool_that_locks() {
 }
 
 /// A database migration longer than the lease: the deploy keeps renewing it, so another
-/// deploy cannot take the hosts before this one switches them.
+/// deploy cannot take the hosts before this one switches them. Both as `dp deploy` and
+/// as the printed pipeline.
 #[test]
 fn a_migration_longer_than_the_lease_keeps_the_hosts_locked() {
     let pg = crate::util::PgCluster::shared();
-    let url = pg.create_db("dp_lease");
-    let dir = Dir::new("dp-lease");
-    let roots = fixture(&dir);
-    dir.write("site/migrations/3_slow.sql", "SELECT pg_sleep(4);\n");
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| {
-            TestCommand::new("dp")
+    for form in ["one line", "pipeline"] {
+        let url = pg.create_db("dp_lease");
+        let dir = Dir::new("dp-lease");
+        let roots = fixture(&dir);
+        dir.write("site/migrations/3_slow.sql", "SELECT pg_sleep(4);\n");
+        let deploy = ["deploy", "--release", "ra", "--lease", "2s"];
+        let (a, b) = std::thread::scope(|s| {
+            let a = s.spawn(|| {
+                let cmd = TestCommand::new("dp")
+                    .current_dir(dir.path())
+                    .env("DATABASE_URL", &url)
+                    .env("DP_CACHE_DIR", dir.path().join("cache"));
+                if form == "one line" {
+                    return cmd.args(deploy).run();
+                }
+                let pipeline = cmd.args(deploy).args(["--print-pipeline"]).run().stdout;
+                let tools = bin("dp").parent().unwrap().display().to_string();
+                TestCommand::new("dp")
+                    .program("bash")
+                    .args(["-o", "pipefail", "-c", &pipeline])
+                    .current_dir(dir.path())
+                    .env(
+                        "PATH",
+                        format!("{tools}:{}", std::env::var("PATH").unwrap()),
+                    )
+                    .env("DATABASE_URL", &url)
+                    .env("DP_CACHE_DIR", dir.path().join("cache"))
+                    .run()
+            });
+            // Well into the migration, after a 2 s lease taken at the upload would have
+            // run out: a second release's upload tries to take the hosts.
+            std::thread::sleep(std::time::Duration::from_millis(3500));
+            let records = TestCommand::new("dp-hosts").current_dir(dir.path()).run();
+            let b = TestCommand::new("dp-sync")
                 .current_dir(dir.path())
-                .env("DATABASE_URL", &url)
-                .env("DP_CACHE_DIR", dir.path().join("cache"))
-                .args(["deploy", "--release", "ra", "--lease", "2s"])
-                .run()
+                .args(["--src", "site", "--release", "rb"])
+                .stdin(records.stdout)
+                .run();
+            (a.join().unwrap(), b)
         });
-        // Well into the migration, after a 2 s lease taken at the upload would have run
-        // out: a second deploy's upload tries to take the hosts.
-        std::thread::sleep(std::time::Duration::from_millis(3500));
-        let records = TestCommand::new("dp-hosts").current_dir(dir.path()).run();
-        let b = TestCommand::new("dp-sync")
-            .current_dir(dir.path())
-            .args(["--src", "site", "--release", "rb"])
-            .stdin(records.stdout)
-            .run();
-        (a.join().unwrap(), b)
-    });
-    a.code(0);
-    assert!(
-        a.elapsed.as_secs_f64() > 3.5,
-        "the second deploy came after the first"
-    );
-    b.code(1);
-    for r in b.records() {
-        let e = r.error.unwrap().message;
-        assert!(e.contains("deploy lock is held by release ra"), "{e}");
-    }
-    for root in &roots {
-        assert_eq!(current(root), "releases/ra");
-        assert!(!root.join(".dp/lock").exists());
+        a.code(0);
+        assert!(
+            a.elapsed.as_secs_f64() > 3.5,
+            "{form}: the second upload came after"
+        );
+        b.code(1);
+        for r in b.records() {
+            let e = r.error.unwrap().message;
+            assert!(
+                e.contains("deploy lock is held by release ra"),
+                "{form}: {e}"
+            );
+        }
+        for root in &roots {
+            assert_eq!(current(root), "releases/ra", "{form}");
+            assert!(!root.join(".dp/lock").exists(), "{form}");
+        }
     }
 }
 

@@ -129,6 +129,19 @@ impl TestCommand {
         }
     }
 
+    /// Runs `program` instead of the dp binary (with the same clean environment).
+    pub fn program(mut self, program: &str) -> Self {
+        let mut cmd = Command::new(program);
+        for (k, v) in self.cmd.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        self.cmd = cmd;
+        self
+    }
+
     /// The fake HOME of this command.
     pub fn home(&self) -> &Path {
         self.home.as_ref().unwrap().path()

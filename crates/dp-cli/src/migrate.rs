@@ -165,7 +165,22 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                     }
                 });
             }
-            dp_migrate::run_sql(&mut records, &opts);
+            if phase == Phase::Pre {
+                // The hosts are locked until dp-restart: keep the lease alive through a
+                // long migration (the step before renewed it moments ago).
+                let lease = args.lease.lease;
+                let renew = dp_core::lock::Renew::after_taken(std::time::Instant::now(), lease);
+                dp_core::lock::keep_renewed(
+                    &mut records,
+                    &mut Sessions::new(),
+                    lease,
+                    16,
+                    renew,
+                    |r| dp_migrate::run_sql(r, &opts),
+                );
+            } else {
+                dp_migrate::run_sql(&mut records, &opts);
+            }
         }
     }
     if let Some(first) = records

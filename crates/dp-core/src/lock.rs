@@ -8,9 +8,14 @@
 //! (O_EXCL), so two deploys cannot both take a free lock; a takeover renames the stale
 //! file away first, so only one of two racing deploys can win it.
 
+use crate::layout::{release_of, root_of, script_prelude};
+use crate::parallel::Sessions;
 use crate::quote::{quote_str, QuoteError};
+use crate::transport::Transport;
+use crate::Record;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 /// Default lease length.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15 * 60);
@@ -187,5 +192,49 @@ pub fn takeover_warning(stdout: &str) -> Option<String> {
     Some(match serde_json::from_str::<LockInfo>(old) {
         Ok(info) => format!("took over an expired deploy lock ({info})"),
         Err(_) => format!("took over an expired deploy lock ({old})"),
+    })
+}
+
+/// Runs `during`, work that uses no host session (SQL migrations), while a thread renews
+/// the lease of each record's release on its host (every host still in the deploy):
+/// once `renew` is due, then every third of `lease`. A migration longer than the lease
+/// must not let another deploy take the hosts before this one switches them. A host whose
+/// lock was lost meanwhile is left to the next step, which checks the lock.
+pub fn keep_renewed<T>(
+    records: &mut [Record],
+    sessions: &mut Sessions,
+    lease: Duration,
+    jobs: usize,
+    renew: Renew,
+    during: impl FnOnce(&mut [Record]) -> T,
+) -> T {
+    let mut hosts = records.to_vec();
+    let alive: Vec<usize> = (0..hosts.len()).filter(|&i| !hosts[i].failed()).collect();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            let mut next = match renew {
+                Renew::After(t) => t,
+                Renew::Always => Instant::now(),
+            };
+            // Waits until `next`; the sender going away ends the loop.
+            while let Err(RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(next.saturating_duration_since(Instant::now()))
+            {
+                sessions.run_indices(&mut hosts, &alive, jobs, |conn, r| {
+                    let mut s = script_prelude(root_of(r)?).map_err(|e| e.to_string())?;
+                    s.push_str(
+                        &acquire_script(release_of(r)?, lease, true).map_err(|e| e.to_string())?,
+                    );
+                    conn.run_ok(&s, "renew the deploy lock")
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                });
+                next = Instant::now() + lease / 3;
+            }
+        });
+        let out = during(records);
+        drop(stop);
+        out
     })
 }

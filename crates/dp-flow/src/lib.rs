@@ -7,12 +7,10 @@
 pub mod admin;
 
 use dp_core::config::{Config, Selection};
-use dp_core::layout::{release_of, root_of, script_prelude};
 use dp_core::lock::{self, Renew};
 use dp_core::parallel::Sessions;
 use dp_core::quote::quote_str;
 use dp_core::sshconfig::SshAliases;
-use dp_core::transport::Transport;
 use dp_core::Record;
 use dp_deps::{DepsOptions, Kind};
 use dp_migrate::source::Phase;
@@ -20,7 +18,6 @@ use dp_migrate::{ExecOptions, MigrateOptions};
 use dp_restart::{Batch, Health, RestartOptions};
 use dp_sync::{ScanOptions, SyncOptions};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 /// A problem found before any host was touched (exit 2).
@@ -223,7 +220,8 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
     match &plan.migrate {
         Some(MigrateStep::Sql(opts)) => {
             // SQL migrations use no host session, and may take longer than the lease.
-            renewing(records, &mut sessions, plan, renew, |r| {
+            let (lease, jobs) = (plan.sync.lease, plan.sync.jobs);
+            lock::keep_renewed(records, &mut sessions, lease, jobs, renew, |r| {
                 dp_migrate::run_sql(r, opts)
             });
             progress("migrate pre", records);
@@ -253,51 +251,6 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
         progress("migrate post", records);
     }
     Ok(())
-}
-
-/// Runs `during` (work that uses no host session) while a thread renews the deploy
-/// lock's lease on every host still in the deploy, once `renew` is due and then every
-/// third of the lease: a long database migration must not let the lease run out, or
-/// another deploy could take the hosts before this one switches them.
-fn renewing<T>(
-    records: &mut [Record],
-    sessions: &mut Sessions,
-    plan: &Plan,
-    renew: Renew,
-    during: impl FnOnce(&mut [Record]) -> T,
-) -> T {
-    let lease = plan.sync.lease;
-    let mut hosts = records.to_vec();
-    let alive: Vec<usize> = (0..hosts.len()).filter(|&i| !hosts[i].failed()).collect();
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    std::thread::scope(|scope| {
-        scope.spawn(move || {
-            let mut next = match renew {
-                Renew::After(t) => t,
-                Renew::Always => Instant::now(),
-            };
-            // Waits until `next`; any message, or the sender going away, ends the loop.
-            while let Err(RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(next.saturating_duration_since(Instant::now()))
-            {
-                // A host whose lock was lost fails in the restart step, which checks it.
-                sessions.run_indices(&mut hosts, &alive, plan.sync.jobs, |conn, r| {
-                    let mut s = script_prelude(root_of(r)?).map_err(|e| e.to_string())?;
-                    s.push_str(
-                        &lock::acquire_script(release_of(r)?, lease, true)
-                            .map_err(|e| e.to_string())?,
-                    );
-                    conn.run_ok(&s, "renew the deploy lock")
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                });
-                next = Instant::now() + lease / 3;
-            }
-        });
-        let out = during(records);
-        drop(stop);
-        out
-    })
 }
 
 /// The equivalent pipeline of the small tools, for scripts, Makefiles and CI.
