@@ -27,7 +27,8 @@ start)
     # A home that exists, or sshd prints "Could not chdir to home directory" at each login.
     home=$(getent passwd "$user" | cut -d: -f6)
     if [ ! -d "$home" ] && [ "$(id -u)" = 0 ]; then
-        mkdir -p "/var/lib/$user" && chown "$user" "/var/lib/$user" && usermod -d "/var/lib/$user" "$user"
+        mkdir -p "/var/lib/$user" && chown "$user" "/var/lib/$user" &&
+            usermod -d "/var/lib/$user" "$user" || echo "fleet: could not give $user a home" >&2
     fi
     # No password, but not locked: sshd refuses locked accounts.
     [ "$user" = "$(id -un)" ] || [ "$(id -u)" != 0 ] || usermod -p '*' "$user"

@@ -354,6 +354,16 @@ fn the_printed_pipeline_passes_a_lease_to_every_tool_that_locks() {
     );
     let out = dp(&dir, &["deploy", "--print-pipeline"]);
     assert!(!out.stdout.contains("--lease"), "{}", out.stdout);
+    // The lock keeps whole seconds: no zero or fractional lease.
+    for bad in ["0s", "1500ms"] {
+        let out = dp(&dir, &["deploy", "--print-pipeline", "--lease", bad]);
+        out.code(2);
+        assert!(
+            out.stderr.contains("whole seconds, at least 1s"),
+            "{}",
+            out.stderr
+        );
+    }
 }
 
 /// A database migration longer than the lease: the deploy keeps renewing it, so another
@@ -366,7 +376,8 @@ fn a_migration_longer_than_the_lease_keeps_the_hosts_locked() {
         let url = pg.create_db("dp_lease");
         let dir = Dir::new("dp-lease");
         let roots = fixture(&dir);
-        dir.write("site/migrations/3_slow.sql", "SELECT pg_sleep(4);\n");
+        dir.write("site/migrations/3_slow.sql", "SELECT pg_sleep(8);\n");
+        let db = url.rsplit('/').next().unwrap().to_string();
         let deploy = ["deploy", "--release", "ra", "--lease", "2s"];
         let (a, b) = std::thread::scope(|s| {
             let a = s.spawn(|| {
@@ -391,9 +402,20 @@ fn a_migration_longer_than_the_lease_keeps_the_hosts_locked() {
                     .env("DP_CACHE_DIR", dir.path().join("cache"))
                     .run()
             });
-            // Well into the migration, after a 2 s lease taken at the upload would have
-            // run out: a second release's upload tries to take the hosts.
-            std::thread::sleep(std::time::Duration::from_millis(3500));
+            // Once the slow migration runs, and a 2 s lease (kept in whole seconds) would
+            // surely have run out without renewal: a second release's upload tries to take
+            // the hosts.
+            let sleeping = "SELECT count(*) FROM pg_stat_activity \
+                 WHERE query LIKE 'SELECT pg_sleep(8)%' AND pid <> pg_backend_pid()";
+            let started = std::time::Instant::now();
+            while pg.psql(&db, sleeping) == "0" {
+                assert!(
+                    started.elapsed().as_secs() < 60,
+                    "{form}: the migration never started"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(4000));
             let records = TestCommand::new("dp-hosts").current_dir(dir.path()).run();
             let b = TestCommand::new("dp-sync")
                 .current_dir(dir.path())
@@ -403,10 +425,6 @@ fn a_migration_longer_than_the_lease_keeps_the_hosts_locked() {
             (a.join().unwrap(), b)
         });
         a.code(0);
-        assert!(
-            a.elapsed.as_secs_f64() > 3.5,
-            "{form}: the second upload came after"
-        );
         b.code(1);
         for r in b.records() {
             let e = r.error.unwrap().message;
@@ -419,6 +437,53 @@ fn a_migration_longer_than_the_lease_keeps_the_hosts_locked() {
             assert_eq!(current(root), "releases/ra", "{form}");
             assert!(!root.join(".dp/lock").exists(), "{form}");
         }
+    }
+}
+
+/// In the pipeline, dp-migrate renews the lease before migrating: when another release
+/// took the hosts meanwhile, nothing is migrated and the error names the holder.
+#[test]
+fn dp_migrate_migrates_nothing_when_the_hosts_lock_was_lost() {
+    let dir = Dir::new("dp-lost-lock");
+    let roots = fixture(&dir);
+    let hosts = TestCommand::new("dp-hosts").current_dir(dir.path()).run();
+    let sync = |release: &str| {
+        TestCommand::new("dp-sync")
+            .current_dir(dir.path())
+            .args(["--src", "site", "--release", release])
+            .stdin(hosts.stdout.clone())
+            .run()
+    };
+    let ra = sync("ra");
+    ra.code(0);
+    // `dp unlock`, then another release takes the hosts.
+    dp(&dir, &["unlock"]).code(0);
+    sync("rb").code(0);
+    let db = dir.path().join("db.sqlite3");
+    let out = TestCommand::new("dp-migrate")
+        .current_dir(dir.path())
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .args(["--dir", "site/migrations", "--phase", "pre"])
+        .stdin(ra.stdout)
+        .run();
+    out.code(1);
+    for r in out.records() {
+        let e = r.error.unwrap();
+        assert_eq!(e.step, "migrate");
+        assert!(
+            e.message.contains("deploy lock is held by release rb"),
+            "{}",
+            e.message
+        );
+    }
+    assert!(
+        !db.exists() || std::fs::metadata(&db).unwrap().len() == 0,
+        "nothing migrated"
+    );
+    for root in &roots {
+        assert!(std::fs::read_to_string(root.join(".dp/lock"))
+            .unwrap()
+            .contains("\"rb\""));
     }
 }
 

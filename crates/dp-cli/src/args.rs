@@ -38,6 +38,17 @@ impl JobsArg {
 #[derive(Debug, Clone, Args)]
 pub struct LeaseArg {
     /// Deploy lock lease to take or renew, such as `15m`.
-    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = dp_core::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_lease)]
     pub lease: Duration,
+}
+
+/// A lease of whole seconds, at least one (the lock keeps its expiry in seconds).
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    let lease = dp_core::config::parse_duration(text)?;
+    if lease.as_secs() == 0 || lease.subsec_nanos() != 0 {
+        return Err(format!(
+            "invalid lease {text:?}: whole seconds, at least 1s"
+        ));
+    }
+    Ok(lease)
 }

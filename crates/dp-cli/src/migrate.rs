@@ -166,10 +166,10 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 });
             }
             if phase == Phase::Pre {
-                // The hosts are locked until dp-restart: keep the lease alive through a
-                // long migration (the step before renewed it moments ago).
+                // The hosts are locked until dp-restart: renew the lease first (a host
+                // that lost its lock stops the migration), then through a long migration.
                 let lease = args.lease.lease;
-                let renew = dp_core::lock::Renew::after_taken(std::time::Instant::now(), lease);
+                let renew = (dp_core::lock::Renew::Always, dp_migrate::STEP);
                 dp_core::lock::keep_renewed(
                     &mut records,
                     &mut Sessions::new(),

@@ -196,41 +196,64 @@ pub fn takeover_warning(stdout: &str) -> Option<String> {
 }
 
 /// Runs `during`, work that uses no host session (SQL migrations), while a thread renews
-/// the lease of each record's release on its host (every host still in the deploy):
-/// once `renew` is due, then every third of `lease`. A migration longer than the lease
-/// must not let another deploy take the hosts before this one switches them. A host whose
-/// lock was lost meanwhile is left to the next step, which checks the lock.
+/// the lease of each record's release on its host (every host still in the deploy) every
+/// third of `lease`, starting when `renew` is due. A migration longer than the lease must
+/// not let another deploy take the hosts before this one switches them.
+///
+/// When `renew` is due at once, the first renewal runs before `during`, and a host whose
+/// lock is no longer this release's fails for `step` (so a migration barrier sees it).
+/// Later renewals that fail are left to the next step, which checks the lock.
 pub fn keep_renewed<T>(
     records: &mut [Record],
     sessions: &mut Sessions,
     lease: Duration,
     jobs: usize,
-    renew: Renew,
+    renew: (Renew, &str),
     during: impl FnOnce(&mut [Record]) -> T,
 ) -> T {
+    let (renew, step) = renew;
+    let every = (lease / 3).max(Duration::from_millis(100));
+    // Hosts still in the deploy that hold a release's lock (records that only carry a
+    // migration, without a release, have none to renew).
+    let mut alive: Vec<usize> = (0..records.len())
+        .filter(|&i| !records[i].failed() && records[i].release.is_some())
+        .collect();
+    let renew_on = |sessions: &mut Sessions, hosts: &mut [Record], alive: &[usize]| {
+        sessions.run_indices(hosts, alive, jobs, |conn, r| {
+            let mut s = script_prelude(root_of(r)?).map_err(|e| e.to_string())?;
+            s.push_str(&acquire_script(release_of(r)?, lease, true).map_err(|e| e.to_string())?);
+            let out = conn.run(&s).map_err(|e| e.to_string())?;
+            if let Some(held) = held(&out.status) {
+                return Err(held);
+            }
+            out.status
+                .check("renew the deploy lock")
+                .map_err(|e| e.to_string())
+        })
+    };
+    let mut next = match renew {
+        Renew::After(t) if Instant::now() < t => t,
+        _ => {
+            let results = renew_on(sessions, records, &alive);
+            for (&i, result) in alive.iter().zip(results) {
+                if let Err(message) = result {
+                    records[i].fail(step, message);
+                }
+            }
+            alive.retain(|&i| !records[i].failed());
+            Instant::now() + every
+        }
+    };
     let mut hosts = records.to_vec();
-    let alive: Vec<usize> = (0..hosts.len()).filter(|&i| !hosts[i].failed()).collect();
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            let mut next = match renew {
-                Renew::After(t) => t,
-                Renew::Always => Instant::now(),
-            };
             // Waits until `next`; the sender going away ends the loop.
             while let Err(RecvTimeoutError::Timeout) =
                 stopped.recv_timeout(next.saturating_duration_since(Instant::now()))
             {
-                sessions.run_indices(&mut hosts, &alive, jobs, |conn, r| {
-                    let mut s = script_prelude(root_of(r)?).map_err(|e| e.to_string())?;
-                    s.push_str(
-                        &acquire_script(release_of(r)?, lease, true).map_err(|e| e.to_string())?,
-                    );
-                    conn.run_ok(&s, "renew the deploy lock")
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                });
-                next = Instant::now() + lease / 3;
+                renew_on(sessions, &mut hosts, &alive);
+                next = Instant::now() + every;
             }
         });
         let out = during(records);

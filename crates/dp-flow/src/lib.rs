@@ -221,6 +221,7 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
         Some(MigrateStep::Sql(opts)) => {
             // SQL migrations use no host session, and may take longer than the lease.
             let (lease, jobs) = (plan.sync.lease, plan.sync.jobs);
+            let renew = (renew, dp_migrate::STEP);
             lock::keep_renewed(records, &mut sessions, lease, jobs, renew, |r| {
                 dp_migrate::run_sql(r, opts)
             });
