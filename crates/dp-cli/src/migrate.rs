@@ -165,7 +165,11 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                     }
                 });
             }
-            if phase == Phase::Pre {
+            // Anything to apply? (A read-only look; through --via it is not worth a second
+            // tunnel.) Without, there is nothing to keep the hosts' lease alive through.
+            let pending = opts.via.is_some()
+                || dp_migrate::dry_run(&opts).map_or(true, |p| p.iter().any(|l| l.would_apply));
+            if phase == Phase::Pre && pending && dp_migrate::all_ok(&records) {
                 // The hosts are locked until dp-restart: renew the lease first (a host
                 // that lost its lock stops the migration), then through a long migration.
                 let lease = args.lease.lease;
