@@ -165,21 +165,24 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                     }
                 });
             }
-            // Anything to apply? (A read-only look; through --via it is not worth a second
-            // tunnel.) Without, there is nothing to keep the hosts' lease alive through.
-            let pending = opts.via.is_some()
-                || dp_migrate::dry_run(&opts).map_or(true, |p| p.iter().any(|l| l.would_apply));
-            if phase == Phase::Pre && pending && dp_migrate::all_ok(&records) {
+            // Anything to apply? (A read-only look, taken only when it matters; through
+            // --via it is not worth a second tunnel.) Without, there is nothing to keep the
+            // hosts' lease alive through.
+            let pending = || {
+                opts.via.is_some()
+                    || dp_migrate::dry_run(&opts).map_or(true, |p| p.iter().any(|l| l.would_apply))
+            };
+            if phase == Phase::Pre && dp_migrate::all_ok(&records) && pending() {
                 // The hosts are locked until dp-restart: renew the lease first (a host
                 // that lost its lock stops the migration), then through a long migration.
                 let lease = args.lease.lease;
-                let renew = (dp_core::lock::Renew::Always, dp_migrate::STEP);
                 dp_core::lock::keep_renewed(
                     &mut records,
                     &mut Sessions::new(),
                     lease,
                     16,
-                    renew,
+                    dp_core::lock::Renew::Always,
+                    dp_migrate::STEP,
                     |r| dp_migrate::run_sql(r, &opts),
                 );
             } else {

@@ -208,10 +208,10 @@ pub fn keep_renewed<T>(
     sessions: &mut Sessions,
     lease: Duration,
     jobs: usize,
-    renew: (Renew, &str),
+    renew: Renew,
+    step: &str,
     during: impl FnOnce(&mut [Record]) -> T,
 ) -> T {
-    let (renew, step) = renew;
     let every = (lease / 3).max(Duration::from_millis(100));
     // Hosts still in the deploy that hold a release's lock (records that only carry a
     // migration, without a release, have none to renew).

@@ -220,11 +220,15 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
     match &plan.migrate {
         Some(MigrateStep::Sql(opts)) => {
             // SQL migrations use no host session, and may take longer than the lease.
-            let (lease, jobs) = (plan.sync.lease, plan.sync.jobs);
-            let renew = (renew, dp_migrate::STEP);
-            lock::keep_renewed(records, &mut sessions, lease, jobs, renew, |r| {
-                dp_migrate::run_sql(r, opts)
-            });
+            lock::keep_renewed(
+                records,
+                &mut sessions,
+                plan.sync.lease,
+                plan.sync.jobs,
+                renew,
+                dp_migrate::STEP,
+                |r| dp_migrate::run_sql(r, opts),
+            );
             progress("migrate pre", records);
         }
         Some(MigrateStep::Exec(opts)) => {

@@ -463,7 +463,7 @@ fn authenticate(
         }
         tried.push("ssh-agent".to_string());
     }
-    let mut candidates: Vec<PathBuf> = match identity {
+    let candidates: Vec<PathBuf> = match identity {
         Some(path) => vec![path.clone()],
         None => ["id_ed25519", "id_ecdsa", "id_rsa"]
             .iter()
@@ -471,10 +471,15 @@ fn authenticate(
             .filter(|p| p.exists())
             .collect(),
     };
-    // Keys that need no passphrase first: no question when one of them is let in.
-    candidates.sort_by_key(|key| passphrase::is_encrypted(key));
-    for key in candidates {
-        let unlocked = if passphrase::is_encrypted(&key) {
+    // Keys that need no passphrase first: no question when one of them is let in. Each
+    // file is read once for this.
+    let mut candidates: Vec<(bool, PathBuf)> = candidates
+        .into_iter()
+        .map(|key| (passphrase::is_encrypted(&key), key))
+        .collect();
+    candidates.sort_by_key(|(encrypted, _)| *encrypted);
+    for (encrypted, key) in candidates {
+        let unlocked = if encrypted {
             match passphrase::unlock(&key) {
                 Ok(u) => Some(u),
                 Err(why) => {
