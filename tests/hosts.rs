@@ -1,8 +1,8 @@
 //! dp-hosts: selection from deploy.toml and stdin, --check over real sshd hosts.
 
-use crate::util::{free_port, Dir, Fleet, TestCommand};
+use crate::util::{free_port, keygen_locked, Dir, Fleet, TestCommand};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn hosts(dir: &Dir) -> TestCommand {
     TestCommand::new("dp-hosts").current_dir(dir.path())
@@ -367,11 +367,7 @@ fn wrong_key_fails_authentication_clearly() {
     let dir = Dir::new("hosts-auth");
     let stranger = dir.path().join("stranger");
     crate::util::keygen(&stranger, "ed25519");
-    let toml = fleet.deploy_toml(&[0], "/srv/app", "").replace(
-        &fleet.client_key.display().to_string(),
-        &stranger.display().to_string(),
-    );
-    dir.write("deploy.toml", toml);
+    dir.write("deploy.toml", with_identity(fleet, &[0], &stranger));
     let out = hosts(&dir).args(["--check"]).run();
     out.code(1);
     let e = out.records()[0].error.clone().unwrap();
@@ -384,32 +380,29 @@ fn wrong_key_fails_authentication_clearly() {
     assert!(e.message.contains("stranger"), "{}", e.message);
 }
 
+/// `fleet`'s deploy.toml for the hosts `which`, naming the key file `key`.
+fn with_identity(fleet: &Fleet, which: &[usize], key: &Path) -> String {
+    fleet.deploy_toml(which, "/srv/app", "").replace(
+        &fleet.client_key.display().to_string(),
+        &key.display().to_string(),
+    )
+}
+
+/// `n` hosts that also let in a key locked with the passphrase "open sesame", and a new
+/// directory whose deploy.toml names that key for all of them.
+fn locked_key_fleet(n: usize, name: &str) -> (Fleet, Dir, PathBuf) {
+    let fleet = Fleet::start(n);
+    let dir = Dir::new(name);
+    let locked = dir.path().join("locked key");
+    fleet.authorize(&keygen_locked(&locked, "ed25519", "open sesame"));
+    let all: Vec<usize> = (0..n).collect();
+    dir.write("deploy.toml", with_identity(&fleet, &all, &locked));
+    (fleet, dir, locked)
+}
+
 #[test]
 fn an_encrypted_key_is_opened_with_one_askpass_answer_for_all_hosts() {
-    let fleet = Fleet::start(2);
-    let dir = Dir::new("hosts-passphrase");
-    let locked = dir.path().join("locked key");
-    crate::util::sh(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "open sesame",
-            "-C",
-            "dp-test",
-            "-f",
-            locked.to_str().unwrap(),
-        ],
-    );
-    let public = std::fs::read_to_string(locked.with_extension("pub")).unwrap();
-    for i in 1..=2 {
-        let keys = fleet.dir().join(format!("h{i}/authorized_keys"));
-        let mut all = std::fs::read_to_string(&keys).unwrap();
-        all.push_str(&format!("\n{public}"));
-        std::fs::write(&keys, all).unwrap();
-    }
+    let (fleet, dir, locked) = locked_key_fleet(2, "hosts-passphrase");
     let asked = dir.path().join("asked");
     let askpass = dir.write(
         "askpass",
@@ -423,11 +416,6 @@ fn an_encrypted_key_is_opened_with_one_askpass_answer_for_all_hosts() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let toml = fleet.deploy_toml(&[0, 1], "/srv/app", "").replace(
-        &fleet.client_key.display().to_string(),
-        &locked.display().to_string(),
-    );
-    dir.write("deploy.toml", toml);
     let check = |pass: &str| {
         hosts(&dir)
             .args(["--check"])
@@ -504,30 +492,7 @@ fn an_encrypted_key_is_opened_with_one_askpass_answer_for_all_hosts() {
 /// afterwards, also when the prompt is interrupted with Ctrl-C.
 #[test]
 fn a_passphrase_is_asked_on_the_terminal_with_echo_off() {
-    let fleet = Fleet::start(1);
-    let dir = Dir::new("hosts-tty");
-    let locked = dir.path().join("locked");
-    crate::util::sh(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "open sesame",
-            "-f",
-            locked.to_str().unwrap(),
-        ],
-    );
-    let keys = fleet.dir().join("h1/authorized_keys");
-    let public = std::fs::read_to_string(locked.with_extension("pub")).unwrap();
-    let all = std::fs::read_to_string(&keys).unwrap() + "\n" + &public;
-    std::fs::write(&keys, all).unwrap();
-    let toml = fleet.deploy_toml(&[0], "/srv/app", "").replace(
-        &fleet.client_key.display().to_string(),
-        &locked.display().to_string(),
-    );
-    dir.write("deploy.toml", toml);
+    let (_fleet, dir, locked) = locked_key_fleet(1, "hosts-tty");
     let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pty_prompt.py");
     let on_terminal = |mode: &str| {
         let out = std::process::Command::new("python3")

@@ -285,12 +285,17 @@ fn run_dir(prefix: &str) -> PathBuf {
 /// Generates a key pair without a passphrase at `path` (`ed25519` or `rsa`) and returns
 /// its public key as `type base64`.
 pub fn keygen(path: &Path, kind: &str) -> String {
+    keygen_locked(path, kind, "")
+}
+
+/// [`keygen`], with the private key encrypted under `passphrase` (none when empty).
+pub fn keygen_locked(path: &Path, kind: &str, passphrase: &str) -> String {
     let mut args = vec![
         "-q",
         "-t",
         kind,
         "-N",
-        "",
+        passphrase,
         "-C",
         "dp-test",
         "-f",
@@ -565,6 +570,15 @@ impl Fleet {
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         p
+    }
+
+    /// Lets the key `public` (`type base64`) in on every host, besides the client key.
+    pub fn authorize(&self, public: &str) {
+        for h in &self.hosts {
+            let keys = h.dir.join("authorized_keys");
+            let all = std::fs::read_to_string(&keys).unwrap() + "\n" + public + "\n";
+            std::fs::write(&keys, all).unwrap();
+        }
     }
 
     /// The fleet's scratch directory.
