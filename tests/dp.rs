@@ -38,14 +38,44 @@ hosts = [
 }
 
 fn dp(dir: &Dir, args: &[&str]) -> Outcome {
+    dp_on(dir, &sqlite_url(dir)).args(args).run()
+}
+
+fn sqlite_url(dir: &Dir) -> String {
+    format!("sqlite://{}", dir.path().join("db.sqlite3").display())
+}
+
+/// dp in `dir`, with the database at `url` and a cache of its own.
+fn dp_on(dir: &Dir, url: &str) -> TestCommand {
     TestCommand::new("dp")
         .current_dir(dir.path())
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("db.sqlite3").display()),
-        )
+        .env("DATABASE_URL", url)
         .env("DP_CACHE_DIR", dir.path().join("cache"))
-        .args(args)
+}
+
+/// Runs a printed pipeline in `dir` with bash -o pipefail, the tools first on PATH (the
+/// environment of [`dp_on`]).
+fn run_pipeline(dir: &Dir, url: &str, pipeline: &str) -> Outcome {
+    let tools = bin("dp").parent().unwrap().display().to_string();
+    dp_on(dir, url)
+        .program("bash")
+        .args(["-o", "pipefail", "-c", pipeline])
+        .current_dir(dir.path())
+        .env(
+            "PATH",
+            format!("{tools}:{}", std::env::var("PATH").unwrap_or_default()),
+        )
+        .run()
+}
+
+/// dp-hosts | dp-sync of `site` as `release`, in `dir`.
+fn upload(dir: &Dir, release: &str) -> Outcome {
+    let records = TestCommand::new("dp-hosts").current_dir(dir.path()).run();
+    records.code(0);
+    TestCommand::new("dp-sync")
+        .current_dir(dir.path())
+        .args(["--src", "site", "--release", release])
+        .stdin(records.stdout)
         .run()
 }
 
@@ -95,31 +125,9 @@ fn deploy_and_the_printed_pipeline_give_the_same_result() {
             && pipeline.contains("--phase post"),
         "{pipeline}"
     );
-    let tools = bin("dp").parent().unwrap().to_path_buf();
-    let path = format!(
-        "{}:{}",
-        tools.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = std::process::Command::new("bash")
-        .args(["-o", "pipefail", "-c", &pipeline])
-        .current_dir(b.path())
-        .env("PATH", path)
-        .env("HOME", b.path())
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", b.path().join("db.sqlite3").display()),
-        )
-        .env("DP_CACHE_DIR", b.path().join("cache"))
-        .env_remove("PIP_FIND_LINKS")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let piped = String::from_utf8_lossy(&out.stdout).to_string();
+    let out = run_pipeline(&b, &sqlite_url(&b), &pipeline);
+    out.code(0);
+    let piped = out.stdout;
 
     let left: Vec<Value> = one
         .stdout
@@ -381,26 +389,14 @@ fn a_migration_longer_than_the_lease_keeps_the_hosts_locked() {
         let deploy = ["deploy", "--release", "ra", "--lease", "2s"];
         let (a, b) = std::thread::scope(|s| {
             let a = s.spawn(|| {
-                let cmd = TestCommand::new("dp")
-                    .current_dir(dir.path())
-                    .env("DATABASE_URL", &url)
-                    .env("DP_CACHE_DIR", dir.path().join("cache"));
                 if form == "one line" {
-                    return cmd.args(deploy).run();
+                    return dp_on(&dir, &url).args(deploy).run();
                 }
-                let pipeline = cmd.args(deploy).args(["--print-pipeline"]).run().stdout;
-                let tools = bin("dp").parent().unwrap().display().to_string();
-                TestCommand::new("dp")
-                    .program("bash")
-                    .args(["-o", "pipefail", "-c", &pipeline])
-                    .current_dir(dir.path())
-                    .env(
-                        "PATH",
-                        format!("{tools}:{}", std::env::var("PATH").unwrap()),
-                    )
-                    .env("DATABASE_URL", &url)
-                    .env("DP_CACHE_DIR", dir.path().join("cache"))
-                    .run()
+                let printed = dp_on(&dir, &url)
+                    .args(deploy)
+                    .args(["--print-pipeline"])
+                    .run();
+                run_pipeline(&dir, &url, &printed.stdout)
             });
             // Once the slow migration runs, and a 2 s lease (kept in whole seconds) would
             // surely have run out without renewal: a second release's upload tries to take
@@ -416,12 +412,7 @@ fn a_migration_longer_than_the_lease_keeps_the_hosts_locked() {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             std::thread::sleep(std::time::Duration::from_millis(4000));
-            let records = TestCommand::new("dp-hosts").current_dir(dir.path()).run();
-            let b = TestCommand::new("dp-sync")
-                .current_dir(dir.path())
-                .args(["--src", "site", "--release", "rb"])
-                .stdin(records.stdout)
-                .run();
+            let b = upload(&dir, "rb");
             (a.join().unwrap(), b)
         });
         a.code(0);
@@ -446,19 +437,11 @@ fn a_migration_longer_than_the_lease_keeps_the_hosts_locked() {
 fn dp_migrate_migrates_nothing_when_the_hosts_lock_was_lost() {
     let dir = Dir::new("dp-lost-lock");
     let roots = fixture(&dir);
-    let hosts = TestCommand::new("dp-hosts").current_dir(dir.path()).run();
-    let sync = |release: &str| {
-        TestCommand::new("dp-sync")
-            .current_dir(dir.path())
-            .args(["--src", "site", "--release", release])
-            .stdin(hosts.stdout.clone())
-            .run()
-    };
-    let ra = sync("ra");
+    let ra = upload(&dir, "ra");
     ra.code(0);
     // `dp unlock`, then another release takes the hosts.
     dp(&dir, &["unlock"]).code(0);
-    sync("rb").code(0);
+    upload(&dir, "rb").code(0);
     let db = dir.path().join("db.sqlite3");
     let out = TestCommand::new("dp-migrate")
         .current_dir(dir.path())
@@ -523,14 +506,7 @@ fn end_to_end_over_sshd_and_postgresql() {
             fleet.user
         ),
     );
-    let run = |args: &[&str]| {
-        TestCommand::new("dp")
-            .current_dir(dir.path())
-            .env("DATABASE_URL", &url)
-            .env("DP_CACHE_DIR", dir.path().join("cache"))
-            .args(args)
-            .run()
-    };
+    let run = |args: &[&str]| dp_on(&dir, &url).args(args).run();
     let no_secret =
         |o: &Outcome| assert!(!o.stdout.contains(&pg.password) && !o.stderr.contains(&pg.password));
 
