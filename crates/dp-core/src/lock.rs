@@ -23,6 +23,10 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(15 * 60);
 /// Exit status of the lock script when another release holds the lock.
 pub const HELD_STATUS: i32 = 75;
 
+/// Exit status of the lock script when the lock cannot be written (a full disk, a
+/// read-only root); stderr has the cause.
+pub const WRITE_FAILED_STATUS: i32 = 74;
+
 /// What the lock file says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockInfo {
@@ -114,18 +118,44 @@ pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<Str
   fi
   dp_now=$(date +%s)
   dp_info={prefix}"$dp_now",'"expires":'"$((dp_now + {lease}))"'}}'
-  dp_create() {{ ( set -C; printf '%s\n' "$dp_info" > "$lock" ) 2>/dev/null; }}
-  if [ -z "$dp_cur" ] && dp_create; then
+  # The lock is written whole to a file of this process, then linked or renamed into
+  # place: it is complete or absent, never empty or partial.
+  dp_write() {{
+    printf '%s\n' "$dp_info" > "$lock.$$" && return
+    rm -f "$lock.$$"
+    echo "cannot write the deploy lock in $root/.dp (see above)" >&2
+    exit {write_failed}
+  }}
+  dp_create() {{
+    dp_write
+    if ln "$lock.$$" "$lock" 2>/dev/null; then rm -f "$lock.$$"; return 0; fi
+    rm -f "$lock.$$"
+    return 1
+  }}
+  if ! [ -e "$lock" ] && dp_create; then
     echo "lock taken"
   elif dp_lock_is "$dp_rel"; then
-    printf '%s\n' "$dp_info" > "$lock.$$" && mv -f "$lock.$$" "$lock"
+    dp_write
+    mv -f "$lock.$$" "$lock"
     echo "lock renewed"
-  elif [ -z "$dp_cur" ] && dp_create; then
+  elif ! [ -e "$lock" ] && dp_create; then
     echo "lock taken"
   else
-    dp_cur_exp=${{dp_cur##*\"expires\":}}
-    dp_cur_exp=${{dp_cur_exp%%[!0-9]*}}
-    if [ -n "$dp_cur_exp" ] && [ "$dp_cur_exp" -lt "$dp_now" ] && mv "$lock" "$lock.stale.$$" 2>/dev/null; then
+    dp_lock_is "$dp_rel" || true
+    case $dp_cur in
+      *\"expires\":[0-9]*)
+        dp_cur_exp=${{dp_cur##*\"expires\":}}
+        dp_cur_exp=${{dp_cur_exp%%[!0-9]*}}
+        ;;
+      *)
+        # Unreadable (left by a crash or an older version): it counts as expired a lease
+        # after it was written.
+        dp_written=$(date -r "$lock" +%s 2>/dev/null) || dp_written=$dp_now
+        dp_cur_exp=$((dp_written + {lease}))
+        printf 'dp-lock-corrupt %s %s %s\n' "$(wc -c < "$lock" 2>/dev/null || echo 0)" "$((dp_now - dp_written))" "$((dp_cur_exp - dp_now))" >&2
+        ;;
+    esac
+    if [ "$dp_cur_exp" -lt "$dp_now" ] && mv "$lock" "$lock.stale.$$" 2>/dev/null; then
       dp_stale=
       IFS= read -r dp_stale 2>/dev/null < "$lock.stale.$$" || true
       if [ "$dp_stale" = "$dp_cur" ] && dp_create; then
@@ -150,6 +180,7 @@ dp_lock {mode}
         lease = lease.as_secs(),
         release = quote_str(release)?,
         held = HELD_STATUS,
+        write_failed = WRITE_FAILED_STATUS,
         mode = if renew { "renew" } else { "hold" },
     ))
 }
@@ -172,8 +203,20 @@ pub fn held(status: &crate::transport::ExecStatus) -> Option<String> {
         .then(|| held_message(&String::from_utf8_lossy(&status.stderr)))
 }
 
-/// The message for a lock held by someone else, from the lock line the script printed.
+/// The message for a lock held by someone else, from the lock line the script printed
+/// (or its report of a lock it could not read).
 pub fn held_message(stderr: &str) -> String {
+    let corrupt = stderr.lines().find_map(|l| {
+        let mut f = l.strip_prefix("dp-lock-corrupt ")?.split(' ');
+        let mut n = || f.next().and_then(|v| v.trim().parse::<i64>().ok());
+        Some((n()?, n()?, n()?))
+    });
+    if let Some((size, age, left)) = corrupt {
+        return format!(
+            "deploy lock is corrupt ({size} bytes, written {age} s ago): it counts as expired \
+             a lease after it was written, in {left} s; or remove it with `dp unlock`"
+        );
+    }
     let line = stderr
         .lines()
         .rev()
