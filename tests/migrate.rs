@@ -366,10 +366,10 @@ fn a_failed_host_upstream_means_nothing_is_migrated() {
     out.code(1);
     let recs = out.records();
     assert_eq!(recs.len(), 2);
-    assert!(
-        recs[0].error.is_none() && recs[0].steps.is_empty(),
-        "passed through untouched"
-    );
+    let held = recs[0].error.clone().unwrap();
+    assert_eq!(held.kind, dp_core::ErrorKind::NotSwitched);
+    assert_eq!(held.message, "not switched: web2 failed in sync: disk full");
+    assert!(recs[0].steps.is_empty());
     assert_eq!(recs[1].error.clone().unwrap().message, "disk full");
     assert!(!db.exists(), "the database was not touched");
 }

@@ -4,6 +4,7 @@ mod util;
 
 mod deps;
 mod dp;
+mod faults;
 mod hosts;
 mod man;
 mod migrate;

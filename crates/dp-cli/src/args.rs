@@ -52,3 +52,23 @@ fn parse_lease(text: &str) -> Result<Duration, String> {
     }
     Ok(lease)
 }
+
+/// `--allow-unreachable`: how many hosts that cannot be connected to at all may be left
+/// out of a deploy (every other failure before the switch stops the whole deploy).
+#[derive(Debug, Clone, Args)]
+pub struct AllowUnreachableArg {
+    /// Hosts that could not be connected to at all that may be left out (not deployed)
+    /// while the others go live; any other failure before the switch switches no host
+    /// (default: `allow_unreachable` in the config, else 0).
+    #[arg(long, value_name = "N")]
+    pub allow_unreachable: Option<usize>,
+}
+
+impl AllowUnreachableArg {
+    /// The flag, else the config's `allow_unreachable`, else 0.
+    pub fn get(&self, config: Option<&dp_core::config::Config>) -> usize {
+        self.allow_unreachable
+            .or(config.and_then(|c| c.allow_unreachable))
+            .unwrap_or(0)
+    }
+}

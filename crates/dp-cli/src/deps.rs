@@ -48,6 +48,10 @@ pub struct Args {
     /// How long to wait for another deploy building the same environment.
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = dp_core::config::parse_duration)]
     pub wait: std::time::Duration,
+    /// How long building an environment may take before it is stopped, with what the
+    /// installer started (default: `timeout` in [deps], else 30m).
+    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
     /// The deploy lock lease.
     #[command(flatten)]
     pub lease: crate::args::LeaseArg,
@@ -92,6 +96,10 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             .unwrap_or_else(|| "python3".into()),
         jobs: args.jobs.get(),
         wait: args.wait,
+        timeout: args
+            .timeout
+            .or(deps.timeout)
+            .unwrap_or(dp_deps::DEFAULT_TIMEOUT),
         lease: args.lease.lease,
         renew: dp_core::lock::Renew::Always,
     };

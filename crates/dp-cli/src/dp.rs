@@ -62,6 +62,8 @@ pub enum Command {
         release: Option<String>,
         #[command(flatten)]
         lease: crate::args::LeaseArg,
+        #[command(flatten)]
+        allow_unreachable: crate::args::AllowUnreachableArg,
     },
     /// Prepare hosts for their first deploy: directories, prerequisites, host keys.
     Setup {
@@ -119,6 +121,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         release: None,
         jobs: Some(jobs),
         lease: None,
+        allow_unreachable: None,
     };
     let say = |msg: &str| {
         if !args.quiet {
@@ -130,10 +133,12 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             print_pipeline,
             release,
             lease,
+            allow_unreachable,
         } => {
             let overrides = dp_flow::Overrides {
                 release: release.clone(),
                 lease: Some(lease.lease),
+                allow_unreachable: allow_unreachable.allow_unreachable,
                 ..overrides
             };
             let plan = dp_flow::plan(&config, &args.config, &overrides)?;
@@ -142,6 +147,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 return Ok(Exit::Ok);
             }
             let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
+            plan.restart.check(&records).map_err(anyhow::Error::msg)?;
             let started = Instant::now();
             let verbosity = match (args.quiet, args.verbose) {
                 (true, _) => Verbosity::Quiet,
@@ -203,6 +209,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 rollback: true,
                 ..plan.restart
             };
+            opts.check(&records).map_err(anyhow::Error::msg)?;
             dp_restart::run(&mut records, &mut dp_core::parallel::Sessions::new(), &opts);
             finish(records, dp_restart::STEP)
         }

@@ -12,8 +12,10 @@ use std::path::PathBuf;
 
 /// Apply pending database migrations once per deploy, under a lock, at the right moment.
 ///
-/// A barrier: all records are read first; if any host has failed, nothing is migrated
-/// and every record passes through (exit 1). SQL files `<version>_<name>.sql` are tracked
+/// A barrier: all records are read first; if any host has failed, nothing is migrated,
+/// every other record is marked not switched, naming the host and step that stopped the
+/// deploy (so dp-restart switches no host), and the exit status is 1. --allow-unreachable
+/// N lets up to N hosts that could not be connected to at all be left out instead. SQL files `<version>_<name>.sql` are tracked
 /// in sqlx's `_sqlx_migrations` table (version, description, checksum, execution time).
 /// Before anything is applied, a read-only preflight checks that applied files are
 /// unchanged and present, that no row is dirty, and that nothing pending is older than
@@ -64,9 +66,16 @@ pub struct Args {
     /// Framework mode: run this command once in the new release instead of SQL files.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
+    /// How long the --exec command may run before it is stopped, with what it started
+    /// (default: `exec_timeout` in [migrate], else 30m).
+    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
+    pub exec_timeout: Option<std::time::Duration>,
     /// The deploy lock lease.
     #[command(flatten)]
     pub lease: crate::args::LeaseArg,
+    /// Unreachable hosts that may be left out.
+    #[command(flatten)]
+    pub allow_unreachable: crate::args::AllowUnreachableArg,
 }
 
 /// Subcommands.
@@ -112,6 +121,9 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         Phase::Pre
     };
     let exec_cmd = args.exec.clone().or(section.exec.clone());
+    if exec_cmd.is_none() && (args.dir.is_some() || section.dir.is_some()) && !dir.is_dir() {
+        anyhow::bail!("migrations directory {} is not a directory", dir.display());
+    }
     // Dry runs read no records unless a tunnel host must come from them.
     let via_name = args.via.clone().or(section.via.clone());
     let mut records = if std::io::stdin().is_terminal() || (args.dry_run && via_name.is_none()) {
@@ -143,12 +155,26 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 command,
                 lease: args.lease.lease,
                 renew: dp_core::lock::Renew::Always,
+                allow_unreachable: args.allow_unreachable.get(config.as_ref()),
+                timeout: args
+                    .exec_timeout
+                    .or(section.exec_timeout)
+                    .unwrap_or(dp_migrate::DEFAULT_EXEC_TIMEOUT),
             };
             dp_migrate::run_exec(&mut records, &mut Sessions::new(), &opts);
         }
         None => {
             let mut opts = sql_options(url()?, dir, phase, &args, &section);
             opts.via = via;
+            opts.allow_unreachable = args.allow_unreachable.get(config.as_ref());
+            if records.is_empty() && stdin_is_pipe() {
+                // The tool before this one printed no host: it failed, or selected none.
+                // Either way there is no deploy to migrate for.
+                eprintln!(
+                    "dp-migrate: no host records on stdin (did the tool before it fail?): nothing migrated"
+                );
+                return Ok(Exit::HostFailed);
+            }
             if records.is_empty() {
                 // Standalone use: no record to carry the result, so stderr does.
                 return Ok(match dp_migrate::migrate(&opts) {
@@ -172,7 +198,10 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 opts.via.is_some()
                     || dp_migrate::dry_run(&opts).map_or(true, |p| p.iter().any(|l| l.would_apply))
             };
-            if phase == Phase::Pre && dp_migrate::all_ok(&records) && pending() {
+            if phase == Phase::Pre
+                && dp_migrate::may_migrate(&records, phase, opts.allow_unreachable)
+                && pending()
+            {
                 // The hosts are locked until dp-restart: renew the lease first (a host
                 // that lost its lock stops the migration), then through a long migration.
                 let lease = args.lease.lease;
@@ -207,6 +236,20 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
     Ok(Exit::for_records(&records))
 }
 
+/// True when stdin is a pipe or socket (dp-migrate inside a pipeline), not a terminal,
+/// a file or /dev/null (dp-migrate on its own).
+fn stdin_is_pipe() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd)
+        .metadata()
+        .map(|m| m.file_type().is_fifo() || m.file_type().is_socket())
+        .unwrap_or(false)
+}
+
 fn sql_options(
     database_url: String,
     dir: PathBuf,
@@ -224,6 +267,7 @@ fn sql_options(
             .or(section.lock_timeout)
             .unwrap_or(std::time::Duration::from_secs(60)),
         via: None,
+        allow_unreachable: 0,
     }
 }
 

@@ -9,7 +9,10 @@ use dp_restart::{Batch, Health, RestartOptions};
 /// Switch each host to its record's release in rolling batches, restart and health-check
 /// it, switch it back on failure; then clean up, write history and release the lock.
 ///
-/// A barrier: all records are read first. Per batch, in parallel: `current` is switched
+/// A barrier: all records are read first. If any record carries an error (a host that
+/// failed before the switch), no host is switched: every other record says which host and
+/// step stopped it, and the locks are released (--allow-unreachable N lets up to N hosts
+/// that could not be connected to at all be left out instead). Per batch, in parallel: `current` is switched
 /// atomically (a new symlink renamed over it), the restart command runs in the new
 /// release, and the health check (an HTTP GET from here, or a command on the host) is
 /// polled until it passes or --health-timeout. A host that fails is switched back to its
@@ -45,6 +48,10 @@ pub struct Args {
     /// How long a host may take to become healthy.
     #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
     pub health_timeout: Option<std::time::Duration>,
+    /// How long the restart command may run on a host before it is stopped, with what it
+    /// started that did not detach (default: `timeout` in [restart], else 5m).
+    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
     /// Host failures to let pass before the rollout stops.
     #[arg(long, default_value_t = 0)]
     pub max_fail: usize,
@@ -60,6 +67,9 @@ pub struct Args {
     /// The deploy lock lease.
     #[command(flatten)]
     pub lease: crate::args::LeaseArg,
+    /// Unreachable hosts that may be left out.
+    #[command(flatten)]
+    pub allow_unreachable: crate::args::AllowUnreachableArg,
 }
 
 /// Runs `dp-restart`.
@@ -99,6 +109,10 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             .health_timeout
             .or(section.health_timeout)
             .unwrap_or(std::time::Duration::from_secs(30)),
+        timeout: args
+            .timeout
+            .or(section.timeout)
+            .unwrap_or(dp_restart::DEFAULT_TIMEOUT),
         max_fail: args.max_fail,
         keep: args
             .keep
@@ -108,8 +122,10 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         rollback: args.rollback,
         lease: args.lease.lease,
         renew: dp_core::lock::Renew::Always,
+        allow_unreachable: args.allow_unreachable.get(config.as_ref()),
     };
     let mut records = read_input("-")?;
+    opts.check(&records).map_err(anyhow::Error::msg)?;
     dp_restart::run(&mut records, &mut Sessions::new(), &opts);
     crate::report_failures("dp-restart", dp_restart::STEP, &records);
     write_output(&records)?;

@@ -11,6 +11,9 @@
 //! known_hosts = "~/.ssh/known_hosts"
 //! identity = "~/.ssh/id_ed25519"
 //! connect_timeout = "10s"
+//! server_alive_interval = "15s" # a host silent this long is asked to answer ...
+//! server_alive_count_max = 3    # ... and fails after this many unanswered asks
+//! allow_unreachable = 0         # hosts that cannot be reached at all a deploy may leave out
 //!
 //! [stages.prod]
 //! user = "deploy"
@@ -97,6 +100,17 @@ pub struct Config {
     /// How long to wait for a TCP connection and the SSH handshake.
     #[serde(default, deserialize_with = "duration::option")]
     pub connect_timeout: Option<Duration>,
+    /// Silence from a host before a keepalive asks it to answer (OpenSSH's
+    /// ServerAliveInterval; whole seconds; default 15s, 0s turns the check off).
+    #[serde(default, deserialize_with = "duration::option")]
+    pub server_alive_interval: Option<Duration>,
+    /// Keepalives left unanswered before a host counts as not answering (default 3).
+    #[serde(default)]
+    pub server_alive_count_max: Option<u32>,
+    /// Hosts that could not be connected to at all that a deploy may leave out (default
+    /// 0: every host or none).
+    #[serde(default)]
+    pub allow_unreachable: Option<usize>,
     /// How dependencies are installed (`[deps]`).
     #[serde(default)]
     pub deps: Option<DepsConfig>,
@@ -142,6 +156,9 @@ pub struct DepsConfig {
     /// For `kind = "command"`: where the environment is linked inside the release.
     #[serde(default)]
     pub link: Option<String>,
+    /// How long building an environment may take before it is stopped, such as `30m`.
+    #[serde(default, deserialize_with = "duration::option")]
+    pub timeout: Option<Duration>,
 }
 
 /// `[migrate]`: where migrations are and how they run. The database URL is never here:
@@ -161,6 +178,9 @@ pub struct MigrateConfig {
     /// How long to wait for another run's lock, such as `60s`.
     #[serde(default, deserialize_with = "duration::option")]
     pub lock_timeout: Option<Duration>,
+    /// How long the `exec` command may run before it is stopped, such as `30m`.
+    #[serde(default, deserialize_with = "duration::option")]
+    pub exec_timeout: Option<Duration>,
 }
 
 /// `[restart]`: the rolling switch.
@@ -182,6 +202,9 @@ pub struct RestartConfig {
     /// How long a host may take to become healthy, such as `30s`.
     #[serde(default, deserialize_with = "duration::option")]
     pub health_timeout: Option<Duration>,
+    /// How long the restart command may run before it is stopped, such as `5m`.
+    #[serde(default, deserialize_with = "duration::option")]
+    pub timeout: Option<Duration>,
 }
 
 /// A stage: defaults for its hosts, and the hosts.
@@ -310,6 +333,12 @@ impl Config {
                         ),
                     ));
                 }
+                config.record_for(stage.get_ref(), h).check().map_err(|e| {
+                    at(
+                        Some(host.span()),
+                        format!("host {:?}: {e}", host_name.get_ref()),
+                    )
+                })?;
             }
         }
         Ok(config)
@@ -396,6 +425,8 @@ impl Config {
                 known_hosts: self.known_hosts.as_deref().map(|p| self.local_path(p)),
                 host_key_policy: self.host_key_policy,
                 connect_timeout_ms: self.connect_timeout.map(|d| d.as_millis() as u64),
+                server_alive_interval: self.server_alive_interval.map(|d| d.as_secs()),
+                server_alive_count_max: self.server_alive_count_max,
             };
         }
         if !h.vars.is_empty() {
@@ -530,6 +561,21 @@ hosts = [{ name = "web1", roles = ["web"] }, { name = "db", port = 22, user = "p
             .unwrap_err()
             .to_string();
         assert!(e.contains("no `root`"), "{e}");
+        let e = parse("root = \"/\"\n[stages.p]\nhosts = [{ name = \"a\" }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("deploy.toml:3:") && e.contains("root \"/\""),
+            "{e}"
+        );
+        let e = parse("root = \"srv\"\n[stages.p]\nhosts = [{ name = \"a\" }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not absolute"), "{e}");
+        let e = parse("root = \"/srv\"\n[stages.p]\nhosts = [{ name = \"a\", port = 0 }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1..65535"), "{e}");
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub fn read_records(input: impl BufRead, source_name: &str) -> Result<Vec<Record
         }
         let record: Record = serde_json::from_value(value)
             .map_err(|e| line_error(number, format!("invalid record: {e}")))?;
+        record
+            .check()
+            .map_err(|e| line_error(number, format!("host {:?}: {e}", record.host)))?;
         if let Some(first) = seen.insert(record.host.clone(), number) {
             return Err(line_error(
                 number,
@@ -137,5 +140,11 @@ mod tests {
             "stdin:2: duplicate host \"a\" (first on line 1)"
         );
         assert!(err("{\"host\":\"a\",\"port\":\"x\"}").starts_with("stdin:1: invalid record"));
+        assert!(
+            err("{\"host\":\"a\",\"root\":\"/\"}").starts_with("stdin:1: host \"a\": root \"/\"")
+        );
+        assert!(err("{\"host\":\"a\",\"root\":\"-rf\"}").contains("not absolute"));
+        assert!(err("{\"host\":\"a\",\"port\":0}").contains("1..65535"));
+        assert!(err("{\"host\":\"a\\nb\"}").contains("control characters"));
     }
 }

@@ -47,9 +47,20 @@ pub fn script_prelude(root: &str) -> Result<String, QuoteError> {
 /// - `dp_rm PATH...`: removes the paths unless none exists (dangling links count).
 /// - `dp_lock_is RELEASE`: true if the deploy lock names RELEASE; leaves the lock's line
 ///   in `$dp_cur` (empty without a lock).
+/// - `dp_deadline SECONDS WHAT COMMAND...`: runs COMMAND; past SECONDS it is stopped (TERM,
+///   then KILL 5 s later) with everything it started that did not detach into a session
+///   or process group of its own (GNU timeout signals its whole process group), and WHAT
+///   is named on stderr. Its status is COMMAND's (124 or 137 when stopped).
 const SHELL_HELPERS: &str = r#"dp_mkdir() { for d; do [ -d "$d" ] || { mkdir -p -- "$@"; return; }; done; }
 dp_rm() { for p; do if [ -e "$p" ] || [ -L "$p" ]; then rm -rf -- "$@"; return; fi; done; }
 dp_lock_is() { dp_cur=; IFS= read -r dp_cur 2>/dev/null < "$root/.dp/lock" || true; case $dp_cur in *\"release\":\"$1\",*) return 0 ;; esac; return 1; }
+dp_deadline() {
+  dp_secs=$1 dp_what=$2; shift 2
+  command -v timeout >/dev/null 2>&1 || { echo "timeout (GNU coreutils) is not installed on this host: $dp_what cannot be bounded" >&2; return 127; }
+  dp_rc=0; timeout -k 5 "$dp_secs" "$@" || dp_rc=$?
+  case $dp_rc in 124|137) echo "$dp_what did not finish within ${dp_secs}s: stopped, with what it started" >&2 ;; esac
+  return "$dp_rc"
+}
 "#;
 
 /// The record's root, or an error message naming what is missing.

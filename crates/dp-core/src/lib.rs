@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod exit;
+pub mod gate;
 pub mod jsonl;
 pub mod layout;
 pub mod lock;
@@ -23,4 +24,4 @@ pub mod transport;
 
 pub use exit::Exit;
 pub use quote::{quote, quote_str};
-pub use record::{HostError, Record, TransportKind};
+pub use record::{ErrorKind, HostError, Record, TransportKind};

@@ -2,7 +2,7 @@
 //! kept for every later step of the same process, on a bounded pool of threads.
 
 use crate::transport::Connection;
-use crate::Record;
+use crate::{ErrorKind, Record};
 use rayon::prelude::*;
 
 /// Open sessions, one slot per record (same order as the records).
@@ -18,7 +18,8 @@ impl Sessions {
     }
 
     /// Opens a session to every host that has not failed and has none yet (a host that
-    /// cannot be reached gets `error` set for `step`).
+    /// cannot be reached gets `error` set for `step`, of kind `unreachable` when no
+    /// session could be had at all).
     pub fn connect(&mut self, records: &mut [Record], jobs: usize, step: &str) {
         self.run(records, jobs, step, |_, _| Ok(()));
     }
@@ -109,7 +110,12 @@ impl Sessions {
                 match Connection::open(record) {
                     Ok(c) => *slot = Some(c),
                     Err(e) => {
-                        record.fail(step, e.to_string());
+                        let kind = if e.is_unreachable() {
+                            ErrorKind::Unreachable
+                        } else {
+                            ErrorKind::Failed
+                        };
+                        record.fail_as(step, kind, e.to_string());
                         return;
                     }
                 }

@@ -77,6 +77,14 @@ pub struct SshOptions {
     /// Connect timeout in milliseconds (default 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
+    /// Seconds of silence from the host before a keepalive asks it to answer
+    /// (OpenSSH's ServerAliveInterval; default 15, 0 turns the check off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_alive_interval: Option<u64>,
+    /// Keepalives left unanswered before the host counts as not answering
+    /// (OpenSSH's ServerAliveCountMax; default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_alive_count_max: Option<u32>,
 }
 
 impl SshOptions {
@@ -86,11 +94,50 @@ impl SshOptions {
     }
 }
 
+/// What kind of failure a host had: the tools that decide (dp-migrate, dp-restart) read
+/// this, never the message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The step failed on this host (the default).
+    #[default]
+    Failed,
+    /// The host could not be connected to at all (no TCP connection, no SSH handshake):
+    /// the only kind `--allow-unreachable` may leave out.
+    Unreachable,
+    /// Nothing failed here, but the deploy stopped before the switch because another host
+    /// failed: `current` was not changed.
+    NotSwitched,
+    /// The rollout stopped before this host's batch: `current` was not changed.
+    Skipped,
+    /// The restart or health check failed and the host was switched back.
+    SwitchedBack,
+    /// The deploy was interrupted (SIGINT, SIGTERM) before this host went live.
+    Interrupted,
+}
+
+impl ErrorKind {
+    /// The name used in records and history.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Failed => "failed",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::NotSwitched => "not-switched",
+            ErrorKind::Skipped => "skipped",
+            ErrorKind::SwitchedBack => "switched-back",
+            ErrorKind::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// Why a host failed, and in which step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostError {
     /// The step that failed (`hosts`, `sync`, `deps`, `migrate`, `restart`, ...).
     pub step: String,
+    /// What kind of failure (`failed` when absent).
+    #[serde(default)]
+    pub kind: ErrorKind,
     /// The cause, in words.
     pub message: String,
 }
@@ -167,12 +214,23 @@ impl Record {
 
     /// Marks this host failed in `step`. An earlier error is kept: the first cause wins.
     pub fn fail(&mut self, step: &str, message: impl Into<String>) {
+        self.fail_as(step, ErrorKind::Failed, message);
+    }
+
+    /// [`Record::fail`] with a kind other than [`ErrorKind::Failed`].
+    pub fn fail_as(&mut self, step: &str, kind: ErrorKind, message: impl Into<String>) {
         if self.error.is_none() {
             self.error = Some(HostError {
                 step: step.to_string(),
+                kind,
                 message: message.into(),
             });
         }
+    }
+
+    /// The kind of this host's failure, if it failed.
+    pub fn error_kind(&self) -> Option<ErrorKind> {
+        self.error.as_ref().map(|e| e.kind)
     }
 
     /// Stores what `step` did.
@@ -190,6 +248,62 @@ impl Record {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
     }
+
+    /// Checks what must hold before any host is touched: names without control
+    /// characters, a port in 1..65535, and a deploy root that is absolute, normalized and
+    /// not `/`. The message names the field and the value.
+    pub fn check(&self) -> Result<(), String> {
+        check_text("host", &self.host)?;
+        for (field, value) in [("addr", &self.addr), ("user", &self.user)] {
+            if let Some(v) = value {
+                check_text(field, v)?;
+            }
+        }
+        for role in &self.roles {
+            check_text("role", role)?;
+        }
+        if self.port == Some(0) {
+            return Err("port 0: ports are 1..65535".into());
+        }
+        if let Some(root) = &self.root {
+            check_root(root)?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a name or value with control characters (a newline in a host name could fake
+/// lines of output) or that is empty.
+pub fn check_text(field: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("`{field}` is empty"));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("`{field}` {value:?} contains control characters"));
+    }
+    Ok(())
+}
+
+/// A deploy root must be an absolute, normalized path (no `.`, `..` or empty components;
+/// one trailing `/` is allowed) and not `/` itself: a relative root would resolve against
+/// the remote login directory, and everything under it is dp's to manage.
+pub fn check_root(root: &str) -> Result<(), String> {
+    check_text("root", root)?;
+    let bad = |why: &str| Err(format!("root {root:?} {why}"));
+    let Some(rest) = root.strip_prefix('/') else {
+        return bad("is not absolute (it must start with /)");
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return bad("is the file system's root: choose a directory of its own, such as /srv/app");
+    }
+    if rest
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return bad("is not normalized (no `.`, `..` or `//` in it)");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -203,6 +317,33 @@ mod tests {
         assert_eq!(r.extra.keys().collect::<Vec<_>>(), ["zeta", "alpha"]);
         let out = serde_json::to_string(&r).unwrap();
         assert!(out.ends_with(r#""zeta":1,"alpha":{"x":[1,2]}}"#), "{out}");
+    }
+
+    #[test]
+    fn checks_roots_names_and_ports() {
+        for good in ["/srv/app", "/srv/app/", "/a", "/srv/my app", "/-rf"] {
+            assert!(check_root(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "/",
+            "//",
+            "",
+            "-rf",
+            "srv/app",
+            "/srv/../etc",
+            "/srv/./a",
+            "/srv//a",
+            "/a\nb",
+        ] {
+            assert!(check_root(bad).is_err(), "{bad:?}");
+        }
+        let mut r = Record::new("web\nfake line");
+        assert!(r.check().unwrap_err().contains("control characters"));
+        r.host = "web".into();
+        r.port = Some(0);
+        assert!(r.check().unwrap_err().contains("1..65535"));
+        r.port = Some(22);
+        assert!(r.check().is_ok());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `~/.ssh/config` aliases: HostName, User, Port and IdentityFile fill what deploy.toml
-//! leaves unset (deploy.toml, when it says something, wins).
+//! `~/.ssh/config` aliases: HostName, User, Port, IdentityFile, ServerAliveInterval and
+//! ServerAliveCountMax fill what deploy.toml leaves unset (deploy.toml, when it says
+//! something, wins).
 
 use crate::record::{Record, TransportKind};
 use ssh2_config::{ParseRule, SshConfig};
@@ -51,6 +52,19 @@ impl SshAliases {
         }
         if record.user.is_none() {
             record.user = params.user;
+        }
+        if record.ssh.server_alive_interval.is_none() {
+            record.ssh.server_alive_interval = params.server_alive_interval.map(|d| d.as_secs());
+        }
+        if record.ssh.server_alive_count_max.is_none() {
+            // Not a field of ssh2-config's own: it keeps the line among those it skipped.
+            record.ssh.server_alive_count_max = params
+                .unsupported_fields
+                .iter()
+                .chain(params.ignored_fields.iter())
+                .find(|(k, _)| k.eq_ignore_ascii_case("ServerAliveCountMax"))
+                .and_then(|(_, v)| v.first())
+                .and_then(|v| v.parse().ok());
         }
         if record.ssh.identity.is_none() {
             record.ssh.identity = params

@@ -41,35 +41,93 @@ fn values(record: &Record, release: &str) -> Vec<(String, String)> {
     v
 }
 
-/// Renders `template` for `record`. Unknown placeholders are left as they are.
+/// A piece of a template: text as it is, or a placeholder's name.
+enum Piece<'a> {
+    Text(&'a str),
+    Name(&'a str),
+}
+
+/// Splits a template. A placeholder is `{name}` or `{vars.name}`, a name being letters,
+/// digits and `_` (not starting with a digit); anything else in braces is text, and so
+/// is `${name}`, which belongs to the shell, and `{}` (find -exec, awk).
+fn pieces(template: &str) -> Vec<Piece<'_>> {
+    let is_name = |n: &str| {
+        let n = n.strip_prefix("vars.").unwrap_or(n);
+        n.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let mut out = Vec::new();
+    let mut text_start = 0;
+    let mut i = 0;
+    let bytes = template.as_bytes();
+    while i < bytes.len() {
+        if bytes[i] == b'{' && (i == 0 || bytes[i - 1] != b'$') {
+            if let Some(len) = template[i + 1..].find('}') {
+                let name = &template[i + 1..i + 1 + len];
+                if is_name(name) {
+                    out.push(Piece::Text(&template[text_start..i]));
+                    out.push(Piece::Name(name));
+                    i += len + 2;
+                    text_start = i;
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
+    out.push(Piece::Text(&template[text_start..]));
+    out
+}
+
+/// Why a template cannot be rendered for a record.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// A placeholder that is neither built in nor one of the host's vars.
+    #[error("unknown placeholder {{{name}}} (known: {known})")]
+    Unknown {
+        /// The placeholder's name.
+        name: String,
+        /// The names that would work for this host.
+        known: String,
+    },
+    /// A value could not be quoted.
+    #[error(transparent)]
+    Quote(#[from] QuoteError),
+}
+
+/// Renders `template` for `record`, quoting or encoding every value; a placeholder that
+/// is not known for this host is an error.
 pub fn render(
     template: &str,
     record: &Record,
     release: &str,
     escape: Escape,
-) -> Result<String, QuoteError> {
+) -> Result<String, TemplateError> {
     let vals = values(record, release);
     let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find('{') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 1..];
-        match after.find('}').map(|end| (&after[..end], end)) {
-            Some((name, end)) if vals.iter().any(|(n, _)| n == name) => {
-                let value = &vals.iter().find(|(n, _)| n == name).expect("checked").1;
+    for piece in pieces(template) {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Name(name) => {
+                let Some((_, value)) = vals.iter().find(|(n, _)| n == name) else {
+                    return Err(TemplateError::Unknown {
+                        name: name.to_string(),
+                        known: vals
+                            .iter()
+                            .map(|(n, _)| format!("{{{n}}}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                };
                 match escape {
                     Escape::Shell => out.push_str(&quote_str(value)?),
                     Escape::Url => out.push_str(&percent_encode(value)),
                 }
-                rest = &after[end + 1..];
-            }
-            _ => {
-                out.push('{');
-                rest = after;
             }
         }
     }
-    out.push_str(rest);
     Ok(out)
 }
 
@@ -100,7 +158,7 @@ mod tests {
             serde_json::json!({"port": 8001, "evil": "$(rm -rf /); x"}),
         );
         let cmd = render(
-            "restart {host} {root} {port} {evil} {unknown}",
+            "restart {host} {root} {port} {evil} ${HOME} {} {print $1}",
             &r,
             "r1",
             Escape::Shell,
@@ -108,7 +166,14 @@ mod tests {
         .unwrap();
         assert_eq!(
             cmd,
-            "restart web1 '/srv/it'\\''s' 8001 '$(rm -rf /); x' {unknown}"
+            "restart web1 '/srv/it'\\''s' 8001 '$(rm -rf /); x' ${HOME} {} {print $1}"
+        );
+        let e = render("x {relase}", &r, "r1", Escape::Shell)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("unknown placeholder {relase} (known: {host}"),
+            "{e}"
         );
         let url = render(
             "http://{addr}:{vars.port}/health?x={evil}",

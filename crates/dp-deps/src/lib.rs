@@ -77,6 +77,9 @@ impl Kind {
     }
 }
 
+/// How long building an environment may take by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// How to make dependencies ready.
 #[derive(Debug, Clone)]
 pub struct DepsOptions {
@@ -92,6 +95,9 @@ pub struct DepsOptions {
     pub jobs: usize,
     /// How long to wait for another deploy building the same environment.
     pub wait: Duration,
+    /// How long building an environment may take before it is stopped (with what the
+    /// installer started) and the host fails.
+    pub timeout: Duration,
     /// Deploy lock lease to renew.
     pub lease: Duration,
     /// When to renew a lease this deploy already holds.

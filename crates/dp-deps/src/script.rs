@@ -89,29 +89,10 @@ if [ ! -f "$env/.dp-complete" ]; then
       cache=built
 {renew_lock}      rm -rf "$env"
       log="$env.log"
-      if ! (
-        set -e
-        case $kind in
-        pip)
-          "$python" -m venv "$env"
-          for f; do set -- "$@" -r "$f"; shift; done
-          eval "set -- \"\$@\" $pip_args"
-          "$env/bin/python" -m pip install --disable-pip-version-check --no-input "$@"
-          ;;
-        npm)
-          # Installed in the release (so file: dependencies resolve), then moved into
-          # the environment; node_modules keeps working there (its links are relative).
-          rm -rf node_modules
-          npm ci --no-audit --no-fund
-          mkdir -p "$env"
-          if [ -d node_modules ]; then mv node_modules "$env/node_modules"; else mkdir "$env/node_modules"; fi
-          ;;
-        command)
-          mkdir -p "$env"
-          DP_DEPS_DIR="$env" sh -c "$cmd"
-          ;;
-        esac
-      ) > "$log" 2>&1; then
+      # The build is a shell of its own (so `set -e` holds: it does not inside an `if`)
+      # under a deadline that stops it with everything the installer started.
+      export env kind python pip_args cmd
+      if ! dp_deadline {timeout} "the dependency build" sh -c {build} dp-deps-build "$@" > "$log" 2>&1; then
         tail -n 25 "$log" >&2
         rm -rf "$env"
         exit 1
@@ -146,6 +127,8 @@ echo "waited $waited"
         pip_args_text = quote_str(&words(&opts.pip_args)?)?,
         lockfiles = words(&opts.lockfiles)?,
         wait = opts.wait.as_secs(),
+        timeout = opts.timeout.as_secs().max(1),
+        build = quote_str(BUILD)?,
         // A build may take long: the lease is renewed before it even when the script
         // only checked it above.
         renew_lock = if opts.renew.due() {
@@ -156,6 +139,31 @@ echo "waited $waited"
     ));
     Ok(s)
 }
+
+/// The build of an environment, run as `sh -c BUILD dp-deps-build LOCKFILE...` with `env`,
+/// `kind`, `python`, `pip_args` and `cmd` in its environment, in the release directory.
+const BUILD: &str = r#"set -e
+case $kind in
+pip)
+  "$python" -m venv "$env"
+  for f; do set -- "$@" -r "$f"; shift; done
+  eval "set -- \"\$@\" $pip_args"
+  "$env/bin/python" -m pip install --disable-pip-version-check --no-input "$@"
+  ;;
+npm)
+  # Installed in the release (so file: dependencies resolve), then moved into the
+  # environment; node_modules keeps working there (its links are relative).
+  rm -rf node_modules
+  npm ci --no-audit --no-fund
+  mkdir -p "$env"
+  if [ -d node_modules ]; then mv node_modules "$env/node_modules"; else mkdir "$env/node_modules"; fi
+  ;;
+command)
+  mkdir -p "$env"
+  DP_DEPS_DIR="$env" sh -c "$cmd"
+  ;;
+esac
+"#;
 
 /// Shell lines (after the layout prelude) that remove dependency environments no
 /// remaining release uses, and never one being built. Prints `removed deps <key>` lines.

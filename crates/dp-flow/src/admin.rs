@@ -53,7 +53,7 @@ pub fn setup(records: &mut [Record], jobs: usize, extra_tools: &[&str]) {
   if [ -d "$d" ]; then echo "exists $d"; else mkdir -p "$d" && echo "created $d"; fi
 done
 missing=
-for tool in sh tar cp mv ln readlink sha256sum sort grep sed awk xargs {python}; do
+for tool in sh tar cp mv ln readlink sha256sum sort grep sed awk xargs timeout {python}; do
   command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
 done
 if [ -n "$missing" ]; then echo "missing on this host:$missing" >&2; exit 1; fi

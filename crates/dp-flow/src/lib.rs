@@ -40,6 +40,8 @@ pub struct Plan {
     pub migrate: Option<MigrateStep>,
     /// Restart options.
     pub restart: RestartOptions,
+    /// `--allow-unreachable` as given on the command line (for the printed pipeline).
+    pub allow_unreachable_flag: Option<usize>,
 }
 
 /// How migrations run in a deploy.
@@ -62,6 +64,8 @@ pub struct Overrides {
     pub jobs: Option<usize>,
     /// Deploy lock lease (default [`dp_core::lock::DEFAULT_LEASE`]).
     pub lease: Option<Duration>,
+    /// Unreachable hosts that may be left out (default: the config's, else 0).
+    pub allow_unreachable: Option<usize>,
 }
 
 /// Resolves the plan; checks everything that can be checked without touching a host.
@@ -97,16 +101,30 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
         python: deps.python.unwrap_or_else(|| "python3".into()),
         jobs,
         wait: Duration::from_secs(30 * 60),
+        timeout: deps.timeout.unwrap_or(dp_deps::DEFAULT_TIMEOUT),
         lease,
         renew: Renew::Always,
     });
+    let allow_unreachable = o
+        .allow_unreachable
+        .or(config.allow_unreachable)
+        .unwrap_or(0);
     let m = config.migrate.clone().unwrap_or_default();
     let migrations_dir = config.migrations_dir();
+    if m.dir.is_some() && m.exec.is_none() && !migrations_dir.is_dir() {
+        return Err(FlowError(format!(
+            "{}: [migrate] dir {} is not a directory",
+            config.path,
+            migrations_dir.display()
+        )));
+    }
     let migrate = if let Some(command) = m.exec.clone() {
         Some(MigrateStep::Exec(ExecOptions {
             command,
             lease,
             renew: Renew::Always,
+            allow_unreachable,
+            timeout: m.exec_timeout.unwrap_or(dp_migrate::DEFAULT_EXEC_TIMEOUT),
         }))
     } else if migrations_dir.is_dir() {
         let url = std::env::var("DATABASE_URL")
@@ -125,6 +143,7 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
             allow_out_of_order: false,
             lock_timeout: m.lock_timeout.unwrap_or(Duration::from_secs(60)),
             via: None,
+            allow_unreachable,
         })))
     } else {
         None
@@ -144,12 +163,14 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
             .map(Health::Url)
             .or(r.health_cmd.map(Health::Command)),
         health_timeout: r.health_timeout.unwrap_or(Duration::from_secs(30)),
+        timeout: r.timeout.unwrap_or(dp_restart::DEFAULT_TIMEOUT),
         max_fail: 0,
         keep: config.keep.map(|k| k as usize).unwrap_or(5),
         jobs,
         rollback: false,
         lease,
         renew: Renew::Always,
+        allow_unreachable,
     };
     Ok(Plan {
         config_path: config_path.to_path_buf(),
@@ -158,6 +179,7 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
         deps,
         migrate,
         restart,
+        allow_unreachable_flag: o.allow_unreachable,
     })
 }
 
@@ -282,6 +304,12 @@ pub fn pipeline(plan: &Plan) -> Result<String, FlowError> {
     } else {
         format!(" --lease {}s", plan.sync.lease.as_secs())
     };
+    // Given on the command line: the tools that decide need it too (from the config they
+    // read it themselves).
+    let allow = match plan.allow_unreachable_flag {
+        Some(n) => format!(" --allow-unreachable {n}"),
+        None => String::new(),
+    };
     let mut parts = vec![
         format!("dp-hosts --config {config}{stage}"),
         format!(
@@ -292,16 +320,16 @@ pub fn pipeline(plan: &Plan) -> Result<String, FlowError> {
     ];
     match &plan.migrate {
         Some(MigrateStep::Sql(m)) => parts.push(format!(
-            "dp-migrate --config {config} --dir {} --phase pre{lease}",
+            "dp-migrate --config {config} --dir {} --phase pre{lease}{allow}",
             q(&m.dir.display().to_string())?
         )),
         Some(MigrateStep::Exec(e)) => parts.push(format!(
-            "dp-migrate --config {config} --exec {}{lease}",
+            "dp-migrate --config {config} --exec {}{lease}{allow}",
             q(&e.command)?
         )),
         None => {}
     }
-    parts.push(format!("dp-restart --config {config}{jobs}{lease}"));
+    parts.push(format!("dp-restart --config {config}{jobs}{lease}{allow}"));
     if let Some(MigrateStep::Sql(m)) = &plan.migrate {
         parts.push(format!(
             "dp-migrate --config {config} --dir {} --phase post",

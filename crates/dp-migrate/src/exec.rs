@@ -19,7 +19,14 @@ pub struct ExecOptions {
     pub lease: Duration,
     /// When to renew a lease this deploy already holds.
     pub renew: dp_core::lock::Renew,
+    /// Unreachable hosts that may be left out of the deploy.
+    pub allow_unreachable: usize,
+    /// How long the command may run before it is stopped (with what it started).
+    pub timeout: Duration,
 }
+
+/// How long the migration command may run by default.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 pub(crate) fn run_on(
     records: &mut [Record],
@@ -43,8 +50,9 @@ fn exec_host(conn: &mut dyn Transport, record: &Record, opts: &ExecOptions) -> R
         r#"cd "$releases"/{rel}
 PATH="$PWD/.venv/bin:$PWD/node_modules/.bin:$PATH"
 export PATH
-exec sh -c {cmd} >&2
+dp_deadline {secs} 'the migration command' sh -c {cmd} >&2
 "#,
+        secs = opts.timeout.as_secs().max(1),
         rel = quote_str(release).map_err(|e| e.to_string())?,
         cmd = quote_str(&opts.command).map_err(|e| e.to_string())?,
     ));

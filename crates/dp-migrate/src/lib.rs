@@ -20,7 +20,7 @@ use source::{Migration, Phase};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use exec::ExecOptions;
+pub use exec::{ExecOptions, DEFAULT_EXEC_TIMEOUT};
 
 /// The step name in records.
 pub const STEP: &str = "migrate";
@@ -40,6 +40,8 @@ pub struct MigrateOptions {
     pub lock_timeout: Duration,
     /// Reach the database through this host (an SSH tunnel).
     pub via: Option<Record>,
+    /// Unreachable hosts that may be left out of the deploy (pre phase).
+    pub allow_unreachable: usize,
 }
 
 /// What dp-migrate did (`steps.migrate`, the same on every record).
@@ -335,39 +337,80 @@ pub fn status(url: &str, dir: &std::path::Path) -> Result<Vec<StatusLine>, Migra
         .collect())
 }
 
-/// The barrier: if any record failed, nothing is migrated and `false` is returned.
-pub fn all_ok(records: &[Record]) -> bool {
-    !records.iter().any(Record::failed)
+/// The barrier: true when a migration may run for these records. Before the switch
+/// (pre phase, exec), every host must be fine, except up to `allow_unreachable` hosts that
+/// could not be connected to at all; after it (post phase), every host must be.
+pub fn may_migrate(records: &[Record], phase: Phase, allow_unreachable: usize) -> bool {
+    match phase {
+        Phase::Pre => dp_core::gate::check(records, allow_unreachable).is_ok(),
+        Phase::Post => !records.iter().any(Record::failed),
+    }
 }
 
-/// SQL mode over records: migrate once, record the result on every record (or fail
-/// them all).
+/// The barrier of [`may_migrate`], saying why on the records when it refuses: before the
+/// switch, each record that has not failed is marked not switched, naming the host and
+/// step that stopped the deploy (so dp-restart switches nothing); after it, those records
+/// get `steps.migrate_post.skipped` (contract migrations wait until every host runs the
+/// new release).
+fn barrier(records: &mut [Record], phase: Phase, allow_unreachable: usize) -> bool {
+    match phase {
+        Phase::Pre => dp_core::gate::hold_back(records, STEP, allow_unreachable).is_ok(),
+        Phase::Post => {
+            let Some(first) = records.iter().find(|r| r.failed()) else {
+                return true;
+            };
+            let why = format!(
+                "not every host runs the new release ({} failed in {}); run the deploy again",
+                first.host,
+                first
+                    .error
+                    .as_ref()
+                    .map(|e| e.step.as_str())
+                    .unwrap_or_default()
+            );
+            for r in records.iter_mut().filter(|r| !r.failed()) {
+                r.set_step(POST_STEP, serde_json::json!({ "skipped": why }));
+            }
+            false
+        }
+    }
+}
+
+/// Where the post phase is recorded (the pre phase's `steps.migrate` stays visible).
+pub const POST_STEP: &str = "migrate_post";
+
+/// SQL mode over records: migrate once, record the result on every record that has not
+/// failed (or fail them all).
 pub fn run_sql(records: &mut [Record], opts: &MigrateOptions) {
-    if !all_ok(records) {
+    if !barrier(records, opts.phase, opts.allow_unreachable) {
         return;
     }
-    // The post phase is recorded under its own key, so the pre phase's stays visible.
     let key = match opts.phase {
         Phase::Pre => STEP,
-        Phase::Post => "migrate_post",
+        Phase::Post => POST_STEP,
     };
+    let live = records.iter_mut().filter(|r| !r.failed());
     match migrate(opts) {
-        Ok(stats) => records.iter_mut().for_each(|r| r.set_step(key, &stats)),
-        Err(e) => records.iter_mut().for_each(|r| r.fail(STEP, e.to_string())),
+        Ok(stats) => live.for_each(|r| r.set_step(key, &stats)),
+        Err(e) => live.for_each(|r| r.fail(STEP, e.to_string())),
     }
 }
 
 /// Exec mode over records: run the framework's command once, on the first host with
 /// role `migrate` (else the first host), in its new release.
 pub fn run_exec(records: &mut [Record], sessions: &mut Sessions, opts: &ExecOptions) {
-    if !all_ok(records) || records.is_empty() {
+    if !barrier(records, Phase::Pre, opts.allow_unreachable) {
         return;
     }
     let started = Instant::now();
-    let chosen = records
+    let live = |r: &Record| !r.failed();
+    let Some(chosen) = records
         .iter()
-        .position(|r| r.has_role("migrate"))
-        .unwrap_or(0);
+        .position(|r| live(r) && r.has_role("migrate"))
+        .or_else(|| records.iter().position(live))
+    else {
+        return;
+    };
     let result = exec::run_on(records, chosen, sessions, opts);
     let stats = MigrateStats {
         mode: "exec".into(),
@@ -380,7 +423,10 @@ pub fn run_exec(records: &mut [Record], sessions: &mut Sessions, opts: &ExecOpti
         ms: started.elapsed().as_millis() as u64,
     };
     match result {
-        Ok(()) => records.iter_mut().for_each(|r| r.set_step(STEP, &stats)),
+        Ok(()) => records
+            .iter_mut()
+            .filter(|r| live(r))
+            .for_each(|r| r.set_step(STEP, &stats)),
         Err(message) => {
             let host = records[chosen].host.clone();
             records.iter_mut().for_each(|r| {

@@ -12,11 +12,11 @@ mod health;
 mod script;
 
 use dp_core::layout::{check_release_id, release_of, root_of};
-use dp_core::lock;
 use dp_core::parallel::Sessions;
 use dp_core::template::{render, Escape};
 use dp_core::transport::Transport;
 use dp_core::Record;
+use dp_core::{gate, lock, ErrorKind};
 use serde::Serialize;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,6 +24,9 @@ pub use health::Health;
 
 /// The step name in records.
 pub const STEP: &str = "restart";
+
+/// How long a restart command may run by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// How many hosts per batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +76,9 @@ pub struct RestartOptions {
     pub health: Option<Health>,
     /// How long a host may take to become healthy.
     pub health_timeout: Duration,
+    /// How long the restart command may run on a host before it is stopped (with what it
+    /// started that did not detach) and the host counts as failed.
+    pub timeout: Duration,
     /// Host failures allowed before the rollout stops.
     pub max_fail: usize,
     /// Complete releases to keep.
@@ -85,6 +91,9 @@ pub struct RestartOptions {
     pub lease: Duration,
     /// When to renew a lease this deploy already holds.
     pub renew: dp_core::lock::Renew,
+    /// Hosts that could not be connected to at all that may be left out of the rollout
+    /// (any other failure before the switch switches no host).
+    pub allow_unreachable: usize,
 }
 
 /// What dp-restart did on one host (`steps.restart`).
@@ -112,11 +121,54 @@ pub struct RestartStats {
     pub switched_at_ms: u64,
 }
 
+impl RestartOptions {
+    /// Checks, before any host is touched, that the restart command and health check
+    /// render for every host that has not failed (known placeholders only) and that the
+    /// health URL parses as an http(s) URL. The error names the host and the template.
+    pub fn check(&self, records: &[Record]) -> Result<(), String> {
+        for r in records.iter().filter(|r| !r.failed()) {
+            let release = "r";
+            let named = |what: &str, e: String| format!("{}: {what}: {e}", r.host);
+            if let Some(c) = &self.command {
+                render(c, r, release, Escape::Shell)
+                    .map_err(|e| named("restart command", e.to_string()))?;
+            }
+            match &self.health {
+                Some(Health::Url(t)) => {
+                    let url = render(t, r, release, Escape::Url)
+                        .map_err(|e| named("health URL", e.to_string()))?;
+                    match url::Url::parse(&url) {
+                        Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
+                        Ok(u) => {
+                            return Err(named(
+                                "health URL",
+                                format!(
+                                    "{url}: only http:// URLs with a host are checked (got {}:)",
+                                    u.scheme()
+                                ),
+                            ))
+                        }
+                        Err(e) => return Err(named("health URL", format!("{url}: {e}"))),
+                    }
+                }
+                Some(Health::Command(t)) => {
+                    render(t, r, release, Escape::Shell)
+                        .map_err(|e| named("health command", e.to_string()))?;
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 fn utc_now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-/// Rolls out over every record; see the module documentation.
+/// Rolls out over every record; see the module documentation. All or nothing before the
+/// switch: when any record has failed (beyond `allow_unreachable` unreachable hosts), no
+/// host is switched, each record says why, and the finish releases every lock.
 pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOptions) {
     let started_at = utc_now();
     let rollout_start = Instant::now();
@@ -124,6 +176,10 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
         "rollback-{}",
         started_at.replace(['-', ':'], "").replace('.', "-")
     );
+    if !opts.rollback && gate::hold_back(records, STEP, opts.allow_unreachable).is_err() {
+        finish_all(records, sessions, opts, &rollback_id);
+        return;
+    }
     let eligible: Vec<usize> = (0..records.len())
         .filter(|&i| !records[i].failed())
         .collect();
@@ -133,8 +189,9 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
     for (b, batch) in eligible.chunks(size).enumerate() {
         if let Some(after) = stopped_after {
             for &i in batch {
-                records[i].fail(
+                records[i].fail_as(
                     STEP,
+                    ErrorKind::Skipped,
                     format!(
                         "skipped: the rollout stopped after batch {after} failed ({})",
                         failures.join(", ")
@@ -160,7 +217,10 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
                 record.release = Some(stats.release.clone());
             }
             record.set_step(STEP, &stats);
-            outcome
+            outcome.map_err(|(kind, message)| {
+                record.fail_as(STEP, kind, message.clone());
+                message
+            })
         });
         for (&i, result) in batch.iter().zip(results) {
             if let Err(message) = result {
@@ -183,12 +243,13 @@ fn roll_host(
     rollback_id: &str,
     stats: &mut RestartStats,
     rollout_start: Instant,
-) -> Result<(), String> {
-    let root = root_of(record)?.to_string();
+) -> Result<(), (ErrorKind, String)> {
+    let failed = |m: String| (ErrorKind::Failed, m);
+    let root = root_of(record).map_err(failed)?.to_string();
     let release = if opts.rollback {
         None
     } else {
-        Some(release_of(record)?.to_string())
+        Some(release_of(record).map_err(failed)?.to_string())
     };
     let lock_id = release.clone().unwrap_or_else(|| rollback_id.to_string());
     // The restart template is rendered on the host's side of the switch: {release} is the
@@ -196,27 +257,32 @@ fn roll_host(
     let target_for_template = release.clone().unwrap_or_else(|| "${target}".to_string());
     let restart = match &opts.command {
         Some(t) => Some(
-            render(t, record, &target_for_template, Escape::Shell).map_err(|e| e.to_string())?,
+            render(t, record, &target_for_template, Escape::Shell)
+                .map_err(|e| failed(e.to_string()))?,
         ),
         None => None,
     };
     let restart = restart.map(|r| {
         if release.is_none() {
-            r.replace("'${target}'", "\"$target\"")
+            r.replace("'${target}'", "\"$DP_RELEASE\"")
         } else {
             r
         }
     });
+    let timeout = opts.timeout;
+    let restart = restart
+        .as_deref()
+        .map(|command| script::Restart { command, timeout });
     let s = script::switch(
         &root,
         release.as_deref(),
         &lock_id,
         opts.lease,
         opts.renew.due(),
-        restart.as_deref(),
+        restart,
     )
-    .map_err(|e| e.to_string())?;
-    let out = conn.run(&s).map_err(|e| e.to_string())?;
+    .map_err(|e| failed(e.to_string()))?;
+    let out = conn.run(&s).map_err(|e| failed(e.to_string()))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     for line in text.lines() {
         if let Some(p) = line.strip_prefix("previous ") {
@@ -229,7 +295,7 @@ fn roll_host(
         }
     }
     if let Some(held) = lock::held(&out.status) {
-        return Err(held);
+        return Err(failed(held));
     }
     let failure = if !out.status.success() {
         Some(
@@ -257,34 +323,40 @@ fn roll_host(
         return Ok(());
     };
     if !stats.switched {
-        return Err(failure);
+        return Err(failed(failure));
     }
     // Put the host back as it was.
     let back_restart = match (&opts.command, &stats.previous) {
         (Some(t), Some(prev)) => {
-            Some(render(t, record, prev, Escape::Shell).map_err(|e| e.to_string())?)
+            Some(render(t, record, prev, Escape::Shell).map_err(|e| failed(e.to_string()))?)
         }
         _ => None,
     };
-    let s = script::switch_back(&root, stats.previous.as_deref(), back_restart.as_deref())
-        .map_err(|e| e.to_string())?;
+    let back_restart = back_restart
+        .as_deref()
+        .map(|command| script::Restart { command, timeout });
+    let s = script::switch_back(&root, stats.previous.as_deref(), back_restart)
+        .map_err(|e| failed(e.to_string()))?;
     match conn.run(&s) {
         Ok(out) if out.status.success() => {
             stats.switched_back = true;
-            Err(format!(
-                "{failure}; switched back to {}",
-                stats.previous.as_deref().unwrap_or("no release")
+            Err((
+                ErrorKind::SwitchedBack,
+                format!(
+                    "{failure}; switched back to {}",
+                    stats.previous.as_deref().unwrap_or("no release")
+                ),
             ))
         }
-        Ok(out) => Err(format!(
+        Ok(out) => Err(failed(format!(
             "{failure}; SWITCHING BACK FAILED: {}",
             out.status
                 .check("switch back")
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default()
-        )),
-        Err(e) => Err(format!("{failure}; SWITCHING BACK FAILED: {e}")),
+        ))),
+        Err(e) => Err(failed(format!("{failure}; SWITCHING BACK FAILED: {e}"))),
     }
 }
 
@@ -310,11 +382,8 @@ fn finish_all(
         let release = record.release.clone().unwrap_or_default();
         let result = match &record.error {
             None => "ok".to_string(),
-            Some(e) if e.message.starts_with("skipped") => "skipped".to_string(),
-            Some(e) if e.step == STEP && e.message.contains("switched back") => {
-                "switched-back".to_string()
-            }
-            Some(e) => format!("failed in {}", e.step),
+            Some(e) if e.kind == ErrorKind::Failed => format!("failed in {}", e.step),
+            Some(e) => e.kind.as_str().to_string(),
         };
         let history = serde_json::json!({
             "time": utc_now(),

@@ -4,6 +4,15 @@ use dp_core::layout::script_prelude;
 use dp_core::quote::{quote_str, QuoteError};
 use std::time::Duration;
 
+/// A restart command and how long it may run.
+#[derive(Debug, Clone, Copy)]
+pub struct Restart<'a> {
+    /// The rendered command (a shell script).
+    pub command: &'a str,
+    /// Its deadline: past it, the command and what it started are stopped.
+    pub timeout: Duration,
+}
+
 /// Prints `previous <id>` and `target <id>`, then switches `current` to `target`
 /// atomically (a new symlink renamed over the old one) and runs `restart` in it.
 /// `target` is `release`, or in rollback mode the release completed before `current`.
@@ -13,7 +22,7 @@ pub fn switch(
     lock_id: &str,
     lease: Duration,
     renew: bool,
-    restart: Option<&str>,
+    restart: Option<Restart>,
 ) -> Result<String, QuoteError> {
     let mut s = script_prelude(root)?;
     s.push_str(&dp_core::lock::acquire_script(lock_id, lease, renew)?);
@@ -38,7 +47,7 @@ fi
 echo "switched"
 "#,
     );
-    push_restart(&mut s, restart);
+    push_restart(&mut s, restart)?;
     Ok(s)
 }
 
@@ -47,7 +56,7 @@ echo "switched"
 pub fn switch_back(
     root: &str,
     previous: Option<&str>,
-    restart: Option<&str>,
+    restart: Option<Restart>,
 ) -> Result<String, QuoteError> {
     let mut s = script_prelude(root)?;
     match previous {
@@ -62,18 +71,26 @@ echo "switched back"
         None => s.push_str("rm -f \"$root/current\"\necho \"removed current\"\n"),
     }
     if previous.is_some() {
-        push_restart(&mut s, restart);
+        push_restart(&mut s, restart)?;
     }
     Ok(s)
 }
 
-fn push_restart(s: &mut String, restart: Option<&str>) {
-    if let Some(cmd) = restart {
-        s.push_str("cd \"$root/current\"\n");
+fn push_restart(s: &mut String, restart: Option<Restart>) -> Result<(), QuoteError> {
+    if let Some(r) = restart {
+        s.push_str("cd -P \"$root/current\"\n");
         // The command's own output goes to stderr, so stdout stays ours to parse; a
-        // command that starts a server must detach it (setsid, redirects).
-        s.push_str(&format!("( {cmd} ) >&2\necho \"restarted\"\n"));
+        // command that starts a server must detach it (setsid, redirects), or it is
+        // stopped with the command at the deadline. The release it restarts into is in
+        // $DP_RELEASE.
+        s.push_str(&format!(
+            "DP_RELEASE=${{PWD##*/}} DP_ROOT=$root\nexport DP_RELEASE DP_ROOT\n\
+             dp_deadline {secs} 'the restart command' sh -c {cmd} >&2\necho \"restarted\"\n",
+            secs = r.timeout.as_secs().max(1),
+            cmd = quote_str(r.command)?,
+        ));
     }
+    Ok(())
 }
 
 /// What the finish script needs.

@@ -154,6 +154,14 @@ pub enum TransportError {
         /// What was tried, in order.
         tried: String,
     },
+    /// The host stopped answering: nothing came back, not even to keepalives.
+    #[error("not answering: nothing heard for {silent} ({count} keepalives unanswered); the host, its sshd or the network is stuck")]
+    NotAnswering {
+        /// How long it was silent.
+        silent: String,
+        /// Keepalives sent without an answer (server_alive_count_max).
+        count: u32,
+    },
     /// An SSH operation failed after connecting.
     #[error("{what}: {message}")]
     Ssh {
@@ -183,6 +191,20 @@ pub enum TransportError {
     /// An argument could not be quoted.
     #[error(transparent)]
     Quote(#[from] crate::quote::QuoteError),
+}
+
+impl TransportError {
+    /// True when no session could be had at all: the name did not resolve, no TCP
+    /// connection, or no SSH handshake. Host key and authentication failures are not
+    /// unreachability: the host answered, and what it said must be looked at.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Resolve { .. }
+                | TransportError::Connect { .. }
+                | TransportError::Handshake { .. }
+        )
+    }
 }
 
 /// A command's captured output.

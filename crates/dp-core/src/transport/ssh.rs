@@ -2,8 +2,11 @@
 //!
 //! One session per host, reused for every command. The socket has TCP_NODELAY (delayed
 //! ACKs otherwise add about 42 ms per round trip) and TCP keepalive (a dead host is noticed
-//! within about 30 s). Commands are pumped in non-blocking mode, so input and output flow
-//! at the same time and neither side can deadlock on a full window.
+//! within about 30 s). A host whose kernel still answers while sshd or the machine is
+//! stuck is caught by SSH keepalives that want a reply (OpenSSH's ServerAliveInterval and
+//! ServerAliveCountMax): silent for interval x count, it fails as not answering. Commands
+//! are pumped in non-blocking mode, so input and output flow at the same time and neither
+//! side can deadlock on a full window.
 
 use super::knownhosts::KnownHostsFile;
 use super::passphrase::{self, Unlocked};
@@ -55,8 +58,95 @@ fn cipher_preference() -> String {
 pub struct SshTransport {
     session: Session,
     fd: RawFd,
+    alive: Alive,
     /// What connecting learned (host key state, cipher, time).
     pub info: ConnectInfo,
+}
+
+/// Default seconds of silence before a keepalive asks the host to answer (OpenSSH's
+/// ServerAliveInterval, which OpenSSH leaves off; on by default here, because a deploy
+/// must not wait forever on a host that stopped answering).
+pub const DEFAULT_SERVER_ALIVE_INTERVAL: u64 = 15;
+
+/// Default keepalives left unanswered before a host counts as not answering.
+pub const DEFAULT_SERVER_ALIVE_COUNT_MAX: u32 = 3;
+
+/// The dead-peer check: after `interval` of silence, a keepalive that wants a reply; after
+/// `interval` x `count` of silence, the host is not answering. TCP keepalive cannot tell a
+/// host whose kernel still acknowledges while sshd or the machine is stuck.
+#[derive(Debug, Clone, Copy)]
+struct Alive {
+    interval: Duration,
+    count: u32,
+}
+
+impl Alive {
+    fn of(record: &Record) -> Alive {
+        Alive {
+            interval: Duration::from_secs(
+                record
+                    .ssh
+                    .server_alive_interval
+                    .unwrap_or(DEFAULT_SERVER_ALIVE_INTERVAL),
+            ),
+            count: record
+                .ssh
+                .server_alive_count_max
+                .unwrap_or(DEFAULT_SERVER_ALIVE_COUNT_MAX)
+                .max(1),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        !self.interval.is_zero()
+    }
+
+    /// How long silence may last: interval x count.
+    fn limit(&self) -> Duration {
+        self.interval * self.count
+    }
+
+    /// How long one wait on the socket may last before the check looks again.
+    fn poll(&self) -> Duration {
+        if self.enabled() {
+            (self.interval / 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
+        } else {
+            Duration::from_secs(5)
+        }
+    }
+
+    /// After a quiet wait: asks the host to answer when it has been silent for an
+    /// interval, and fails when it has been silent past the limit.
+    fn check(
+        &self,
+        session: &Session,
+        fd: RawFd,
+        last_heard: Instant,
+    ) -> Result<(), TransportError> {
+        if !self.enabled() {
+            // Quiet for a while: keep NATs and the server's ClientAlive checks happy.
+            let _ = session.keepalive_send();
+            return Ok(());
+        }
+        // libssh2 may have taken in a keepalive's reply inside a read that found no
+        // channel data; the kernel knows when data last arrived.
+        let silent = match since_data_received(fd) {
+            Some(kernel) => kernel.min(last_heard.elapsed()),
+            None => last_heard.elapsed(),
+        };
+        if silent >= self.limit() {
+            return Err(TransportError::NotAnswering {
+                silent: humantime::format_duration(Duration::from_secs(silent.as_secs()))
+                    .to_string(),
+                count: self.count,
+            });
+        }
+        if silent >= self.interval {
+            // libssh2 sends it only when its own interval has passed since the last one.
+            let _ = session.keepalive_send();
+        }
+        Ok(())
+    }
 }
 
 fn ssh_err(what: &str) -> impl FnOnce(ssh2::Error) -> TransportError + '_ {
@@ -120,11 +210,15 @@ impl SshTransport {
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
         authenticate(&session, fd, remaining, &user, record.ssh.identity.as_ref())?;
-        session.set_keepalive(false, 15);
+        let alive = Alive::of(record);
+        // A keepalive that wants a reply: the reply is what tells a live host from a stuck one.
+        let every = alive.interval.as_secs().clamp(1, 15) as u32;
+        session.set_keepalive(alive.enabled(), every);
         let cipher = session.methods(MethodType::CryptCs).map(str::to_string);
         Ok(SshTransport {
             session,
             fd,
+            alive,
             info: ConnectInfo {
                 host_key: Some(host_key),
                 cipher,
@@ -143,12 +237,37 @@ impl SshTransport {
         self.fd
     }
 
+    /// How long a control operation (channel open, exec request, close) may wait: as long
+    /// as the host may stay silent, at most [`CONTROL_TIMEOUT`].
+    fn control_timeout(&self) -> Duration {
+        if self.alive.enabled() {
+            self.alive.limit().min(CONTROL_TIMEOUT)
+        } else {
+            CONTROL_TIMEOUT
+        }
+    }
+
+    /// The error for a control operation: a timeout means the host is not answering.
+    fn control_err(&self, what: &'static str) -> impl FnOnce(ssh2::Error) -> TransportError {
+        let (alive, timeout) = (self.alive, self.control_timeout());
+        move |e| {
+            if e.code() == ErrorCode::Session(TIMEOUT) && alive.enabled() {
+                TransportError::NotAnswering {
+                    silent: humantime::format_duration(timeout).to_string(),
+                    count: alive.count,
+                }
+            } else {
+                ssh_err(what)(e)
+            }
+        }
+    }
+
     /// Opens a direct-tcpip channel: a TCP connection from the host to `host:port`.
     pub fn direct_tcpip(&self, host: &str, port: u16) -> Result<Channel, TransportError> {
-        nb(&self.session, self.fd, CONTROL_TIMEOUT, || {
+        nb(&self.session, self.fd, self.control_timeout(), || {
             self.session.channel_direct_tcpip(host, port, None)
         })
-        .map_err(ssh_err("open a tunnel"))
+        .map_err(self.control_err("open a tunnel"))
     }
 
     fn pump(
@@ -168,6 +287,9 @@ impl SshTransport {
         let mut eof_sent = false;
         let mut outbuf = vec![0u8; 64 * 1024];
         let mut stderr = channel.stderr();
+        // When the host last showed it is alive: data read, data it let us send (its
+        // window), or bytes arriving on the socket (a keepalive's reply).
+        let mut last_heard = Instant::now();
         loop {
             let mut progress = false;
             // Why sending stopped, if it did: on a full socket (the reads below leave
@@ -250,12 +372,16 @@ impl SshTransport {
             if window_left.is_some_and(|left| channel.write_window().remaining > left) {
                 continue;
             }
-            if !progress
-                && !wait_socket(&self.session, self.fd, send_blocked, Duration::from_secs(5))
-                    .map_err(lost)?
-            {
-                // Quiet for a while: keep NATs and the server's ClientAlive checks happy.
-                let _ = self.session.keepalive_send();
+            if progress {
+                last_heard = Instant::now();
+                continue;
+            }
+            let ready = wait_socket(&self.session, self.fd, send_blocked, self.alive.poll())
+                .map_err(lost)?;
+            if ready & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                last_heard = Instant::now();
+            } else {
+                self.alive.check(&self.session, self.fd, last_heard)?;
             }
         }
     }
@@ -268,18 +394,18 @@ impl Transport for SshTransport {
         stdin: Option<&mut (dyn Read + Send)>,
         stdout: &mut (dyn Write + Send),
     ) -> Result<ExecStatus, TransportError> {
-        let (session, fd) = (&self.session, self.fd);
-        let mut channel = nb(session, fd, CONTROL_TIMEOUT, || session.channel_session())
-            .map_err(ssh_err("open channel"))?;
-        nb(session, fd, CONTROL_TIMEOUT, || channel.exec(script))
-            .map_err(ssh_err("start command"))?;
+        let (session, fd, control) = (&self.session, self.fd, self.control_timeout());
+        let mut channel = nb(session, fd, control, || session.channel_session())
+            .map_err(self.control_err("open channel"))?;
+        nb(session, fd, control, || channel.exec(script))
+            .map_err(self.control_err("start command"))?;
         let mut tail = TailBuffer::new(STDERR_TAIL);
         if let Err(e) = self.pump(&mut channel, stdin, stdout, &mut tail) {
             let _ = nb(session, fd, Duration::from_secs(2), || channel.close());
             return Err(e);
         }
-        nb(session, fd, CONTROL_TIMEOUT, || channel.wait_close())
-            .map_err(ssh_err("wait for command"))?;
+        nb(session, fd, control, || channel.wait_close())
+            .map_err(self.control_err("wait for command"))?;
         let code = channel.exit_status().map_err(ssh_err("read exit status"))?;
         let signal = channel
             .exit_signal()
@@ -312,6 +438,30 @@ fn quickack(fd: RawFd) {
     }
 }
 
+/// How long ago the socket last received data (not bare ACKs), from the kernel.
+#[cfg(target_os = "linux")]
+fn since_data_received(fd: RawFd) -> Option<Duration> {
+    // SAFETY: tcp_info is plain old data; getsockopt fills at most `len` bytes of it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (rc == 0).then(|| Duration::from_millis(u64::from(info.tcpi_last_data_recv)))
+    }
+}
+
+/// Elsewhere only what the pump itself saw counts.
+#[cfg(not(target_os = "linux"))]
+fn since_data_received(_fd: RawFd) -> Option<Duration> {
+    None
+}
+
 /// True when libssh2's last call stopped because the socket would not take more bytes.
 fn blocked_outbound(session: &Session) -> bool {
     matches!(
@@ -321,13 +471,14 @@ fn blocked_outbound(session: &Session) -> bool {
 }
 
 /// Waits (at most `timeout`) until the socket is ready in the direction libssh2 is
-/// blocked on, or also writable when `writable` is set. Returns false on timeout.
+/// blocked on, or also writable when `writable` is set. Returns what it is ready for
+/// (poll's revents; 0 on timeout).
 fn wait_socket(
     session: &Session,
     fd: RawFd,
     writable: bool,
     timeout: Duration,
-) -> io::Result<bool> {
+) -> io::Result<libc::c_short> {
     quickack(fd);
     let mut events = match session.block_directions() {
         BlockDirections::Outbound => libc::POLLOUT,
@@ -348,11 +499,11 @@ fn wait_socket(
     if rc < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(false);
+            return Ok(0);
         }
         return Err(e);
     }
-    Ok(rc > 0)
+    Ok(if rc > 0 { pfd.revents } else { 0 })
 }
 
 /// Runs a non-blocking libssh2 operation to completion, waiting on the socket while it

@@ -1,0 +1,487 @@
+//! Faults injected on one host of three (real sshd hosts, a real SQLite database): after
+//! each one, every host is checked (its `current`, its lock, the migrations applied, the
+//! records, the exit code); then the fault is removed, the same command runs again, and
+//! the deploy completes with every host's tree equal to the source.
+
+use crate::util::{bin, keygen, Dir, Fleet, Outcome, TestCommand};
+use dp_core::{ErrorKind, Record};
+use std::path::{Path, PathBuf};
+
+/// How the deploy is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// `dp deploy`.
+    OneLine,
+    /// The pipeline `dp deploy --print-pipeline` prints, run by bash with pipefail.
+    Pipeline,
+}
+
+/// Three hosts of the shared fleet with deploy roots of their own, a site with a pending
+/// pre-phase migration, and a deploy.toml whose host lines a fault may change.
+struct Case {
+    dir: Dir,
+    roots: Vec<PathBuf>,
+    /// (name, port) of each host as the config names it.
+    hosts: Vec<(String, u16)>,
+    known_hosts: PathBuf,
+    extra: String,
+}
+
+impl Case {
+    fn new(name: &str) -> Case {
+        Case::with_migrations(name, true)
+    }
+
+    /// A case whose site has migrations, or none (then dp-restart alone decides).
+    fn with_migrations(name: &str, migrations: bool) -> Case {
+        let fleet = Fleet::shared();
+        let dir = Dir::new(name);
+        let roots: Vec<PathBuf> = (0..3).map(|i| fleet.root_for(i, name)).collect();
+        dir.write("site/index.html", "v1\n");
+        dir.write("site/app/views.py", "def index(): return 'v1'\n");
+        if migrations {
+            dir.write(
+                "site/migrations/1_items.sql",
+                "CREATE TABLE items (id INTEGER PRIMARY KEY);\n",
+            );
+        }
+        let known_hosts = dir.path().join("known_hosts");
+        std::fs::copy(&fleet.known_hosts, &known_hosts).unwrap();
+        let case = Case {
+            hosts: (0..3)
+                .map(|i| (fleet.hosts[i].name.clone(), fleet.hosts[i].port))
+                .collect(),
+            dir,
+            roots,
+            known_hosts,
+            extra: String::new(),
+        };
+        case.write_config();
+        case
+    }
+
+    fn write_config(&self) {
+        let fleet = Fleet::shared();
+        let hosts: Vec<String> = self
+            .hosts
+            .iter()
+            .zip(&self.roots)
+            .enumerate()
+            .map(|(i, ((name, port), root))| {
+                let roles = if i == 0 { "\"web\", \"migrate\"" } else { "\"web\"" };
+                format!(
+                    "  {{ name = \"{name}\", addr = \"127.0.0.1\", port = {port}, root = \"{}\", roles = [{roles}] }},",
+                    root.display()
+                )
+            })
+            .collect();
+        self.dir.write(
+            "deploy.toml",
+            format!(
+                "app = \"faults\"\nsource = \"site\"\nknown_hosts = \"{kh}\"\nidentity = \"{key}\"\n\
+                 connect_timeout = \"3s\"\n{extra}\n\
+                 [restart]\nbatch = \"1\"\ncommand = \"echo {{release}} > {{root}}/restarted\"\n\
+                 [stages.test]\nuser = \"{user}\"\nhosts = [\n{hosts}\n]\n",
+                kh = self.known_hosts.display(),
+                key = fleet.client_key.display(),
+                extra = self.extra,
+                user = fleet.user,
+                hosts = hosts.join("\n"),
+            ),
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("db.sqlite3").display())
+    }
+
+    fn command(&self, program: &str) -> TestCommand {
+        TestCommand::new(program)
+            .current_dir(self.dir.path())
+            .env("DATABASE_URL", self.url())
+            .env("DP_CACHE_DIR", self.dir.path().join("cache"))
+    }
+
+    /// Deploys `release` in `form`, with `extra` arguments to `dp deploy`.
+    fn deploy(&self, form: Form, release: &str, extra: &[&str]) -> Outcome {
+        let mut args = vec!["deploy", "--release", release];
+        args.extend_from_slice(extra);
+        match form {
+            Form::OneLine => self.command("dp").args(&args).run(),
+            Form::Pipeline => {
+                args.push("--print-pipeline");
+                let printed = self.command("dp").args(&args).run();
+                printed.code(0);
+                let tools = bin("dp").parent().unwrap().display().to_string();
+                self.command("dp")
+                    .program("bash")
+                    .current_dir(self.dir.path())
+                    .args(["-o", "pipefail", "-c", &printed.stdout])
+                    .env(
+                        "PATH",
+                        format!("{tools}:{}", std::env::var("PATH").unwrap_or_default()),
+                    )
+                    .run()
+            }
+        }
+    }
+
+    /// The first release, live everywhere, and the next one ready in the source: a
+    /// changed page and a pending pre-phase migration.
+    fn live_then_change(&self) {
+        self.live_then_change_page();
+        self.dir.write(
+            "site/migrations/2_more.sql",
+            "CREATE TABLE more (id INTEGER PRIMARY KEY);\n",
+        );
+    }
+
+    /// [`Case::live_then_change`] without a new migration: dp-restart alone decides.
+    fn live_then_change_page(&self) {
+        self.deploy(Form::OneLine, "r1", &[]).code(0);
+        self.dir.write("site/index.html", "v2\n");
+    }
+
+    /// Versions the database should have after the next release.
+    fn expected(&self) -> Vec<i64> {
+        let m = self.dir.path().join("site/migrations");
+        match (m.is_dir(), m.join("2_more.sql").exists()) {
+            (false, _) => vec![],
+            (true, false) => vec![1],
+            (true, true) => vec![1, 2],
+        }
+    }
+
+    /// The versions applied to the database.
+    fn applied(&self) -> Vec<i64> {
+        if !self.dir.path().join("site/migrations").is_dir() {
+            return vec![];
+        }
+        let out = self.command("dp-migrate").args(["status"]).run();
+        out.code(0);
+        out.stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| !v["applied_at"].is_null())
+            .map(|v| v["version"].as_i64().unwrap())
+            .collect()
+    }
+
+    /// Invariant A after a fault on host `bad`: nobody switched, no pre migration, no
+    /// lock left, every record says what happened, exit 1.
+    #[track_caller]
+    fn assert_nothing_switched(&self, out: &Outcome, bad: usize, bad_kind: ErrorKind) {
+        out.code(1);
+        let records = out.records();
+        assert_eq!(records.len(), 3, "no record dropped\n{}", out.stdout);
+        let bad_name = &self.hosts[bad].0;
+        for (i, (r, root)) in records.iter().zip(&self.roots).enumerate() {
+            assert_eq!(current(root), "releases/r1", "{}: not switched", r.host);
+            assert!(
+                !root.join(".dp/lock").exists(),
+                "{}: lock released: {:?}",
+                r.host,
+                std::fs::read_to_string(root.join(".dp/lock"))
+            );
+            let e = r
+                .error
+                .clone()
+                .unwrap_or_else(|| panic!("{r:?} has no error"));
+            if i == bad {
+                assert_eq!(e.kind, bad_kind, "{e:?}");
+            } else {
+                assert_eq!(e.kind, ErrorKind::NotSwitched, "{}: {e:?}", r.host);
+                assert!(
+                    e.message
+                        .starts_with(&format!("not switched: {bad_name} failed in ")),
+                    "{}: names the host and step: {e:?}",
+                    r.host
+                );
+            }
+        }
+        let before: Vec<i64> = self.expected().into_iter().filter(|&v| v < 2).collect();
+        assert_eq!(
+            self.applied(),
+            before,
+            "the pre-phase migration was not applied"
+        );
+    }
+
+    /// The rerun without the fault completes: every host on `release`, the migration
+    /// applied, the trees equal to the source.
+    #[track_caller]
+    fn assert_rerun_completes(&self, form: Form, release: &str) {
+        let out = self.deploy(form, release, &[]);
+        out.code(0);
+        for root in &self.roots {
+            assert_eq!(current(root), format!("releases/{release}"));
+            assert!(!root.join(".dp/lock").exists());
+            assert_same_tree(&self.dir.path().join("site"), &root.join("current"));
+        }
+        assert_eq!(self.applied(), self.expected());
+    }
+}
+
+fn current(root: &Path) -> String {
+    std::fs::read_link(root.join("current"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// Every file of `src` is in `release` with the same bytes, and `release` has no other
+/// files than dp's own.
+#[track_caller]
+fn assert_same_tree(src: &Path, release: &Path) {
+    fn files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
+            if rel.starts_with(".dp") || rel.as_os_str() == "REVISION" {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                files(root, &e.path(), out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    files(src, src, &mut a);
+    files(release, release, &mut b);
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the same files");
+    for f in &a {
+        assert_eq!(
+            std::fs::read(src.join(f)).unwrap(),
+            std::fs::read(release.join(f)).unwrap(),
+            "{}",
+            f.display()
+        );
+    }
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    crate::util::free_port()
+}
+
+fn closed_port_case(form: Form) {
+    let name = format!("faults-closed-port-{form:?}").to_lowercase();
+    let mut case = Case::new(&name);
+    case.live_then_change();
+    let port = case.hosts[2].1;
+    case.hosts[2].1 = closed_port();
+    case.write_config();
+    let out = case.deploy(form, "r2", &[]);
+    case.assert_nothing_switched(&out, 2, ErrorKind::Unreachable);
+    let bad = &out.records()[2];
+    assert!(
+        bad.error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("cannot connect"),
+        "{bad:?}"
+    );
+    case.hosts[2].1 = port;
+    case.write_config();
+    case.assert_rerun_completes(form, "r2");
+}
+
+#[test]
+fn a_closed_port_on_one_host_switches_no_host() {
+    closed_port_case(Form::OneLine);
+}
+
+#[test]
+fn a_closed_port_on_one_host_switches_no_host_in_the_pipeline() {
+    closed_port_case(Form::Pipeline);
+}
+
+fn changed_key_case(form: Form) {
+    let name = format!("faults-host-key-{form:?}").to_lowercase();
+    // No migrations: dp-restart is the one that must refuse to switch.
+    let case = Case::with_migrations(&name, false);
+    case.live_then_change_page();
+    // Host 3 now presents a key known_hosts does not have for it.
+    let fleet = Fleet::shared();
+    let other = keygen(&case.dir.path().join("other_key"), "ed25519");
+    let good = std::fs::read_to_string(&case.known_hosts).unwrap();
+    let line = fleet.hosts[2].known_hosts_line();
+    let forged = good.replace(
+        &line,
+        &format!("[127.0.0.1]:{} {other}\n", fleet.hosts[2].port),
+    );
+    assert_ne!(good, forged);
+    std::fs::write(&case.known_hosts, forged).unwrap();
+    let out = case.deploy(form, "r2", &[]);
+    case.assert_nothing_switched(&out, 2, ErrorKind::Failed);
+    let bad = &out.records()[2];
+    assert!(
+        bad.error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("HOST KEY CHANGED"),
+        "{bad:?}"
+    );
+    std::fs::write(&case.known_hosts, good).unwrap();
+    case.assert_rerun_completes(form, "r2");
+}
+
+#[test]
+fn a_changed_host_key_on_one_host_switches_no_host() {
+    changed_key_case(Form::OneLine);
+}
+
+#[test]
+fn a_changed_host_key_on_one_host_switches_no_host_in_the_pipeline() {
+    changed_key_case(Form::Pipeline);
+}
+
+fn failing_migration_case(form: Form) {
+    let name = format!("faults-migration-{form:?}").to_lowercase();
+    let case = Case::new(&name);
+    case.live_then_change();
+    let good = std::fs::read_to_string(case.dir.path().join("site/migrations/2_more.sql")).unwrap();
+    case.dir.write(
+        "site/migrations/2_more.sql",
+        "INSERT INTO nowhere VALUES (1);\n",
+    );
+    let out = case.deploy(form, "r2", &[]);
+    out.code(1);
+    for (r, root) in out.records().iter().zip(&case.roots) {
+        let e = r.error.clone().unwrap();
+        assert_eq!((e.step.as_str(), e.kind), ("migrate", ErrorKind::Failed));
+        assert!(e.message.contains("migration 2"), "{e:?}");
+        assert_eq!(current(root), "releases/r1");
+        assert!(!root.join(".dp/lock").exists());
+    }
+    assert_eq!(case.applied(), vec![1]);
+    // The fix changes the source (the migrations ship with it): a new release id.
+    case.dir.write("site/migrations/2_more.sql", good);
+    case.assert_rerun_completes(form, "r3");
+}
+
+#[test]
+fn a_failing_pre_migration_switches_no_host() {
+    failing_migration_case(Form::OneLine);
+}
+
+#[test]
+fn a_failing_pre_migration_switches_no_host_in_the_pipeline() {
+    failing_migration_case(Form::Pipeline);
+}
+
+fn allow_unreachable_case(form: Form) {
+    let name = format!("faults-allow-unreachable-{form:?}").to_lowercase();
+    let mut case = Case::new(&name);
+    case.live_then_change();
+    case.dir.write(
+        "site/migrations/post/3_contract.sql",
+        "CREATE TABLE contracted (id INTEGER);\n",
+    );
+    let port = case.hosts[1].1;
+    case.hosts[1].1 = closed_port();
+    case.write_config();
+    let out = case.deploy(form, "r2", &["--allow-unreachable", "1"]);
+    out.code(1);
+    let records = out.records();
+    for (i, (r, root)) in records.iter().zip(&case.roots).enumerate() {
+        if i == 1 {
+            assert_eq!(r.error.as_ref().unwrap().kind, ErrorKind::Unreachable);
+            assert_eq!(current(root), "releases/r1", "left out");
+        } else {
+            assert!(r.error.is_none(), "{r:?}");
+            assert_eq!(current(root), "releases/r2");
+            assert!(
+                r.steps["migrate_post"]["skipped"]
+                    .as_str()
+                    .is_some_and(|s| s.contains(&case.hosts[1].0)),
+                "contract migrations wait for every host: {:?}",
+                r.steps
+            );
+        }
+        assert!(!root.join(".dp/lock").exists());
+    }
+    assert_eq!(case.applied(), vec![1, 2], "expand applied, contract not");
+    // Two unreachable hosts are more than allowed: nobody switches.
+    let port0 = case.hosts[0].1;
+    case.hosts[0].1 = closed_port();
+    case.write_config();
+    case.dir.write("site/index.html", "v3\n");
+    let out = case.deploy(form, "r3", &["--allow-unreachable", "1"]);
+    out.code(1);
+    let r = &out.records()[2];
+    let e = r.error.as_ref().unwrap();
+    assert_eq!(e.kind, ErrorKind::NotSwitched, "{e:?}");
+    assert!(
+        e.message.contains("2 hosts unreachable, 1 allowed"),
+        "{e:?}"
+    );
+    assert_eq!(current(&case.roots[2]), "releases/r2");
+    // Back again: everything goes out.
+    case.hosts[0].1 = port0;
+    case.hosts[1].1 = port;
+    case.write_config();
+    let out = case.deploy(form, "r3", &[]);
+    out.code(0);
+    for root in &case.roots {
+        assert_eq!(current(root), "releases/r3");
+        assert_same_tree(&case.dir.path().join("site"), &root.join("current"));
+    }
+    assert_eq!(case.applied(), vec![1, 2, 3]);
+}
+
+#[test]
+fn allow_unreachable_leaves_out_a_dead_host_and_no_more() {
+    allow_unreachable_case(Form::OneLine);
+}
+
+#[test]
+fn allow_unreachable_leaves_out_a_dead_host_and_no_more_in_the_pipeline() {
+    allow_unreachable_case(Form::Pipeline);
+}
+
+/// Records that fail before dp-restart, fed to it directly: it switches none.
+#[test]
+fn dp_restart_switches_nothing_when_any_record_failed() {
+    let case = Case::new("faults-restart-barrier");
+    case.live_then_change();
+    let up = case.command("dp-hosts").run();
+    up.code(0);
+    let synced = case
+        .command("dp-sync")
+        .args(["--release", "r2"])
+        .stdin(up.stdout.clone())
+        .run();
+    synced.code(0);
+    let mut records: Vec<Record> = synced.records();
+    records[1].fail("deps", "pip exploded");
+    let input: String = records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
+    let out = case.command("dp-restart").stdin(input).run();
+    out.code(1);
+    for (i, (r, root)) in out.records().iter().zip(&case.roots).enumerate() {
+        assert_eq!(current(root), "releases/r1");
+        assert!(
+            !root.join(".dp/lock").exists(),
+            "lock released on {}",
+            r.host
+        );
+        let e = r.error.as_ref().unwrap();
+        if i != 1 {
+            assert_eq!(e.kind, ErrorKind::NotSwitched);
+            assert!(
+                e.message
+                    .contains(&format!("{} failed in deps: pip exploded", case.hosts[1].0)),
+                "{e:?}"
+            );
+        }
+    }
+    assert!(out.stderr.contains("pip exploded"), "{}", out.stderr);
+}
