@@ -485,3 +485,224 @@ fn dp_restart_switches_nothing_when_any_record_failed() {
     }
     assert!(out.stderr.contains("pip exploded"), "{}", out.stderr);
 }
+
+/// A small tmpfs mounted over a host's deploy root for the length of a test.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` over `path` (empty), or `None` when not root.
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        if !crate::util::getuid_is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+            return None;
+        }
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs on {}", path.display());
+        Some(Tmpfs {
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn remount(&self, mode: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(&self.path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {mode}");
+    }
+
+    /// Fills the file system to the last byte.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let small = [0u8; 512];
+        while f.write_all(&small).is_ok() {}
+        let _ = f.write_all(&[0u8]);
+    }
+
+    fn unfill(&self) {
+        std::fs::remove_file(self.path.join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// A case whose host 3 has a tmpfs of its own as its deploy root, with r1 live.
+fn tmpfs_case(name: &str) -> Option<(Case, Tmpfs)> {
+    let case = Case::new(name);
+    let fs = Tmpfs::mount(&case.roots[2], "4m")?;
+    case.live_then_change();
+    Some((case, fs))
+}
+
+#[test]
+fn a_full_disk_on_one_host_switches_no_host_and_leaves_no_lock() {
+    for form in [Form::OneLine, Form::Pipeline] {
+        let name = format!("faults-full-disk-{form:?}").to_lowercase();
+        let Some((case, fs)) = tmpfs_case(&name) else {
+            return;
+        };
+        fs.fill();
+        let out = case.deploy(form, "r2", &[]);
+        case.assert_nothing_switched(&out, 2, ErrorKind::Failed);
+        let e = out.records()[2].error.clone().unwrap();
+        assert_eq!(e.step, "sync");
+        assert!(e.message.contains("No space left on device"), "{e:?}");
+        assert!(
+            !case.roots[2].join(".dp/lock").exists(),
+            "no empty lock left behind"
+        );
+        fs.unfill();
+        case.assert_rerun_completes(form, "r2");
+    }
+}
+
+#[test]
+fn a_read_only_root_on_one_host_switches_no_host() {
+    for form in [Form::OneLine, Form::Pipeline] {
+        let name = format!("faults-read-only-{form:?}").to_lowercase();
+        let Some((case, fs)) = tmpfs_case(&name) else {
+            return;
+        };
+        fs.remount("ro");
+        let out = case.deploy(form, "r2", &[]);
+        case.assert_nothing_switched(&out, 2, ErrorKind::Failed);
+        let e = out.records()[2].error.clone().unwrap();
+        assert_eq!(e.step, "sync");
+        assert!(e.message.contains("Read-only file system"), "{e:?}");
+        assert!(!e.message.contains("lock is held"), "{e:?}");
+        fs.remount("rw");
+        case.assert_rerun_completes(form, "r2");
+    }
+}
+
+#[test]
+fn an_unreadable_lock_is_reported_and_expires_with_its_lease() {
+    let case = Case::new("faults-corrupt-lock");
+    case.live_then_change();
+    // An empty lock, as a full disk left it before: refused while its lease may run ...
+    let lock = case.roots[2].join(".dp/lock");
+    std::fs::write(&lock, "").unwrap();
+    let out = case.deploy(Form::OneLine, "r2", &["--lease", "60s"]);
+    out.code(1);
+    for (i, (r, root)) in out.records().iter().zip(&case.roots).enumerate() {
+        assert_eq!(current(root), "releases/r1");
+        let kind = r.error.as_ref().unwrap().kind;
+        if i < 2 {
+            assert_eq!(kind, ErrorKind::NotSwitched);
+            assert!(
+                !root.join(".dp/lock").exists(),
+                "{}: lock given back",
+                r.host
+            );
+        }
+    }
+    let e = out.records()[2].error.clone().unwrap();
+    assert!(
+        e.message
+            .contains("deploy lock is corrupt (0 bytes, written 0 s ago)")
+            || e.message
+                .contains("deploy lock is corrupt (0 bytes, written 1 s ago)"),
+        "{e:?}"
+    );
+    assert!(lock.exists(), "another's lock is not removed");
+    // ... and taken over once a lease has passed since it was written.
+    let old = std::process::Command::new("touch")
+        .args(["-d", "2 minutes ago"])
+        .arg(&lock)
+        .status()
+        .unwrap();
+    assert!(old.success());
+    let out = case.deploy(Form::OneLine, "r2", &["--lease", "60s"]);
+    out.code(0);
+    assert!(
+        out.records()[2].steps["sync"]["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("took over an expired deploy lock")),
+        "{}",
+        out.stdout
+    );
+    for root in &case.roots {
+        assert_eq!(current(root), "releases/r2");
+        assert!(!root.join(".dp/lock").exists());
+    }
+}
+
+/// Processes on this machine whose command line contains `marker`.
+fn running(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) && !cmd.contains("cargo") {
+                found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_restart_command_that_hangs_is_stopped_at_its_deadline() {
+    for form in [Form::OneLine, Form::Pipeline] {
+        let name = format!("faults-restart-hangs-{form:?}").to_lowercase();
+        let case = Case::new(&name);
+        case.live_then_change();
+        // On h2, the restart into r2 never returns, and what it started would stay.
+        let marker = format!("sleep 1001.{}", form as u8);
+        let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
+        let hang = format!(
+            "if [ {{host}} = h2 ] && [ {{release}} = r2 ]; then {marker}; fi; echo {{release}} > {{root}}/restarted"
+        );
+        let config = config.replace(
+            "command = \"echo {release} > {root}/restarted\"",
+            &format!("command = \"{hang}\"\ntimeout = \"2s\""),
+        );
+        case.dir.write("deploy.toml", &config);
+        let out = case.deploy(form, "r2", &[]);
+        out.code(1);
+        let records = out.records();
+        // Batch 1: h1 went live; h2 hung, was stopped and switched back; h3 was skipped.
+        assert!(records[0].error.is_none(), "{:?}", records[0]);
+        assert_eq!(current(&case.roots[0]), "releases/r2");
+        let e = records[1].error.clone().unwrap();
+        assert_eq!(e.kind, ErrorKind::SwitchedBack, "{e:?}");
+        assert!(
+            e.message
+                .contains("the restart command did not finish within 2s"),
+            "{e:?}"
+        );
+        assert_eq!(current(&case.roots[1]), "releases/r1");
+        assert_eq!(records[2].error.clone().unwrap().kind, ErrorKind::Skipped);
+        assert_eq!(current(&case.roots[2]), "releases/r1");
+        for root in &case.roots {
+            assert!(!root.join(".dp/lock").exists());
+        }
+        assert!(
+            running(&marker).is_empty(),
+            "nothing the restart started is left: {:?}",
+            running(&marker)
+        );
+        // Fixed: the same release goes out everywhere.
+        case.write_config();
+        case.assert_rerun_completes(form, "r2");
+    }
+}

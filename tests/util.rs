@@ -369,6 +369,13 @@ impl SshHost {
         }
     }
 
+    /// The pid of this sshd (its sessions are its descendants).
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join("sshd.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    }
+
     /// Stops this sshd and every session it serves (kills the whole connection tree).
     pub fn kill_all(&mut self) {
         if let Ok(pid) = std::fs::read_to_string(self.dir.join("sshd.pid")) {
@@ -484,7 +491,8 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     found
 }
 
-fn getuid_is_root() -> bool {
+/// True when the tests run as root (needed to mount file systems for fault tests).
+pub fn getuid_is_root() -> bool {
     user() == "root"
 }
 

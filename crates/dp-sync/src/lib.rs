@@ -17,7 +17,7 @@ use dp_core::layout::{check_release_id, root_of};
 use dp_core::lock;
 use dp_core::parallel::Sessions;
 use dp_core::transport::Transport;
-use dp_core::Record;
+use dp_core::{ErrorKind, Record};
 use manifest::Manifest;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -399,8 +399,17 @@ fn run_phased(
                 + &lock::release_script(&p.release).map_err(|e| e.to_string())?;
             conn.run(&script).map(drop).map_err(|e| e.to_string())
         });
+        let why = dp_core::gate::Blocked {
+            host: host.clone(),
+            step: STEP.to_string(),
+            message: message.clone(),
+        };
         for r in records.iter_mut() {
-            r.fail(STEP, format!("deploy refused: on {host}, {message}"));
+            if r.host == host {
+                r.fail(STEP, message.clone());
+            } else {
+                r.fail_as(STEP, ErrorKind::NotSwitched, format!("not switched: {why}"));
+            }
         }
         return HashMap::new();
     }
