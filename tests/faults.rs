@@ -6,6 +6,7 @@
 use crate::util::{bin, keygen, Dir, Fleet, Outcome, TestCommand};
 use dp_core::{ErrorKind, Record};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// How the deploy is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,8 @@ struct Case {
     /// (name, port) of each host as the config names it.
     hosts: Vec<(String, u16)>,
     known_hosts: PathBuf,
+    client_key: PathBuf,
+    user: String,
     extra: String,
 }
 
@@ -34,7 +37,11 @@ impl Case {
 
     /// A case whose site has migrations, or none (then dp-restart alone decides).
     fn with_migrations(name: &str, migrations: bool) -> Case {
-        let fleet = Fleet::shared();
+        Case::on(Fleet::shared(), name, migrations)
+    }
+
+    /// A case on the first three hosts of `fleet`.
+    fn on(fleet: &Fleet, name: &str, migrations: bool) -> Case {
         let dir = Dir::new(name);
         let roots: Vec<PathBuf> = (0..3).map(|i| fleet.root_for(i, name)).collect();
         dir.write("site/index.html", "v1\n");
@@ -54,6 +61,8 @@ impl Case {
             dir,
             roots,
             known_hosts,
+            client_key: fleet.client_key.clone(),
+            user: fleet.user.clone(),
             extra: String::new(),
         };
         case.write_config();
@@ -61,7 +70,6 @@ impl Case {
     }
 
     fn write_config(&self) {
-        let fleet = Fleet::shared();
         let hosts: Vec<String> = self
             .hosts
             .iter()
@@ -83,9 +91,9 @@ impl Case {
                  [restart]\nbatch = \"1\"\ncommand = \"echo {{release}} > {{root}}/restarted\"\n\
                  [stages.test]\nuser = \"{user}\"\nhosts = [\n{hosts}\n]\n",
                 kh = self.known_hosts.display(),
-                key = fleet.client_key.display(),
+                key = self.client_key.display(),
                 extra = self.extra,
-                user = fleet.user,
+                user = self.user,
                 hosts = hosts.join("\n"),
             ),
         );
@@ -705,4 +713,93 @@ fn a_restart_command_that_hangs_is_stopped_at_its_deadline() {
         case.write_config();
         case.assert_rerun_completes(form, "r2");
     }
+}
+
+/// Sends `signal` to each of `pids`.
+fn signal(pids: &[u32], signal: &str) {
+    for p in pids {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &p.to_string()])
+            .status();
+    }
+}
+
+/// Waits for `child` at most `within`; kills it and fails the test past that.
+fn wait_bounded(mut child: std::process::Child, within: Duration) -> Outcome {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            return Outcome {
+                code: status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                elapsed: started.elapsed(),
+            };
+        }
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still waiting after {within:?}: a wait without end\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_host_that_stops_answering_mid_upload_fails_within_the_keepalive_limit() {
+    // A fleet of its own: the test stops every session process of its third host.
+    let fleet = Fleet::start(3);
+    let mut case = Case::on(&fleet, "faults-stopped-host", true);
+    case.extra = "server_alive_interval = \"1s\"\nserver_alive_count_max = 2\n".into();
+    case.write_config();
+    case.live_then_change();
+    // Large enough that the upload is still running when the host is stopped.
+    let big = case.dir.path().join("site/big.bin");
+    std::fs::write(&big, vec![7u8; 192 << 20]).unwrap();
+    let sshd = fleet.hosts[2].pid().expect("sshd pid");
+    let (child, _home) = case
+        .command("dp")
+        .args(["deploy", "--release", "r2"])
+        .spawn();
+    // Wait for the host's tar to be receiving, then stop everything of that session.
+    let started = Instant::now();
+    let stopped = loop {
+        let procs = crate::util::descendants(sshd);
+        let receiving = procs.iter().any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "tar")
+        });
+        if receiving {
+            signal(&procs, "STOP");
+            break procs;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the upload never started on h3"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let out = wait_bounded(child, Duration::from_secs(60));
+    signal(&stopped, "CONT");
+    case.assert_nothing_switched(&out, 2, ErrorKind::Failed);
+    let e = out.records()[2].error.clone().unwrap();
+    assert_eq!(e.step, "sync");
+    assert!(e.message.contains("not answering"), "{e:?}");
+    // Nothing dp started on the host keeps running once its session is gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stopped
+        .iter()
+        .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "left running on h3: {:?}",
+            crate::util::descendants(sshd)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    case.assert_rerun_completes(Form::OneLine, "r2");
 }

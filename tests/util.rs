@@ -191,7 +191,20 @@ impl TestCommand {
         self
     }
 
-    /// Runs to completion.
+    /// Starts the command without waiting (stdin closed, stdout and stderr piped); the
+    /// second value keeps its HOME alive.
+    pub fn spawn(mut self) -> (std::process::Child, Option<Dir>) {
+        let child = self
+            .cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        (child, self.home.take())
+    }
+
+    /// Runs the command to its end.
     pub fn run(mut self) -> Outcome {
         let started = Instant::now();
         self.cmd
