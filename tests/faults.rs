@@ -724,6 +724,16 @@ fn signal(pids: &[u32], signal: &str) {
     }
 }
 
+/// Sends `signal` to every process of the process group `group`.
+fn signal_group(group: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args(["-s", signal, "--", &format!("-{group}")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -s {signal} -- -{group}");
+}
+
 /// Waits for `child` at most `within`; kills it and fails the test past that.
 fn wait_bounded(mut child: std::process::Child, within: Duration) -> Outcome {
     let started = Instant::now();
@@ -801,5 +811,137 @@ fn a_host_that_stops_answering_mid_upload_fails_within_the_keepalive_limit() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    case.assert_rerun_completes(Form::OneLine, "r2");
+}
+
+/// Waits until `ready` holds, at most a minute.
+#[track_caller]
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < Duration::from_secs(60), "never: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// True while an upload of `release` is under way on the host of `root`.
+fn uploading(root: &Path, release: &str) -> bool {
+    let releases = root.join("releases");
+    releases.join(format!(".incoming-{release}")).exists()
+        || releases.join(format!(".tmp-{release}")).exists()
+}
+
+#[test]
+fn sigint_mid_upload_leaves_every_host_on_its_release_and_unlocked() {
+    for form in [Form::OneLine, Form::Pipeline] {
+        let name = format!("faults-sigint-upload-{form:?}").to_lowercase();
+        let case = Case::new(&name);
+        case.live_then_change();
+        std::fs::write(case.dir.path().join("site/big.bin"), vec![3u8; 160 << 20]).unwrap();
+        // As a terminal does: the signal goes to every process of the foreground group.
+        let cmd = match form {
+            Form::OneLine => case.command("dp").args(["deploy", "--release", "r2"]),
+            Form::Pipeline => {
+                let printed = case
+                    .command("dp")
+                    .args(["deploy", "--release", "r2", "--print-pipeline"])
+                    .run();
+                let tools = bin("dp").parent().unwrap().display().to_string();
+                case.command("dp")
+                    .program("bash")
+                    .current_dir(case.dir.path())
+                    .args(["-o", "pipefail", "-c", &printed.stdout])
+                    .env(
+                        "PATH",
+                        format!("{tools}:{}", std::env::var("PATH").unwrap_or_default()),
+                    )
+            }
+        }
+        .process_group();
+        let (child, _home) = cmd.spawn();
+        let group = child.id();
+        wait_until("an upload under way", || {
+            case.roots.iter().any(|r| uploading(r, "r2"))
+        });
+        signal_group(group, "INT");
+        let out = wait_bounded(child, Duration::from_secs(60));
+        out.code(130);
+        let records = out.records();
+        assert_eq!(records.len(), 3, "every record printed\n{}", out.stderr);
+        for (r, root) in records.iter().zip(&case.roots) {
+            assert_eq!(current(root), "releases/r1", "{} not switched", r.host);
+            assert!(!root.join(".dp/lock").exists(), "{}: lock released", r.host);
+            let kind = r.error.as_ref().map(|e| e.kind);
+            assert!(
+                matches!(
+                    kind,
+                    Some(ErrorKind::Interrupted) | Some(ErrorKind::NotSwitched)
+                ),
+                "{r:?}"
+            );
+        }
+        assert!(
+            records
+                .iter()
+                .any(|r| r.error.as_ref().unwrap().kind == ErrorKind::Interrupted),
+            "{}",
+            out.stdout
+        );
+        assert_eq!(case.applied(), vec![1], "no migration after the interrupt");
+        // The hosts' tar saw its input end; nothing is left running for this deploy.
+        wait_until("no process of this deploy left", || {
+            running(&format!("/{name}/")).is_empty()
+        });
+        case.assert_rerun_completes(Form::OneLine, "r2");
+    }
+}
+
+#[test]
+fn sigint_mid_rollout_finishes_the_batch_and_starts_no_other() {
+    let case = Case::new("faults-sigint-rollout");
+    case.live_then_change();
+    let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
+    case.dir.write(
+        "deploy.toml",
+        config.replace(
+            "command = \"echo {release} > {root}/restarted\"",
+            "command = \"sleep 1; echo {release} > {root}/restarted\"",
+        ),
+    );
+    let (child, _home) = case
+        .command("dp")
+        .args(["deploy", "--release", "r2"])
+        .process_group()
+        .spawn();
+    let group = child.id();
+    // h1 is switched and its restart is running: the first batch is under way.
+    wait_until("h1 switched", || current(&case.roots[0]) == "releases/r2");
+    signal_group(group, "INT");
+    let out = wait_bounded(child, Duration::from_secs(60));
+    out.code(130);
+    let records = out.records();
+    assert!(records[0].error.is_none(), "{:?}", records[0]);
+    assert_eq!(
+        std::fs::read_to_string(case.roots[0].join("restarted")).unwrap(),
+        "r2\n",
+        "the batch being switched finished: restarted into r2"
+    );
+    for (r, root) in records.iter().zip(&case.roots).skip(1) {
+        assert_eq!(
+            r.error.as_ref().unwrap().kind,
+            ErrorKind::Interrupted,
+            "{r:?}"
+        );
+        assert_eq!(current(root), "releases/r1");
+        assert_eq!(
+            std::fs::read_to_string(root.join("restarted")).unwrap(),
+            "r1\n"
+        );
+    }
+    for root in &case.roots {
+        assert!(!root.join(".dp/lock").exists());
+    }
+    assert!(out.stderr.contains("deploy FAILED"), "{}", out.stderr);
+    // Run again: the rest of the fleet follows.
     case.assert_rerun_completes(Form::OneLine, "r2");
 }

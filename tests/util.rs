@@ -191,6 +191,14 @@ impl TestCommand {
         self
     }
 
+    /// Runs the command in a process group of its own (whose id is its pid), so a test
+    /// can signal it and everything it started, as a terminal signals its foreground job.
+    pub fn process_group(mut self) -> Self {
+        use std::os::unix::process::CommandExt;
+        self.cmd.process_group(0);
+        self
+    }
+
     /// Starts the command without waiting (stdin closed, stdout and stderr piped); the
     /// second value keeps its HOME alive.
     pub fn spawn(mut self) -> (std::process::Child, Option<Dir>) {

@@ -104,7 +104,9 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         renew: dp_core::lock::Renew::Always,
     };
     let mut records = read_input("-")?;
-    dp_deps::run(&mut records, &mut Sessions::new(), &opts);
+    let mut sessions = Sessions::new();
+    dp_deps::run(&mut records, &mut sessions, &opts);
+    dp_core::lock::release_if_interrupted(&mut records, &mut sessions, opts.jobs);
     crate::report_failures("dp-deps", dp_deps::STEP, &records);
     write_output(&records)?;
     Ok(Exit::for_records(&records))

@@ -18,6 +18,7 @@ use dp_core::Exit;
 /// whole cause chain on error; with 0 when stdout was closed by the reader (a broken pipe
 /// is how `dp-hosts | head -1` ends, not a failure).
 pub fn main_with(name: &str, run: impl FnOnce() -> anyhow::Result<Exit>) -> ! {
+    dp_core::interrupt::install();
     let code = match run() {
         Ok(exit) => exit.code(),
         Err(e) if is_broken_pipe(&e) => 0,

@@ -219,6 +219,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             }
         }
     }
+    dp_core::lock::release_if_interrupted(&mut records, &mut Sessions::new(), 16);
     if let Some(first) = records
         .iter()
         .find(|r| r.error.as_ref().is_some_and(|e| e.step == dp_migrate::STEP))

@@ -89,8 +89,10 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         compress: !args.no_compress,
     };
     let mut records = read_input("-")?;
-    dp_sync::scan_and_run(&mut records, &mut Sessions::new(), &opts)
+    let mut sessions = Sessions::new();
+    dp_sync::scan_and_run(&mut records, &mut sessions, &opts)
         .context("cannot prepare the release")?;
+    dp_core::lock::release_if_interrupted(&mut records, &mut sessions, opts.jobs);
     crate::report_failures("dp-sync", dp_sync::STEP, &records);
     crate::report_warnings("dp-sync", dp_sync::STEP, &records);
     write_output(&records)?;

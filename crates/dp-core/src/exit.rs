@@ -4,7 +4,8 @@
 ///
 /// - `0`: every host is ok;
 /// - `1`: at least one host failed (its record says which and why);
-/// - `2`: usage, config or input error, found before any host was touched.
+/// - `2`: usage, config or input error, found before any host was touched;
+/// - `130`: interrupted; the records say where each host stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// Every host is ok.
@@ -13,12 +14,17 @@ pub enum Exit {
     HostFailed = 1,
     /// Usage, config or input error before any host was touched.
     Usage = 2,
+    /// Interrupted (SIGINT, SIGTERM, SIGHUP); the records say where each host stands.
+    Interrupted = 130,
 }
 
 impl Exit {
-    /// The exit code for a finished run over `records`: 1 if any failed, else 0.
+    /// The exit code for a finished run over `records`: 130 if it was interrupted, else 1
+    /// if any failed, else 0.
     pub fn for_records<'a>(records: impl IntoIterator<Item = &'a crate::Record>) -> Exit {
-        if records.into_iter().any(|r| r.failed()) {
+        if crate::interrupt::interrupted() {
+            Exit::Interrupted
+        } else if records.into_iter().any(|r| r.failed()) {
             Exit::HostFailed
         } else {
             Exit::Ok

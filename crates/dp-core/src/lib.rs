@@ -12,6 +12,7 @@
 pub mod config;
 pub mod exit;
 pub mod gate;
+pub mod interrupt;
 pub mod jsonl;
 pub mod layout;
 pub mod lock;

@@ -196,6 +196,37 @@ pub fn release_script(release: &str) -> Result<String, QuoteError> {
     ))
 }
 
+/// Gives back the lock of each record's release on the hosts `indices` (where this release
+/// holds it), even after an interrupt. Failures are ignored: a lock not given back lapses
+/// with its lease.
+pub fn release_on(records: &mut [Record], sessions: &mut Sessions, indices: &[usize], jobs: usize) {
+    let _ = sessions.run_indices(records, indices, jobs, |conn, record| {
+        let script = script_prelude(root_of(record)?).map_err(|e| e.to_string())?
+            + &release_script(release_of(record)?).map_err(|e| e.to_string())?;
+        crate::interrupt::critical(|| conn.run(&script))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+}
+
+/// After an interrupt, [`release_on`] every host that a step may have locked (a record
+/// with a release and a root, which was reached); a no-op otherwise. Each tool calls it
+/// before printing its records, so an interrupted pipeline leaves no host locked.
+pub fn release_if_interrupted(records: &mut [Record], sessions: &mut Sessions, jobs: usize) {
+    if !crate::interrupt::interrupted() {
+        return;
+    }
+    let locked: Vec<usize> = (0..records.len())
+        .filter(|&i| {
+            let r = &records[i];
+            r.release.is_some()
+                && r.root.is_some()
+                && r.error_kind() != Some(crate::ErrorKind::Unreachable)
+        })
+        .collect();
+    release_on(records, sessions, &locked, jobs);
+}
+
 /// When a script that takes the lock ended with [`HELD_STATUS`], the message naming the
 /// holder.
 pub fn held(status: &crate::transport::ExecStatus) -> Option<String> {

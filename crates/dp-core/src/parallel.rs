@@ -106,6 +106,10 @@ impl Sessions {
             if record.failed() {
                 return;
             }
+            if crate::interrupt::should_stop() {
+                record.fail(step, "interrupted before this step ran on the host");
+                return;
+            }
             if slot.is_none() {
                 match Connection::open(record) {
                     Ok(c) => *slot = Some(c),

@@ -213,8 +213,14 @@ impl Record {
     }
 
     /// Marks this host failed in `step`. An earlier error is kept: the first cause wins.
+    /// After an interrupt, a failure is of kind `interrupted` (the message keeps the cause).
     pub fn fail(&mut self, step: &str, message: impl Into<String>) {
-        self.fail_as(step, ErrorKind::Failed, message);
+        let kind = if crate::interrupt::interrupted() {
+            ErrorKind::Interrupted
+        } else {
+            ErrorKind::Failed
+        };
+        self.fail_as(step, kind, message);
     }
 
     /// [`Record::fail`] with a kind other than [`ErrorKind::Failed`].

@@ -16,7 +16,7 @@ use dp_core::parallel::Sessions;
 use dp_core::template::{render, Escape};
 use dp_core::transport::Transport;
 use dp_core::Record;
-use dp_core::{gate, lock, ErrorKind};
+use dp_core::{gate, interrupt, lock, ErrorKind};
 use serde::Serialize;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -187,6 +187,16 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
     let mut failures: Vec<String> = Vec::new();
     let mut stopped_after: Option<usize> = None;
     for (b, batch) in eligible.chunks(size).enumerate() {
+        if interrupt::interrupted() {
+            // Start no new batch; the one being switched has finished or switched back.
+            for &i in batch {
+                records[i].fail(
+                    STEP,
+                    "not switched: the deploy was interrupted before this host's batch",
+                );
+            }
+            continue;
+        }
         if let Some(after) = stopped_after {
             for &i in batch {
                 records[i].fail_as(
@@ -211,7 +221,10 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
                 batch: b + 1,
                 ..RestartStats::default()
             };
-            let outcome = roll_host(conn, record, opts, lock_id, &mut stats, rollout_start);
+            // A batch being switched is finished (or switched back) even after an interrupt.
+            let outcome = interrupt::critical(|| {
+                roll_host(conn, record, opts, lock_id, &mut stats, rollout_start)
+            });
             stats.ms = started.elapsed().as_millis() as u64;
             if opts.rollback && !stats.release.is_empty() {
                 record.release = Some(stats.release.clone());
@@ -373,52 +386,7 @@ fn finish_all(
         .filter(|&i| records[i].root.is_some() && (records[i].release.is_some() || opts.rollback))
         .collect();
     let results = sessions.run_indices(records, &targets, opts.jobs, |conn, record| {
-        // The release `current` was switched from on this host (kept by the cleanup).
-        let previous = record
-            .steps
-            .get(STEP)
-            .and_then(|v| v["previous"].as_str())
-            .map(str::to_string);
-        let release = record.release.clone().unwrap_or_default();
-        let result = match &record.error {
-            None => "ok".to_string(),
-            Some(e) if e.kind == ErrorKind::Failed => format!("failed in {}", e.step),
-            Some(e) => e.kind.as_str().to_string(),
-        };
-        let history = serde_json::json!({
-            "time": utc_now(),
-            "action": action,
-            "release": release,
-            "previous": previous,
-            "user": user,
-            "result": result,
-        })
-        .to_string();
-        let lock_id = if opts.rollback {
-            rollback_id.to_string()
-        } else {
-            release.clone()
-        };
-        if check_release_id(&lock_id).is_err() {
-            return Ok(Vec::new());
-        }
-        let f = script::Finish {
-            root: root_of(record)?,
-            lock_id: &lock_id,
-            keep: opts.keep.max(1),
-            previous: previous.as_deref(),
-            history: &history,
-        };
-        let out = conn
-            .run(&script::finish(&f).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        out.status
-            .check("finishing (cleanup, history, unlock)")
-            .map_err(|e| e.to_string())?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("removed ").map(str::to_string))
-            .collect::<Vec<_>>())
+        interrupt::critical(|| finish_host(conn, record, opts, rollback_id, &user, action))
     });
     for (&i, result) in targets.iter().zip(results) {
         match result {
@@ -437,4 +405,60 @@ fn finish_all(
             }
         }
     }
+}
+
+/// The finish on one host: cleanup, history, unlock. Returns what the cleanup removed.
+fn finish_host(
+    conn: &mut dyn Transport,
+    record: &Record,
+    opts: &RestartOptions,
+    rollback_id: &str,
+    user: &str,
+    action: &str,
+) -> Result<Vec<String>, String> {
+    let previous = record
+        .steps
+        .get(STEP)
+        .and_then(|v| v["previous"].as_str())
+        .map(str::to_string);
+    let release = record.release.clone().unwrap_or_default();
+    let result = match &record.error {
+        None => "ok".to_string(),
+        Some(e) if e.kind == ErrorKind::Failed => format!("failed in {}", e.step),
+        Some(e) => e.kind.as_str().to_string(),
+    };
+    let history = serde_json::json!({
+        "time": utc_now(),
+        "action": action,
+        "release": release,
+        "previous": previous,
+        "user": user,
+        "result": result,
+    })
+    .to_string();
+    let lock_id = if opts.rollback {
+        rollback_id.to_string()
+    } else {
+        release.clone()
+    };
+    if check_release_id(&lock_id).is_err() {
+        return Ok(Vec::new());
+    }
+    let f = script::Finish {
+        root: root_of(record)?,
+        lock_id: &lock_id,
+        keep: opts.keep.max(1),
+        previous: previous.as_deref(),
+        history: &history,
+    };
+    let out = conn
+        .run(&script::finish(&f).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    out.status
+        .check("finishing (cleanup, history, unlock)")
+        .map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("removed ").map(str::to_string))
+        .collect::<Vec<_>>())
 }

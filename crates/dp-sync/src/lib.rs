@@ -393,12 +393,7 @@ fn run_phased(
             .filter(|(_, s)| s.is_ok())
             .map(|(i, _)| *i)
             .collect();
-        let _ = sessions.run_indices(records, &taken, opts.jobs, |conn, record| {
-            let script = dp_core::layout::script_prelude(root_of(record)?)
-                .map_err(|e| e.to_string())?
-                + &lock::release_script(&p.release).map_err(|e| e.to_string())?;
-            conn.run(&script).map(drop).map_err(|e| e.to_string())
-        });
+        lock::release_on(records, sessions, &taken, opts.jobs);
         let why = dp_core::gate::Blocked {
             host: host.clone(),
             step: STEP.to_string(),

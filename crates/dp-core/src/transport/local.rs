@@ -2,7 +2,7 @@
 
 use super::{ExecStatus, TailBuffer, Transport, TransportError, STDERR_TAIL};
 use std::io::{self, Read, Write};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 
 /// Runs scripts on this machine.
@@ -30,9 +30,15 @@ impl Transport for LocalTransport {
         stdin: Option<&mut (dyn Read + Send)>,
         stdout: &mut (dyn Write + Send),
     ) -> Result<ExecStatus, TransportError> {
+        if crate::interrupt::should_stop() {
+            return Err(TransportError::Interrupted);
+        }
+        // A process group of its own: Ctrl-C at the terminal reaches dp, which decides
+        // what stops, not the script in the middle of a switch.
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
+            .process_group(0)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {

@@ -154,6 +154,10 @@ pub enum TransportError {
         /// What was tried, in order.
         tried: String,
     },
+    /// The run was interrupted (SIGINT, SIGTERM): the command was not started, or was cut
+    /// off (an upload cut off never becomes a release).
+    #[error("interrupted: stopped before it finished")]
+    Interrupted,
     /// The host stopped answering: nothing came back, not even to keepalives.
     #[error("not answering: nothing heard for {silent} ({count} keepalives unanswered); the host, its sshd or the network is stuck")]
     NotAnswering {

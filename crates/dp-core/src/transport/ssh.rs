@@ -291,6 +291,9 @@ impl SshTransport {
         // window), or bytes arriving on the socket (a keepalive's reply).
         let mut last_heard = Instant::now();
         loop {
+            if crate::interrupt::should_stop() {
+                return Err(TransportError::Interrupted);
+            }
             let mut progress = false;
             // Why sending stopped, if it did: on a full socket (the reads below leave
             // libssh2's block direction at "inbound", so the wait must ask for "writable"
@@ -394,6 +397,9 @@ impl Transport for SshTransport {
         stdin: Option<&mut (dyn Read + Send)>,
         stdout: &mut (dyn Write + Send),
     ) -> Result<ExecStatus, TransportError> {
+        if crate::interrupt::should_stop() {
+            return Err(TransportError::Interrupted);
+        }
         let (session, fd, control) = (&self.session, self.fd, self.control_timeout());
         let mut channel = nb(session, fd, control, || session.channel_session())
             .map_err(self.control_err("open channel"))?;
