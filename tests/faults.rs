@@ -945,3 +945,179 @@ fn sigint_mid_rollout_finishes_the_batch_and_starts_no_other() {
     // Run again: the rest of the fleet follows.
     case.assert_rerun_completes(Form::OneLine, "r2");
 }
+
+#[test]
+fn a_failing_health_check_switches_that_host_back_and_stops_the_rollout() {
+    let case = Case::new("faults-health");
+    case.live_then_change();
+    let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
+    case.dir.write(
+        "deploy.toml",
+        config.replace(
+            "[stages.test]",
+            "health_cmd = \"test {host} != h2\"\nhealth_timeout = \"1s\"\n[stages.test]",
+        ),
+    );
+    let out = case.deploy(Form::OneLine, "r2", &[]);
+    out.code(1);
+    let records = out.records();
+    assert!(records[0].error.is_none());
+    assert_eq!(current(&case.roots[0]), "releases/r2");
+    let e = records[1].error.clone().unwrap();
+    assert_eq!(e.kind, ErrorKind::SwitchedBack, "{e:?}");
+    assert!(e.message.contains("health check"), "{e:?}");
+    assert_eq!(current(&case.roots[1]), "releases/r1");
+    assert_eq!(
+        std::fs::read_to_string(case.roots[1].join("restarted")).unwrap(),
+        "r1\n",
+        "restarted again into the release it went back to"
+    );
+    assert_eq!(records[2].error.clone().unwrap().kind, ErrorKind::Skipped);
+    assert_eq!(current(&case.roots[2]), "releases/r1");
+    for root in &case.roots {
+        assert!(!root.join(".dp/lock").exists());
+    }
+    let history = std::fs::read_to_string(case.roots[1].join(".dp/history.jsonl")).unwrap();
+    assert!(
+        history
+            .lines()
+            .last()
+            .unwrap()
+            .contains("\"result\":\"switched-back\""),
+        "{history}"
+    );
+    case.write_config();
+    case.assert_rerun_completes(Form::OneLine, "r2");
+}
+
+#[test]
+fn two_deploys_at_once_one_goes_on_and_the_other_changes_nothing() {
+    let case = Case::new("faults-two-at-once");
+    case.live_then_change();
+    let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
+    case.dir.write(
+        "deploy.toml",
+        config.replace(
+            "command = \"echo {release} > {root}/restarted\"",
+            "command = \"sleep 1; echo {release} > {root}/restarted\"",
+        ),
+    );
+    let (x, y) = std::thread::scope(|s| {
+        let x = s.spawn(|| case.deploy(Form::OneLine, "rx", &[]));
+        let y = s.spawn(|| case.deploy(Form::OneLine, "ry", &[]));
+        (x.join().unwrap(), y.join().unwrap())
+    });
+    let (winner, loser) = match (x.code, y.code) {
+        (0, 1) => ("rx", &y),
+        (1, 0) => ("ry", &x),
+        codes => panic!(
+            "one deploy must be refused: {codes:?}\n{}\n{}",
+            x.stderr, y.stderr
+        ),
+    };
+    for r in loser.records() {
+        let e = r.error.unwrap();
+        assert!(
+            e.message
+                .contains(&format!("deploy lock is held by release {winner}")),
+            "{e:?}"
+        );
+    }
+    for root in &case.roots {
+        assert_eq!(current(root), format!("releases/{winner}"));
+        assert!(!root.join(".dp/lock").exists());
+    }
+    assert_eq!(case.applied(), vec![1, 2], "migrated once");
+}
+
+/// Runs `program args` with `stdin` in the case's directory and checks that it was
+/// refused with exit 2 before any host was touched, naming `what`.
+#[track_caller]
+fn refused(case: &Case, program: &str, args: &[&str], stdin: &str, what: &str) {
+    let out = case.command(program).args(args).stdin(stdin).run();
+    out.code(2);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert!(
+        out.stderr.contains(what),
+        "expected {what:?} in:\n{}",
+        out.stderr
+    );
+    for root in &case.roots {
+        assert_eq!(current(root), "releases/r1", "{program} {args:?}");
+        assert!(!root.join(".dp/lock").exists());
+        assert!(!root.join("releases/r2").exists());
+    }
+}
+
+#[test]
+fn bad_input_is_refused_before_any_host_is_touched() {
+    let case = Case::new("faults-bad-input");
+    case.live_then_change();
+    let fleet = Fleet::shared();
+    let line = |edit: &dyn Fn(&mut Record)| {
+        let mut r = fleet.record(0);
+        r.root = Some(case.roots[0].display().to_string());
+        r.ssh.known_hosts = Some(case.known_hosts.clone());
+        edit(&mut r);
+        serde_json::to_string(&r).unwrap() + "\n"
+    };
+    let sync = ["--src", "site", "--release", "r2"];
+    for (edit, what) in [
+        (
+            &(|r: &mut Record| r.root = Some("/".into())) as &dyn Fn(&mut Record),
+            "root \"/\" is the file system's root",
+        ),
+        (
+            &|r: &mut Record| r.root = Some("-rf".into()),
+            "is not absolute",
+        ),
+        (
+            &|r: &mut Record| r.root = Some("srv/app".into()),
+            "is not absolute",
+        ),
+        (
+            &|r: &mut Record| r.root = Some("/srv/../etc".into()),
+            "is not normalized",
+        ),
+        (&|r: &mut Record| r.port = Some(0), "ports are 1..65535"),
+        (
+            &|r: &mut Record| r.host = "h1\nh9: sync: ok".into(),
+            "control characters",
+        ),
+    ] {
+        refused(&case, "dp-sync", &sync, &line(edit), what);
+    }
+    let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
+    let with = |from: &str, to: &str| {
+        assert!(config.contains(from), "{from}");
+        case.dir.write("deploy.toml", config.replacen(from, to, 1));
+    };
+    let deploy = ["deploy", "--release", "r2"];
+    with("echo {release}", "echo {relase}");
+    refused(&case, "dp", &deploy, "", "unknown placeholder {relase}");
+    with(
+        "[stages.test]",
+        "health_url = \"http://{addr}:port/\"\n[stages.test]",
+    );
+    refused(&case, "dp", &deploy, "", "health URL");
+    with("[restart]", "[migrate]\ndir = \"no-such-dir\"\n[restart]");
+    refused(&case, "dp", &deploy, "", "is not a directory");
+    let root_line = format!("root = \"{}\"", case.roots[0].display());
+    with(&root_line, "root = \"/\"");
+    refused(&case, "dp", &deploy, "", "deploy.toml:");
+    case.write_config();
+    // The tools check templates too, on their own.
+    let up = case.command("dp-hosts").run();
+    up.code(0);
+    let restart = case
+        .command("dp-restart")
+        .args(["--command", "echo {nope}"])
+        .stdin(up.stdout.clone())
+        .run();
+    restart.code(2);
+    assert!(
+        restart.stderr.contains("unknown placeholder {nope}"),
+        "{}",
+        restart.stderr
+    );
+}
