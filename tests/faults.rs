@@ -1121,3 +1121,38 @@ fn bad_input_is_refused_before_any_host_is_touched() {
         restart.stderr
     );
 }
+
+#[test]
+fn when_dp_dies_the_command_it_waited_for_is_stopped_on_the_host() {
+    let case = Case::new("faults-dp-dies");
+    case.live_then_change();
+    // The script says `sleep $n`: only the sleep itself matches the marker.
+    let marker = "sleep 1003.25";
+    let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
+    case.dir.write(
+        "deploy.toml",
+        config.replace(
+            "command = \"echo {release} > {root}/restarted\"",
+            "command = \"n=1003.25; if [ {host} = h2 ]; then sleep $n; fi; echo {release} > {root}/restarted\"\ntimeout = \"10m\"",
+        ),
+    );
+    let (mut child, _home) = case
+        .command("dp")
+        .args(["deploy", "--release", "r2"])
+        .spawn();
+    wait_until("the restart command running on h2", || {
+        !running(marker).is_empty()
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    // Long before its deadline: the host saw dp go and stopped what it was running.
+    let started = Instant::now();
+    while !running(marker).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still running after dp died: {:?}",
+            running(marker)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -152,7 +152,7 @@ pub fn deps_host(
     opts: &DepsOptions,
 ) -> Result<DepsStats, String> {
     let script = host_script(record, opts)?;
-    let out = conn.run(&script).map_err(|e| e.to_string())?;
+    let out = conn.run_held(&script).map_err(|e| e.to_string())?;
     interpret(out)
 }
 

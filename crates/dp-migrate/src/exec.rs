@@ -56,7 +56,7 @@ dp_deadline {secs} 'the migration command' sh -c {cmd} >&2
         rel = quote_str(release).map_err(|e| e.to_string())?,
         cmd = quote_str(&opts.command).map_err(|e| e.to_string())?,
     ));
-    let out = conn.run(&s).map_err(|e| e.to_string())?;
+    let out = conn.run_held(&s).map_err(|e| e.to_string())?;
     if let Some(held) = lock::held(&out.status) {
         return Err(held);
     }

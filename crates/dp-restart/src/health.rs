@@ -1,6 +1,7 @@
 //! Health checks: an HTTP GET from the deploying machine, or a command on the host,
 //! polled until it succeeds or the timeout passes.
 
+use dp_core::layout::script_prelude;
 use dp_core::quote::quote_str;
 use dp_core::template::{render, Escape};
 use dp_core::transport::Transport;
@@ -56,12 +57,14 @@ impl Health {
             Health::Command(t) => {
                 let cmd = render(t, record, release, Escape::Shell).map_err(|e| e.to_string())?;
                 let root = record.root.clone().unwrap_or_default();
-                let script = format!(
-                    "cd {}/current && {cmd}",
-                    quote_str(&root).map_err(|e| e.to_string())?
-                );
+                let mut script = script_prelude(&root).map_err(|e| e.to_string())?;
+                script.push_str(&format!(
+                    "cd -P \"$root/current\"\ndp_deadline {} 'the health check' sh -c {}\n",
+                    timeout.as_secs().max(1),
+                    quote_str(&cmd).map_err(|e| e.to_string())?
+                ));
                 loop {
-                    match conn.run(&script) {
+                    match conn.run_held(&script) {
                         Ok(out) if out.status.success() => return Ok(()),
                         Ok(out) => {
                             last = out

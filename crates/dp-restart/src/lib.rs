@@ -295,7 +295,7 @@ fn roll_host(
         restart,
     )
     .map_err(|e| failed(e.to_string()))?;
-    let out = conn.run(&s).map_err(|e| failed(e.to_string()))?;
+    let out = conn.run_held(&s).map_err(|e| failed(e.to_string()))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     for line in text.lines() {
         if let Some(p) = line.strip_prefix("previous ") {
@@ -350,7 +350,7 @@ fn roll_host(
         .map(|command| script::Restart { command, timeout });
     let s = script::switch_back(&root, stats.previous.as_deref(), back_restart)
         .map_err(|e| failed(e.to_string()))?;
-    match conn.run(&s) {
+    match conn.run_held(&s) {
         Ok(out) if out.status.success() => {
             stats.switched_back = true;
             Err((

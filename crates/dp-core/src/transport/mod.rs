@@ -232,6 +232,23 @@ pub trait Transport: Send {
         stdout: &mut (dyn Write + Send),
     ) -> Result<ExecStatus, TransportError>;
 
+    /// Runs `script` with its stdin held open (no input, no end of input) until it ends,
+    /// so that the host can tell when dp is gone: the channel, and with it the script's
+    /// stdin, closes. [`crate::layout`]'s `dp_deadline` then stops what it runs at once
+    /// instead of at the deadline. The script is run with `dp_held=1` set first.
+    fn exec_held(
+        &mut self,
+        script: &str,
+        stdout: &mut (dyn Write + Send),
+    ) -> Result<ExecStatus, TransportError>;
+
+    /// [`Transport::exec_held`], capturing stdout.
+    fn run_held(&mut self, script: &str) -> Result<Output, TransportError> {
+        let mut stdout = Vec::new();
+        let status = self.exec_held(script, &mut stdout)?;
+        Ok(Output { status, stdout })
+    }
+
     /// Runs `script` and captures its stdout.
     fn run(&mut self, script: &str) -> Result<Output, TransportError> {
         let mut stdout = Vec::new();
@@ -300,6 +317,22 @@ impl Transport for Connection {
             Connection::Ssh(t) => t.exec(script, stdin, stdout),
         }
     }
+
+    fn exec_held(
+        &mut self,
+        script: &str,
+        stdout: &mut (dyn Write + Send),
+    ) -> Result<ExecStatus, TransportError> {
+        match self {
+            Connection::Local(t) => t.exec_held(script, stdout),
+            Connection::Ssh(t) => t.exec_held(script, stdout),
+        }
+    }
+}
+
+/// The script as [`Transport::exec_held`] runs it.
+pub(crate) fn held_script(script: &str) -> String {
+    format!("dp_held=1\n{script}")
 }
 
 /// Keeps the last `cap` bytes written to it.

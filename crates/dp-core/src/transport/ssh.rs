@@ -274,6 +274,7 @@ impl SshTransport {
         &self,
         channel: &mut Channel,
         mut stdin: Option<&mut (dyn Read + Send)>,
+        hold_stdin: bool,
         stdout: &mut (dyn Write + Send),
         tail: &mut TailBuffer,
     ) -> Result<(), TransportError> {
@@ -284,7 +285,8 @@ impl SshTransport {
         let mut inbuf = vec![0u8; 64 * 1024];
         let (mut in_pos, mut in_len) = (0usize, 0usize);
         let mut in_done = stdin.is_none();
-        let mut eof_sent = false;
+        // Held: no input and no end of input, until the command ends.
+        let mut eof_sent = hold_stdin;
         let mut outbuf = vec![0u8; 64 * 1024];
         let mut stderr = channel.stderr();
         // When the host last showed it is alive: data read, data it let us send (its
@@ -397,6 +399,26 @@ impl Transport for SshTransport {
         stdin: Option<&mut (dyn Read + Send)>,
         stdout: &mut (dyn Write + Send),
     ) -> Result<ExecStatus, TransportError> {
+        self.exec_with(script, stdin, false, stdout)
+    }
+
+    fn exec_held(
+        &mut self,
+        script: &str,
+        stdout: &mut (dyn Write + Send),
+    ) -> Result<ExecStatus, TransportError> {
+        self.exec_with(&super::held_script(script), None, true, stdout)
+    }
+}
+
+impl SshTransport {
+    fn exec_with(
+        &mut self,
+        script: &str,
+        stdin: Option<&mut (dyn Read + Send)>,
+        hold_stdin: bool,
+        stdout: &mut (dyn Write + Send),
+    ) -> Result<ExecStatus, TransportError> {
         if crate::interrupt::should_stop() {
             return Err(TransportError::Interrupted);
         }
@@ -406,7 +428,7 @@ impl Transport for SshTransport {
         nb(session, fd, control, || channel.exec(script))
             .map_err(self.control_err("start command"))?;
         let mut tail = TailBuffer::new(STDERR_TAIL);
-        if let Err(e) = self.pump(&mut channel, stdin, stdout, &mut tail) {
+        if let Err(e) = self.pump(&mut channel, stdin, hold_stdin, stdout, &mut tail) {
             let _ = nb(session, fd, Duration::from_secs(2), || channel.close());
             return Err(e);
         }
