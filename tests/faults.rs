@@ -1156,3 +1156,93 @@ fn when_dp_dies_the_command_it_waited_for_is_stopped_on_the_host() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_restart_command_that_leaves_a_process_running_does_not_hold_the_deploy() {
+    let case = Case::new("faults-restart-background");
+    case.live_then_change();
+    let marker = "sleep 1004.25";
+    let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
+    // A naive restart: the server is started in the background, output not redirected.
+    case.dir.write(
+        "deploy.toml",
+        config.replace(
+            "command = \"echo {release} > {root}/restarted\"",
+            "command = \"n=1004.25; sleep $n & echo {release} > {root}/restarted\"",
+        ),
+    );
+    let (child, _home) = case
+        .command("dp")
+        .args(["deploy", "--release", "r2"])
+        .spawn();
+    let out = wait_bounded(child, Duration::from_secs(60));
+    let left = running(marker);
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", marker])
+        .status();
+    out.code(0);
+    for root in &case.roots {
+        assert_eq!(current(root), "releases/r2");
+    }
+    assert_eq!(
+        left.len(),
+        3,
+        "the servers it started keep running: {left:?}"
+    );
+}
+
+#[test]
+fn a_lock_lost_on_one_host_before_the_switch_switches_no_host() {
+    let case = Case::new("faults-lock-lost");
+    case.live_then_change();
+    let up = case.command("dp-hosts").run();
+    up.code(0);
+    let synced = case
+        .command("dp-sync")
+        .args(["--release", "r2"])
+        .stdin(up.stdout.clone())
+        .run();
+    synced.code(0);
+    // Meanwhile another deploy took h3 over (its lease had run out, say).
+    let lock = case.roots[2].join(".dp/lock");
+    let far = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let other = format!(
+        "{{\"release\":\"rz\",\"holder\":\"ci@elsewhere\",\"pid\":1,\"time\":{},\"expires\":{far}}}\n",
+        far - 3600
+    );
+    std::fs::write(&lock, &other).unwrap();
+    let out = case
+        .command("dp-restart")
+        .args(["--batch", "1"])
+        .stdin(synced.stdout.clone())
+        .run();
+    out.code(1);
+    let records = out.records();
+    for (i, (r, root)) in records.iter().zip(&case.roots).enumerate() {
+        assert_eq!(current(root), "releases/r1", "{} not switched", r.host);
+        let e = r.error.as_ref().unwrap();
+        if i == 2 {
+            assert!(
+                e.message
+                    .contains("deploy lock is held by release rz by ci@elsewhere"),
+                "{e:?}"
+            );
+        } else {
+            assert_eq!(e.kind, ErrorKind::NotSwitched, "{e:?}");
+            assert!(
+                !root.join(".dp/lock").exists(),
+                "{}: lock given back",
+                r.host
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        other,
+        "the other's lock stays"
+    );
+}

@@ -344,7 +344,7 @@ fn ssh_config_aliases_are_honoured() {
     std::fs::write(
         cmd.home().join(".ssh/config"),
         format!(
-            "Host other\n  Port 1\n\nHost webalias\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  ForwardAgent no\n",
+            "Host other\n  Port 1\n\nHost webalias\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  ForwardAgent no\n  ServerAliveInterval 7\n  ServerAliveCountMax 4\n",
             fleet.hosts[2].port,
             fleet.user,
             fleet.client_key.display()
@@ -358,6 +358,8 @@ fn ssh_config_aliases_are_honoured() {
     assert_eq!(r.addr.as_deref(), Some("127.0.0.1"));
     assert_eq!(r.port, Some(fleet.hosts[2].port));
     assert_eq!(r.user.as_deref(), Some(fleet.user.as_str()));
+    assert_eq!(r.ssh.server_alive_interval, Some(7));
+    assert_eq!(r.ssh.server_alive_count_max, Some(4));
     assert_eq!(r.steps["hosts"]["reachable"], true);
 }
 

@@ -4,7 +4,11 @@
 # (default 20) with --batch 25% and a health check that answers at once; `dp deploy`
 # against the same deploy as the printed pipeline of the five tools, alternating.
 # Targets: dp deploy under 3 s, and at least 1.5x faster than the pipeline.
-# Usage: scripts/bench/deploy.sh [RUNS] [HOSTS]
+# With BASELINE=DIR (the bin directory of another build, such as an older commit's
+# target/release), `dp deploy` of that build alternates with this one's on the same
+# fleet, and the ratio is printed; with ALIVE_OFF=1, this build also alternates with
+# itself with SSH keepalives turned off (server_alive_interval = "0s"): their cost.
+# Usage: [BASELINE=DIR] [ALIVE_OFF=1] scripts/bench/deploy.sh [RUNS] [HOSTS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
@@ -54,6 +58,23 @@ for i in $(seq 1 "$runs"); do
     python3 "$OLDPWD/scripts/bench/gen-site.py" "$site" --change 1 --seed "$((i * 2 + 1))"
     time_cmd bash -o pipefail -c "$pipeline" >>"$work/t.pipe"
 done
+if [ -n "${BASELINE:-}" ]; then
+    for i in $(seq 1 "$runs"); do
+        python3 "$OLDPWD/scripts/bench/gen-site.py" "$site" --change 1 --seed "$((i * 2 + 100))"
+        time_cmd dp --config deploy.toml --jobs "$n" deploy >>"$work/t.new"
+        python3 "$OLDPWD/scripts/bench/gen-site.py" "$site" --change 1 --seed "$((i * 2 + 101))"
+        time_cmd "$BASELINE/dp" --config deploy.toml --jobs "$n" deploy >>"$work/t.base"
+    done
+fi
+if [ -n "${ALIVE_OFF:-}" ]; then
+    { echo 'server_alive_interval = "0s"'; cat deploy.toml; } >deploy-noalive.toml
+    for i in $(seq 1 "$runs"); do
+        python3 "$OLDPWD/scripts/bench/gen-site.py" "$site" --change 1 --seed "$((i * 2 + 200))"
+        time_cmd dp --config deploy.toml --jobs "$n" deploy >>"$work/t.alive"
+        python3 "$OLDPWD/scripts/bench/gen-site.py" "$site" --change 1 --seed "$((i * 2 + 201))"
+        time_cmd dp --config deploy-noalive.toml --jobs "$n" deploy >>"$work/t.noalive"
+    done
+fi
 python3 "$OLDPWD/scripts/bench/gen-site.py" "$site" --change 1 --seed 999
 echo "one more dp deploy, its progress:"
 dp --config deploy.toml --jobs "$n" deploy 2>&1 >/dev/null | grep -v '^[a-z0-9]* *20[0-9]*T' | sed 's/^/  /'
@@ -61,3 +82,11 @@ dpt=$(median <"$work/t.dp") pt=$(median <"$work/t.pipe")
 echo "redeploy with 1 changed file to $n hosts (batch 25%), median of $runs runs:"
 printf '  dp deploy %.3f s (target < 3 s)   the five tools piped %.3f s   speed-up %sx (target >= 1.5)\n' \
     "$dpt" "$pt" "$(ratio "$pt" "$dpt")"
+if [ -n "${BASELINE:-}" ]; then
+    nt=$(median <"$work/t.new") bt=$(median <"$work/t.base")
+    printf '  this build %.3f s   baseline %.3f s   ratio %sx (target <= 1.10)\n' "$nt" "$bt" "$(ratio "$nt" "$bt")"
+fi
+if [ -n "${ALIVE_OFF:-}" ]; then
+    at=$(median <"$work/t.alive") ot=$(median <"$work/t.noalive")
+    printf '  keepalives on %.3f s   off %.3f s   ratio %sx\n' "$at" "$ot" "$(ratio "$at" "$ot")"
+fi

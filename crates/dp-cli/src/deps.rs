@@ -106,7 +106,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
     let mut records = read_input("-")?;
     let mut sessions = Sessions::new();
     dp_deps::run(&mut records, &mut sessions, &opts);
-    dp_core::lock::release_if_interrupted(&mut records, &mut sessions, opts.jobs);
+    dp_core::lock::release_if_interrupted(&mut records, &mut sessions, opts.jobs, dp_deps::STEP);
     crate::report_failures("dp-deps", dp_deps::STEP, &records);
     write_output(&records)?;
     Ok(Exit::for_records(&records))

@@ -2,6 +2,16 @@
 //! tool, like cargo's `commands/`), the error reporter and exit handling. Binaries only
 //! call [`main_with`] with a command's `run`.
 
+/// `eprintln!` that ignores a failed write: after SIGHUP the terminal is gone, and std's
+/// `eprintln!` would panic there, before the finish that releases the locks. Defined
+/// before the modules, so it is the one they all use.
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod args;
 pub mod deps;
 pub mod dp;

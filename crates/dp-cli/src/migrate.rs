@@ -171,7 +171,8 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 // The tool before this one printed no host: it failed, or selected none.
                 // Either way there is no deploy to migrate for.
                 eprintln!(
-                    "dp-migrate: no host records on stdin (did the tool before it fail?): nothing migrated"
+                    "dp-migrate: no host records on stdin (did the tool before it fail?): nothing migrated; \
+                     to migrate without hosts, give it no stdin (</dev/null)"
                 );
                 return Ok(Exit::HostFailed);
             }
@@ -219,7 +220,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             }
         }
     }
-    dp_core::lock::release_if_interrupted(&mut records, &mut Sessions::new(), 16);
+    dp_core::lock::release_if_interrupted(&mut records, &mut Sessions::new(), 16, dp_migrate::STEP);
     if let Some(first) = records
         .iter()
         .find(|r| r.error.as_ref().is_some_and(|e| e.step == dp_migrate::STEP))

@@ -125,7 +125,16 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         allow_unreachable: args.allow_unreachable.get(config.as_ref()),
     };
     let mut records = read_input("-")?;
-    opts.check(&records).map_err(anyhow::Error::msg)?;
+    if let Err(e) = opts.check(&records) {
+        if !records.iter().any(|r| r.release.is_some()) {
+            anyhow::bail!(e);
+        }
+        // dp-sync has locked these hosts: switch none, give the locks back, and say why
+        // on every record.
+        for r in records.iter_mut() {
+            r.fail(dp_restart::STEP, format!("not switched: {e}"));
+        }
+    }
     dp_restart::run(&mut records, &mut Sessions::new(), &opts);
     crate::report_failures("dp-restart", dp_restart::STEP, &records);
     write_output(&records)?;

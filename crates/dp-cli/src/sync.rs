@@ -92,7 +92,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
     let mut sessions = Sessions::new();
     dp_sync::scan_and_run(&mut records, &mut sessions, &opts)
         .context("cannot prepare the release")?;
-    dp_core::lock::release_if_interrupted(&mut records, &mut sessions, opts.jobs);
+    dp_core::lock::release_if_interrupted(&mut records, &mut sessions, opts.jobs, dp_sync::STEP);
     crate::report_failures("dp-sync", dp_sync::STEP, &records);
     crate::report_warnings("dp-sync", dp_sync::STEP, &records);
     write_output(&records)?;

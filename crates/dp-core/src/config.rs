@@ -301,6 +301,15 @@ impl Config {
             toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_string()))?;
         config.dir = dir.to_path_buf();
         config.path = path.to_string();
+        if config
+            .server_alive_interval
+            .is_some_and(|d| d.subsec_nanos() != 0)
+        {
+            return Err(at(
+                text.find("server_alive_interval").map(|p| p..p),
+                "server_alive_interval is whole seconds, such as \"15s\" (\"0s\" turns the check off)".into(),
+            ));
+        }
         for (name, stage) in &config.stages {
             let mut seen = BTreeMap::new();
             if stage.get_ref().hosts.is_empty() {

@@ -47,10 +47,12 @@ pub fn script_prelude(root: &str) -> Result<String, QuoteError> {
 /// - `dp_rm PATH...`: removes the paths unless none exists (dangling links count).
 /// - `dp_lock_is RELEASE`: true if the deploy lock names RELEASE; leaves the lock's line
 ///   in `$dp_cur` (empty without a lock).
-/// - `dp_deadline SECONDS WHAT COMMAND...`: runs COMMAND (stdin /dev/null); past SECONDS
-///   it is stopped (TERM, then KILL 5 s later) with everything it started that did not
-///   detach into a session or process group of its own (GNU timeout signals its whole
-///   process group), and WHAT is named on stderr. In a script run with its stdin held
+/// - `dp_deadline SECONDS WHAT LOG COMMAND...`: runs COMMAND with stdin /dev/null and its
+///   output in the file LOG (so that something it leaves running in the background cannot
+///   hold the session open), then copies LOG to stderr. Past SECONDS, COMMAND is stopped
+///   (TERM, then KILL 5 s later) with everything it started that did not detach into a
+///   session or process group of its own (GNU timeout signals its whole process group),
+///   and WHAT is named in LOG. In a script run with its stdin held
 ///   ([`crate::transport::Transport::exec_held`], which sets `dp_held`), it is stopped the
 ///   same way as soon as that stdin closes: dp died or gave up on the host. Its status is
 ///   COMMAND's (124 or 137 when stopped at the deadline, 143 when dp went away).
@@ -58,13 +60,14 @@ const SHELL_HELPERS: &str = r#"dp_mkdir() { for d; do [ -d "$d" ] || { mkdir -p 
 dp_rm() { for p; do if [ -e "$p" ] || [ -L "$p" ]; then rm -rf -- "$@"; return; fi; done; }
 dp_lock_is() { dp_cur=; IFS= read -r dp_cur 2>/dev/null < "$root/.dp/lock" || true; case $dp_cur in *\"release\":\"$1\",*) return 0 ;; esac; return 1; }
 dp_deadline() {
-  dp_secs=$1 dp_what=$2; shift 2
+  dp_secs=$1 dp_what=$2 dp_log=$3; shift 3
   command -v timeout >/dev/null 2>&1 || { echo "timeout (GNU coreutils) is not installed on this host: $dp_what cannot be bounded" >&2; return 127; }
+  : > "$dp_log" || { echo "cannot write $dp_log, where the output of $dp_what goes" >&2; return 1; }
   if [ -z "${dp_held:-}" ]; then
-    dp_rc=0; timeout -k 5 "$dp_secs" "$@" </dev/null || dp_rc=$?
+    dp_rc=0; timeout -k 5 "$dp_secs" "$@" </dev/null >>"$dp_log" 2>&1 || dp_rc=$?
   else
     exec 3<&0
-    timeout -k 5 "$dp_secs" "$@" </dev/null &
+    timeout -k 5 "$dp_secs" "$@" </dev/null >>"$dp_log" 2>&1 3<&- &
     dp_job=$!
     # Ends when dp's side of this script's stdin closes; read is the shell's own.
     ( while IFS= read -r dp_line <&3; do :; done; kill -TERM "$dp_job" 2>/dev/null ) &
@@ -73,7 +76,8 @@ dp_deadline() {
     dp_rc=0; wait "$dp_job" || dp_rc=$?
     kill "$dp_watch" 2>/dev/null || true
   fi
-  case $dp_rc in 124|137) echo "$dp_what did not finish within ${dp_secs}s: stopped, with what it started" >&2 ;; esac
+  case $dp_rc in 124|137) echo "$dp_what did not finish within ${dp_secs}s: stopped, with what it started" >>"$dp_log" ;; esac
+  cat -- "$dp_log" >&2 || true
   return "$dp_rc"
 }
 "#;

@@ -210,11 +210,20 @@ pub fn release_on(records: &mut [Record], sessions: &mut Sessions, indices: &[us
 }
 
 /// After an interrupt, [`release_on`] every host that a step may have locked (a record
-/// with a release and a root, which was reached); a no-op otherwise. Each tool calls it
-/// before printing its records, so an interrupted pipeline leaves no host locked.
-pub fn release_if_interrupted(records: &mut [Record], sessions: &mut Sessions, jobs: usize) {
+/// with a release and a root, which was reached), and mark every record that has not
+/// failed as interrupted in `step`, so no later tool of the pipeline takes the lock again
+/// and switches; a no-op otherwise. Each tool calls it before printing its records.
+pub fn release_if_interrupted(
+    records: &mut [Record],
+    sessions: &mut Sessions,
+    jobs: usize,
+    step: &str,
+) {
     if !crate::interrupt::interrupted() {
         return;
+    }
+    for r in records.iter_mut() {
+        r.fail(step, "interrupted: the deploy stopped here");
     }
     let locked: Vec<usize> = (0..records.len())
         .filter(|&i| {

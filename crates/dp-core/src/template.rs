@@ -49,7 +49,8 @@ enum Piece<'a> {
 
 /// Splits a template. A placeholder is `{name}` or `{vars.name}`, a name being letters,
 /// digits and `_` (not starting with a digit); anything else in braces is text, and so
-/// is `${name}`, which belongs to the shell, and `{}` (find -exec, awk).
+/// is `${name}`, which belongs to the shell, and `{}` (find -exec). `{{name}}` is the
+/// text `{name}`.
 fn pieces(template: &str) -> Vec<Piece<'_>> {
     let is_name = |n: &str| {
         let n = n.strip_prefix("vars.").unwrap_or(n);
@@ -63,6 +64,18 @@ fn pieces(template: &str) -> Vec<Piece<'_>> {
     let mut i = 0;
     let bytes = template.as_bytes();
     while i < bytes.len() {
+        // `{{name}}` is the text `{name}` (an awk program's `{print}`, say).
+        if template[i..].starts_with("{{") {
+            if let Some(len) = template[i + 2..].find("}}") {
+                if is_name(&template[i + 2..i + 2 + len]) {
+                    out.push(Piece::Text(&template[text_start..i]));
+                    out.push(Piece::Text(&template[i + 1..i + len + 3]));
+                    i += len + 4;
+                    text_start = i;
+                    continue;
+                }
+            }
+        }
         if bytes[i] == b'{' && (i == 0 || bytes[i - 1] != b'$') {
             if let Some(len) = template[i + 1..].find('}') {
                 let name = &template[i + 1..i + 1 + len];
@@ -167,6 +180,10 @@ mod tests {
         assert_eq!(
             cmd,
             "restart web1 '/srv/it'\\''s' 8001 '$(rm -rf /); x' ${HOME} {} {print $1}"
+        );
+        assert_eq!(
+            render("awk '{{print}}' {{x}}", &r, "r1", Escape::Shell).unwrap(),
+            "awk '{print}' {x}"
         );
         let e = render("x {relase}", &r, "r1", Escape::Shell)
             .unwrap_err()

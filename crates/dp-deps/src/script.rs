@@ -92,7 +92,7 @@ if [ ! -f "$env/.dp-complete" ]; then
       # The build is a shell of its own (so `set -e` holds: it does not inside an `if`)
       # under a deadline that stops it with everything the installer started.
       export env kind python pip_args cmd
-      if ! dp_deadline {timeout} "the dependency build" sh -c {build} dp-deps-build "$@" > "$log" 2>&1; then
+      if ! dp_deadline {timeout} "the dependency build" "$log" sh -c {build} dp-deps-build "$@" 2>/dev/null; then
         tail -n 25 "$log" >&2
         rm -rf "$env"
         exit 1

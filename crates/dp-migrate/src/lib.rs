@@ -353,21 +353,29 @@ pub fn may_migrate(records: &[Record], phase: Phase, allow_unreachable: usize) -
 /// get `steps.migrate_post.skipped` (contract migrations wait until every host runs the
 /// new release).
 fn barrier(records: &mut [Record], phase: Phase, allow_unreachable: usize) -> bool {
+    let interrupted = dp_core::interrupt::interrupted();
+    if interrupted && phase == Phase::Pre {
+        for r in records.iter_mut() {
+            r.fail(STEP, "interrupted before the migration: nothing migrated");
+        }
+        return false;
+    }
     match phase {
         Phase::Pre => dp_core::gate::hold_back(records, STEP, allow_unreachable).is_ok(),
         Phase::Post => {
-            let Some(first) = records.iter().find(|r| r.failed()) else {
-                return true;
+            let why = match records.iter().find(|r| r.failed()) {
+                Some(first) => format!(
+                    "not every host runs the new release ({} failed in {}); run the deploy again",
+                    first.host,
+                    first
+                        .error
+                        .as_ref()
+                        .map(|e| e.step.as_str())
+                        .unwrap_or_default()
+                ),
+                None if interrupted => "interrupted before the migration".to_string(),
+                None => return true,
             };
-            let why = format!(
-                "not every host runs the new release ({} failed in {}); run the deploy again",
-                first.host,
-                first
-                    .error
-                    .as_ref()
-                    .map(|e| e.step.as_str())
-                    .unwrap_or_default()
-            );
             for r in records.iter_mut().filter(|r| !r.failed()) {
                 r.set_step(POST_STEP, serde_json::json!({ "skipped": why }));
             }
@@ -411,7 +419,9 @@ pub fn run_exec(records: &mut [Record], sessions: &mut Sessions, opts: &ExecOpti
     else {
         return;
     };
-    let result = exec::run_on(records, chosen, sessions, opts);
+    // Once started, the migration runs to its end (or its deadline), even after an
+    // interrupt: a migration cut halfway is worse than one that finishes.
+    let result = dp_core::interrupt::critical(|| exec::run_on(records, chosen, sessions, opts));
     let stats = MigrateStats {
         mode: "exec".into(),
         phase: None,

@@ -57,13 +57,15 @@ impl Health {
             Health::Command(t) => {
                 let cmd = render(t, record, release, Escape::Shell).map_err(|e| e.to_string())?;
                 let root = record.root.clone().unwrap_or_default();
-                let mut script = script_prelude(&root).map_err(|e| e.to_string())?;
-                script.push_str(&format!(
-                    "cd -P \"$root/current\"\ndp_deadline {} 'the health check' sh -c {}\n",
-                    timeout.as_secs().max(1),
-                    quote_str(&cmd).map_err(|e| e.to_string())?
-                ));
+                let prelude = script_prelude(&root).map_err(|e| e.to_string())?;
+                let cmd = quote_str(&cmd).map_err(|e| e.to_string())?;
                 loop {
+                    // Each try may take what is left of the health timeout, no more.
+                    let left = timeout.saturating_sub(started.elapsed()).as_secs().max(1);
+                    let script = format!(
+                        "{prelude}cd -P \"$root/current\"\n\
+                         dp_deadline {left} 'the health check' \"$root/.dp/health.log\" sh -c {cmd}\n"
+                    );
                     match conn.run_held(&script) {
                         Ok(out) if out.status.success() => return Ok(()),
                         Ok(out) => {

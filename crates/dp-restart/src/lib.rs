@@ -176,7 +176,10 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
         "rollback-{}",
         started_at.replace(['-', ':'], "").replace('.', "-")
     );
-    if !opts.rollback && gate::hold_back(records, STEP, opts.allow_unreachable).is_err() {
+    if !opts.rollback
+        && (gate::hold_back(records, STEP, opts.allow_unreachable).is_err()
+            || !ready_everywhere(records, sessions, opts))
+    {
         finish_all(records, sessions, opts, &rollback_id);
         return;
     }
@@ -248,6 +251,42 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
     finish_all(records, sessions, opts, &rollback_id);
 }
 
+/// Before the first switch, on every host that is to switch, in parallel: the deploy lock
+/// is still this release's (renewed when due) and the release is complete. A host that
+/// fails here fails the whole rollout before any host switched (all or nothing); the
+/// records then say why, and the result is false.
+fn ready_everywhere(
+    records: &mut [Record],
+    sessions: &mut Sessions,
+    opts: &RestartOptions,
+) -> bool {
+    let hosts: Vec<usize> = (0..records.len())
+        .filter(|&i| !records[i].failed())
+        .collect();
+    let results = sessions.run_indices(records, &hosts, opts.jobs, |conn, record| {
+        let s = script::ready(
+            root_of(record)?,
+            release_of(record)?,
+            opts.lease,
+            opts.renew.due(),
+        )
+        .map_err(|e| e.to_string())?;
+        let out = conn.run(&s).map_err(|e| e.to_string())?;
+        if let Some(held) = lock::held(&out.status) {
+            return Err(held);
+        }
+        out.status
+            .check("check the lock and the release")
+            .map_err(|e| e.to_string())
+    });
+    for (&i, result) in hosts.iter().zip(results) {
+        if let Err(message) = result {
+            records[i].fail(STEP, message);
+        }
+    }
+    gate::hold_back(records, STEP, opts.allow_unreachable).is_ok()
+}
+
 /// Switch, restart, health check; switch back on failure.
 fn roll_host(
     conn: &mut dyn Transport,
@@ -291,7 +330,8 @@ fn roll_host(
         release.as_deref(),
         &lock_id,
         opts.lease,
-        opts.renew.due(),
+        // A deploy renewed the lease moments ago, before the first switch.
+        opts.rollback && opts.renew.due(),
         restart,
     )
     .map_err(|e| failed(e.to_string()))?;

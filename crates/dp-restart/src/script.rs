@@ -4,6 +4,23 @@ use dp_core::layout::script_prelude;
 use dp_core::quote::{quote_str, QuoteError};
 use std::time::Duration;
 
+/// Takes or renews (when `renew`) the deploy lock for `release` and checks that the
+/// release is complete: what every host must pass before any host switches.
+pub fn ready(
+    root: &str,
+    release: &str,
+    lease: Duration,
+    renew: bool,
+) -> Result<String, QuoteError> {
+    let mut s = script_prelude(root)?;
+    s.push_str(&dp_core::lock::acquire_script(release, lease, renew)?);
+    s.push_str(&format!(
+        "[ -f \"$releases\"/{rel}/.dp/complete ] || {{ echo \"release \"{rel}\" is not complete on this host; it cannot go live\" >&2; exit 3; }}\n",
+        rel = quote_str(release)?
+    ));
+    Ok(s)
+}
+
 /// A restart command and how long it may run.
 #[derive(Debug, Clone, Copy)]
 pub struct Restart<'a> {
@@ -79,13 +96,14 @@ echo "switched back"
 fn push_restart(s: &mut String, restart: Option<Restart>) -> Result<(), QuoteError> {
     if let Some(r) = restart {
         s.push_str("cd -P \"$root/current\"\n");
-        // The command's own output goes to stderr, so stdout stays ours to parse; a
-        // command that starts a server must detach it (setsid, redirects), or it is
-        // stopped with the command at the deadline. The release it restarts into is in
-        // $DP_RELEASE.
+        // The command's output goes to .dp/restart.log and then to stderr, so stdout stays
+        // ours to parse and a server it leaves running cannot hold the session open. A
+        // server that must outlive a stopped command detaches (setsid). The release it
+        // restarts into is in $DP_RELEASE.
         s.push_str(&format!(
             "DP_RELEASE=${{PWD##*/}} DP_ROOT=$root\nexport DP_RELEASE DP_ROOT\n\
-             dp_deadline {secs} 'the restart command' sh -c {cmd} >&2\necho \"restarted\"\n",
+             dp_deadline {secs} 'the restart command' \"$root/.dp/restart.log\" sh -c {cmd}\n\
+             echo \"restarted\"\n",
             secs = r.timeout.as_secs().max(1),
             cmd = quote_str(r.command)?,
         ));

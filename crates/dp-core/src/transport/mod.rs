@@ -159,12 +159,10 @@ pub enum TransportError {
     #[error("interrupted: stopped before it finished")]
     Interrupted,
     /// The host stopped answering: nothing came back, not even to keepalives.
-    #[error("not answering: nothing heard for {silent} ({count} keepalives unanswered); the host, its sshd or the network is stuck")]
+    #[error("not answering: nothing heard for {silent}; the host, its sshd or the network is stuck (see server_alive_interval and server_alive_count_max)")]
     NotAnswering {
         /// How long it was silent.
         silent: String,
-        /// Keepalives sent without an answer (server_alive_count_max).
-        count: u32,
     },
     /// An SSH operation failed after connecting.
     #[error("{what}: {message}")]

@@ -4,7 +4,8 @@
 //! ACKs otherwise add about 42 ms per round trip) and TCP keepalive (a dead host is noticed
 //! within about 30 s). A host whose kernel still answers while sshd or the machine is
 //! stuck is caught by SSH keepalives that want a reply (OpenSSH's ServerAliveInterval and
-//! ServerAliveCountMax): silent for interval x count, it fails as not answering. Commands
+//! ServerAliveCountMax): when `count` of them go unanswered (about interval x (count + 1)
+//! of silence), it fails as not answering. Commands
 //! are pumped in non-blocking mode, so input and output flow at the same time and neither
 //! side can deadlock on a full window.
 
@@ -101,9 +102,10 @@ impl Alive {
         !self.interval.is_zero()
     }
 
-    /// How long silence may last: interval x count.
+    /// How long a control operation may wait for an answer: about the time the keepalive
+    /// check allows, interval x (count + 1).
     fn limit(&self) -> Duration {
-        self.interval * self.count
+        self.interval * (self.count + 1)
     }
 
     /// How long one wait on the socket may last before the check looks again.
@@ -115,13 +117,17 @@ impl Alive {
         }
     }
 
-    /// After a quiet wait: asks the host to answer when it has been silent for an
-    /// interval, and fails when it has been silent past the limit.
+    /// After a quiet wait: once the host has been silent for an interval, asks it to
+    /// answer (a keepalive that wants a reply) every interval; when `count` such asks went
+    /// unanswered, the host is not answering. As with OpenSSH, a stuck host fails after
+    /// about interval x (count + 1); only keepalives actually sent count, so dp itself
+    /// being paused (Ctrl-Z) does not make live hosts look dead.
     fn check(
         &self,
         session: &Session,
         fd: RawFd,
         last_heard: Instant,
+        probes: &mut Probes,
     ) -> Result<(), TransportError> {
         if !self.enabled() {
             // Quiet for a while: keep NATs and the server's ClientAlive checks happy.
@@ -134,19 +140,33 @@ impl Alive {
             Some(kernel) => kernel.min(last_heard.elapsed()),
             None => last_heard.elapsed(),
         };
-        if silent >= self.limit() {
+        if silent < self.interval {
+            *probes = Probes::default();
+            return Ok(());
+        }
+        // libssh2 sends keepalives at most every 2 s.
+        let every = self.interval.max(Duration::from_secs(2));
+        if probes.last.is_some_and(|t| t.elapsed() < every) {
+            return Ok(());
+        }
+        if probes.sent >= self.count {
             return Err(TransportError::NotAnswering {
                 silent: humantime::format_duration(Duration::from_secs(silent.as_secs()))
                     .to_string(),
-                count: self.count,
             });
         }
-        if silent >= self.interval {
-            // libssh2 sends it only when its own interval has passed since the last one.
-            let _ = session.keepalive_send();
-        }
+        let _ = session.keepalive_send();
+        probes.sent += 1;
+        probes.last = Some(Instant::now());
         Ok(())
     }
+}
+
+/// Keepalives sent since the host was last heard from.
+#[derive(Debug, Default)]
+struct Probes {
+    sent: u32,
+    last: Option<Instant>,
 }
 
 fn ssh_err(what: &str) -> impl FnOnce(ssh2::Error) -> TransportError + '_ {
@@ -212,8 +232,8 @@ impl SshTransport {
         authenticate(&session, fd, remaining, &user, record.ssh.identity.as_ref())?;
         let alive = Alive::of(record);
         // A keepalive that wants a reply: the reply is what tells a live host from a stuck one.
-        let every = alive.interval.as_secs().clamp(1, 15) as u32;
-        session.set_keepalive(alive.enabled(), every);
+        // libssh2 then sends one whenever asked, at most every 2 s.
+        session.set_keepalive(alive.enabled(), 1);
         let cipher = session.methods(MethodType::CryptCs).map(str::to_string);
         Ok(SshTransport {
             session,
@@ -254,7 +274,6 @@ impl SshTransport {
             if e.code() == ErrorCode::Session(TIMEOUT) && alive.enabled() {
                 TransportError::NotAnswering {
                     silent: humantime::format_duration(timeout).to_string(),
-                    count: alive.count,
                 }
             } else {
                 ssh_err(what)(e)
@@ -292,6 +311,7 @@ impl SshTransport {
         // When the host last showed it is alive: data read, data it let us send (its
         // window), or bytes arriving on the socket (a keepalive's reply).
         let mut last_heard = Instant::now();
+        let mut probes = Probes::default();
         loop {
             if crate::interrupt::should_stop() {
                 return Err(TransportError::Interrupted);
@@ -386,7 +406,8 @@ impl SshTransport {
             if ready & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
                 last_heard = Instant::now();
             } else {
-                self.alive.check(&self.session, self.fd, last_heard)?;
+                self.alive
+                    .check(&self.session, self.fd, last_heard, &mut probes)?;
             }
         }
     }
