@@ -1246,3 +1246,43 @@ fn a_lock_lost_on_one_host_before_the_switch_switches_no_host() {
         "the other's lock stays"
     );
 }
+
+#[test]
+fn a_session_lost_after_the_switch_is_switched_back_through_a_new_one() {
+    // A fleet of its own: the test kills every session process of its second host.
+    let fleet = Fleet::start(3);
+    let case = Case::on(&fleet, "faults-lost-after-switch", true);
+    case.live_then_change();
+    let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
+    case.dir.write(
+        "deploy.toml",
+        config.replace(
+            "command = \"echo {release} > {root}/restarted\"",
+            "command = \"if [ {host} = h2 ] && [ {release} = r2 ]; then sleep 3; fi; echo {release} > {root}/restarted\"",
+        ),
+    );
+    let sshd = fleet.hosts[1].pid().expect("sshd pid");
+    let (child, _home) = case
+        .command("dp")
+        .args(["deploy", "--release", "r2"])
+        .spawn();
+    wait_until("h2 switched", || current(&case.roots[1]) == "releases/r2");
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&crate::util::descendants(sshd), "KILL");
+    let out = wait_bounded(child, Duration::from_secs(60));
+    out.code(1);
+    let records = out.records();
+    assert!(records[0].error.is_none(), "{:?}", records[0]);
+    let e = records[1].error.clone().unwrap();
+    assert_eq!(e.kind, ErrorKind::SwitchedBack, "{e:?}");
+    assert!(e.message.contains("after current was switched"), "{e:?}");
+    assert_eq!(current(&case.roots[1]), "releases/r1", "put back");
+    assert_eq!(
+        std::fs::read_to_string(case.roots[1].join("restarted")).unwrap(),
+        "r1\n"
+    );
+    assert_eq!(records[2].error.clone().unwrap().kind, ErrorKind::Skipped);
+    for root in &case.roots {
+        assert!(!root.join(".dp/lock").exists());
+    }
+}

@@ -14,7 +14,7 @@ mod script;
 use dp_core::layout::{check_release_id, release_of, root_of};
 use dp_core::parallel::Sessions;
 use dp_core::template::{render, Escape};
-use dp_core::transport::Transport;
+use dp_core::transport::{Connection, Transport};
 use dp_core::Record;
 use dp_core::{gate, interrupt, lock, ErrorKind};
 use serde::Serialize;
@@ -335,8 +335,11 @@ fn roll_host(
         restart,
     )
     .map_err(|e| failed(e.to_string()))?;
-    let out = conn.run_held(&s).map_err(|e| failed(e.to_string()))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // What the script printed is read even when the session is lost midway: a host whose
+    // `current` was switched before that must be put back.
+    let mut printed = Vec::new();
+    let ran = conn.exec_held(&s, &mut printed);
+    let text = String::from_utf8_lossy(&printed).into_owned();
     for line in text.lines() {
         if let Some(p) = line.strip_prefix("previous ") {
             stats.previous = Some(p.to_string()).filter(|p| !p.is_empty());
@@ -347,17 +350,27 @@ fn roll_host(
             stats.switched_at_ms = rollout_start.elapsed().as_millis() as u64;
         }
     }
-    if let Some(held) = lock::held(&out.status) {
-        return Err(failed(held));
-    }
-    let failure = if !out.status.success() {
-        Some(
-            out.status
+    let mut lost = false;
+    let failure = match ran {
+        Err(e) if !stats.switched => return Err(failed(e.to_string())),
+        Err(e) => {
+            lost = true;
+            Some(format!("{e} (after current was switched)"))
+        }
+        Ok(status) if lock::held(&status).is_some() => {
+            return Err(failed(lock::held(&status).unwrap_or_default()))
+        }
+        Ok(status) if !status.success() => Some(
+            status
                 .check("switch and restart")
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default(),
-        )
+        ),
+        Ok(_) => None,
+    };
+    let failure = if failure.is_some() {
+        failure
     } else if let Some(health) = &opts.health {
         match health.wait(conn, record, &stats.release, opts.health_timeout) {
             Ok(()) => {
@@ -390,27 +403,39 @@ fn roll_host(
         .map(|command| script::Restart { command, timeout });
     let s = script::switch_back(&root, stats.previous.as_deref(), back_restart)
         .map_err(|e| failed(e.to_string()))?;
-    match conn.run_held(&s) {
-        Ok(out) if out.status.success() => {
-            stats.switched_back = true;
-            Err((
-                ErrorKind::SwitchedBack,
-                format!(
-                    "{failure}; switched back to {}",
-                    stats.previous.as_deref().unwrap_or("no release")
-                ),
-            ))
+    // The session that was lost is of no use: put the host back through a new one.
+    let back = if lost {
+        Connection::open(record)
+            .map_err(|e| failed(format!("{failure}; SWITCHING BACK FAILED: {e}")))
+            .and_then(|mut fresh| {
+                fresh
+                    .run_held(&s)
+                    .map_err(|e| failed(format!("{failure}; SWITCHING BACK FAILED: {e}")))
+            })?
+    } else {
+        match conn.run_held(&s) {
+            Ok(out) => out,
+            Err(e) => return Err(failed(format!("{failure}; SWITCHING BACK FAILED: {e}"))),
         }
-        Ok(out) => Err(failed(format!(
-            "{failure}; SWITCHING BACK FAILED: {}",
-            out.status
-                .check("switch back")
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        ))),
-        Err(e) => Err(failed(format!("{failure}; SWITCHING BACK FAILED: {e}"))),
+    };
+    if back.status.success() {
+        stats.switched_back = true;
+        return Err((
+            ErrorKind::SwitchedBack,
+            format!(
+                "{failure}; switched back to {}",
+                stats.previous.as_deref().unwrap_or("no release")
+            ),
+        ));
     }
+    Err(failed(format!(
+        "{failure}; SWITCHING BACK FAILED: {}",
+        back.status
+            .check("switch back")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    )))
 }
 
 /// The finish on every host that received the release.
