@@ -1286,3 +1286,38 @@ fn a_session_lost_after_the_switch_is_switched_back_through_a_new_one() {
         assert!(!root.join(".dp/lock").exists());
     }
 }
+
+#[test]
+fn a_dependency_build_longer_than_the_lease_keeps_the_hosts_locked() {
+    let case = Case::new("faults-long-build");
+    case.live_then_change();
+    let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
+    case.dir.write(
+        "deploy.toml",
+        format!(
+            "{config}[deps]\nkind = \"command\"\ncommand = \"n=7.25; sleep $n; echo ok > \\\"$DP_DEPS_DIR/built\\\"\"\n"
+        ),
+    );
+    let (child, _home) = case
+        .command("dp")
+        .args(["deploy", "--release", "ra", "--lease", "3s"])
+        .spawn();
+    wait_until("the build running", || !running("sleep 7.25").is_empty());
+    // Past the lease: without renewal another deploy would take the hosts over now.
+    std::thread::sleep(Duration::from_secs(4));
+    case.dir.write("site/index.html", "v3\n");
+    let other = case.deploy(Form::OneLine, "rb", &["--lease", "3s"]);
+    other.code(1);
+    assert!(
+        other.stderr.contains("deploy lock is held by release ra"),
+        "{}",
+        other.stderr
+    );
+    let out = wait_bounded(child, Duration::from_secs(60));
+    out.code(0);
+    for root in &case.roots {
+        assert_eq!(current(root), "releases/ra");
+        assert!(!root.join(".dp/lock").exists());
+    }
+    assert!(running("sleep 7.25").is_empty());
+}

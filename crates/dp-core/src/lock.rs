@@ -99,7 +99,9 @@ impl Renew {
 /// `release`, or exit [`HELD_STATUS`] with the holder's lock line on stderr. Prints one of
 /// `lock taken`, `lock renewed`, `lock taken-over <old line>` on stdout; with `renew`
 /// false, a lock that already names `release` is left as it is (`lock held`). They define
-/// `dp_lock hold|renew`, which the script may call again later ([`RENEW_AGAIN`]).
+/// `dp_lock hold|renew`, which the script may call again later ([`RENEW_AGAIN`]), and
+/// `dp_keep_lock` / `dp_drop_keeper`, which keep the lease renewed on the host while a
+/// long command runs.
 pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<String, QuoteError> {
     let prefix = format!(
         "{{\"release\":\"{}\",\"holder\":{},\"pid\":{},\"time\":",
@@ -141,6 +143,11 @@ pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<Str
   elif ! [ -e "$lock" ] && dp_create; then
     echo "lock taken"
   else
+    if ! [ -e "$lock" ]; then
+      # Not there, yet it could not be created twice over.
+      echo "cannot create the deploy lock $lock: linking it into place failed (does the file system allow hard links?)" >&2
+      exit {write_failed}
+    fi
     dp_lock_is "$dp_rel" || true
     case $dp_cur in
       *\"expires\":[0-9]*)
@@ -174,9 +181,26 @@ pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<Str
     fi
   fi
 }}
+# While a long command runs (a dependency build, a migration), a keeper renews the lease
+# every third of it on the host itself; it stops within 5 s of this script (it looks that
+# often), or at once with dp_drop_keeper.
+dp_keep_lock() {{
+  ( dp_parent=$$ dp_n=0
+    while sleep {poll}; do
+      kill -0 "$dp_parent" 2>/dev/null || exit 0
+      dp_n=$((dp_n + {poll}))
+      [ "$dp_n" -ge {third} ] || continue
+      dp_n=0
+      dp_lock renew || exit 0
+    done ) </dev/null >/dev/null 2>&1 &
+  dp_keeper=$!
+}}
+dp_drop_keeper() {{ [ -z "${{dp_keeper:-}}" ] || kill "$dp_keeper" 2>/dev/null || true; }}
 dp_lock {mode}
 "#,
         prefix = quote_str(&prefix)?,
+        third = (lease.as_secs() / 3).max(1),
+        poll = (lease.as_secs() / 3).clamp(1, 5),
         lease = lease.as_secs(),
         release = quote_str(release)?,
         held = HELD_STATUS,

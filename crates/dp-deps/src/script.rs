@@ -92,7 +92,11 @@ if [ ! -f "$env/.dp-complete" ]; then
       # The build is a shell of its own (so `set -e` holds: it does not inside an `if`)
       # under a deadline that stops it with everything the installer started.
       export env kind python pip_args cmd
-      if ! dp_deadline {timeout} "the dependency build" "$log" sh -c {build} dp-deps-build "$@" 2>/dev/null; then
+      dp_keep_lock
+      dp_rc=0
+      dp_deadline {timeout} "the dependency build" "$log" sh -c {build} dp-deps-build "$@" 2>/dev/null || dp_rc=$?
+      dp_drop_keeper
+      if [ "$dp_rc" -ne 0 ]; then
         tail -n 25 "$log" >&2
         rm -rf "$env"
         exit 1

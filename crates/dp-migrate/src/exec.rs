@@ -50,7 +50,11 @@ fn exec_host(conn: &mut dyn Transport, record: &Record, opts: &ExecOptions) -> R
         r#"cd "$releases"/{rel}
 PATH="$PWD/.venv/bin:$PWD/node_modules/.bin:$PATH"
 export PATH
-dp_deadline {secs} 'the migration command' "$root/.dp/migrate.log" sh -c {cmd}
+dp_keep_lock
+dp_rc=0
+dp_deadline {secs} 'the migration command' "$root/.dp/migrate.log" sh -c {cmd} || dp_rc=$?
+dp_drop_keeper
+exit "$dp_rc"
 "#,
         secs = opts.timeout.as_secs().max(1),
         rel = quote_str(release).map_err(|e| e.to_string())?,
