@@ -110,6 +110,17 @@ impl Case {
             .env("DP_CACHE_DIR", self.dir.path().join("cache"))
     }
 
+    /// Sets the restart command (a TOML string's contents), with `extra` lines after it.
+    fn set_restart(&self, command: &str, extra: &str) {
+        let config = std::fs::read_to_string(self.dir.path().join("deploy.toml")).unwrap();
+        let from = "command = \"echo {release} > {root}/restarted\"";
+        assert!(config.contains(from), "{config}");
+        self.dir.write(
+            "deploy.toml",
+            config.replace(from, &format!("command = \"{command}\"\n{extra}")),
+        );
+    }
+
     /// Deploys `release` in `form`, with `extra` arguments to `dp deploy`.
     fn deploy(&self, form: Form, release: &str, extra: &[&str]) -> Outcome {
         let mut args = vec!["deploy", "--release", release];
@@ -270,6 +281,21 @@ fn assert_same_tree(src: &Path, release: &Path) {
     }
 }
 
+/// Two tests of one case: through `dp deploy` and through the printed pipeline.
+macro_rules! in_both_forms {
+    ($case:ident => $one_line:ident, $pipeline:ident) => {
+        #[test]
+        fn $one_line() {
+            $case(Form::OneLine);
+        }
+
+        #[test]
+        fn $pipeline() {
+            $case(Form::Pipeline);
+        }
+    };
+}
+
 /// A port nothing listens on.
 fn closed_port() -> u16 {
     crate::util::free_port()
@@ -298,15 +324,7 @@ fn closed_port_case(form: Form) {
     case.assert_rerun_completes(form, "r2");
 }
 
-#[test]
-fn a_closed_port_on_one_host_switches_no_host() {
-    closed_port_case(Form::OneLine);
-}
-
-#[test]
-fn a_closed_port_on_one_host_switches_no_host_in_the_pipeline() {
-    closed_port_case(Form::Pipeline);
-}
+in_both_forms!(closed_port_case => a_closed_port_on_one_host_switches_no_host, a_closed_port_on_one_host_switches_no_host_in_the_pipeline);
 
 fn changed_key_case(form: Form) {
     let name = format!("faults-host-key-{form:?}").to_lowercase();
@@ -339,15 +357,7 @@ fn changed_key_case(form: Form) {
     case.assert_rerun_completes(form, "r2");
 }
 
-#[test]
-fn a_changed_host_key_on_one_host_switches_no_host() {
-    changed_key_case(Form::OneLine);
-}
-
-#[test]
-fn a_changed_host_key_on_one_host_switches_no_host_in_the_pipeline() {
-    changed_key_case(Form::Pipeline);
-}
+in_both_forms!(changed_key_case => a_changed_host_key_on_one_host_switches_no_host, a_changed_host_key_on_one_host_switches_no_host_in_the_pipeline);
 
 fn failing_migration_case(form: Form) {
     let name = format!("faults-migration-{form:?}").to_lowercase();
@@ -373,15 +383,7 @@ fn failing_migration_case(form: Form) {
     case.assert_rerun_completes(form, "r3");
 }
 
-#[test]
-fn a_failing_pre_migration_switches_no_host() {
-    failing_migration_case(Form::OneLine);
-}
-
-#[test]
-fn a_failing_pre_migration_switches_no_host_in_the_pipeline() {
-    failing_migration_case(Form::Pipeline);
-}
+in_both_forms!(failing_migration_case => a_failing_pre_migration_switches_no_host, a_failing_pre_migration_switches_no_host_in_the_pipeline);
 
 fn allow_unreachable_case(form: Form) {
     let name = format!("faults-allow-unreachable-{form:?}").to_lowercase();
@@ -443,15 +445,7 @@ fn allow_unreachable_case(form: Form) {
     assert_eq!(case.applied(), vec![1, 2, 3]);
 }
 
-#[test]
-fn allow_unreachable_leaves_out_a_dead_host_and_no_more() {
-    allow_unreachable_case(Form::OneLine);
-}
-
-#[test]
-fn allow_unreachable_leaves_out_a_dead_host_and_no_more_in_the_pipeline() {
-    allow_unreachable_case(Form::Pipeline);
-}
+in_both_forms!(allow_unreachable_case => allow_unreachable_leaves_out_a_dead_host_and_no_more, allow_unreachable_leaves_out_a_dead_host_and_no_more_in_the_pipeline);
 
 /// Records that fail before dp-restart, fed to it directly: it switches none.
 #[test]
@@ -676,15 +670,12 @@ fn a_restart_command_that_hangs_is_stopped_at_its_deadline() {
         case.live_then_change();
         // On h2, the restart into r2 never returns, and what it started would stay.
         let marker = format!("sleep 1001.{}", form as u8);
-        let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
-        let hang = format!(
-            "if [ {{host}} = h2 ] && [ {{release}} = r2 ]; then {marker}; fi; echo {{release}} > {{root}}/restarted"
+        case.set_restart(
+            &format!(
+                "if [ {{host}} = h2 ] && [ {{release}} = r2 ]; then {marker}; fi; echo {{release}} > {{root}}/restarted"
+            ),
+            "timeout = \"2s\"",
         );
-        let config = config.replace(
-            "command = \"echo {release} > {root}/restarted\"",
-            &format!("command = \"{hang}\"\ntimeout = \"2s\""),
-        );
-        case.dir.write("deploy.toml", &config);
         let out = case.deploy(form, "r2", &[]);
         out.code(1);
         let records = out.records();
@@ -900,14 +891,7 @@ fn sigint_mid_upload_leaves_every_host_on_its_release_and_unlocked() {
 fn sigint_mid_rollout_finishes_the_batch_and_starts_no_other() {
     let case = Case::new("faults-sigint-rollout");
     case.live_then_change();
-    let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
-    case.dir.write(
-        "deploy.toml",
-        config.replace(
-            "command = \"echo {release} > {root}/restarted\"",
-            "command = \"sleep 1; echo {release} > {root}/restarted\"",
-        ),
-    );
+    case.set_restart("sleep 1; echo {release} > {root}/restarted", "");
     let (child, _home) = case
         .command("dp")
         .args(["deploy", "--release", "r2"])
@@ -994,14 +978,7 @@ fn a_failing_health_check_switches_that_host_back_and_stops_the_rollout() {
 fn two_deploys_at_once_one_goes_on_and_the_other_changes_nothing() {
     let case = Case::new("faults-two-at-once");
     case.live_then_change();
-    let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
-    case.dir.write(
-        "deploy.toml",
-        config.replace(
-            "command = \"echo {release} > {root}/restarted\"",
-            "command = \"sleep 1; echo {release} > {root}/restarted\"",
-        ),
-    );
+    case.set_restart("sleep 1; echo {release} > {root}/restarted", "");
     let (x, y) = std::thread::scope(|s| {
         let x = s.spawn(|| case.deploy(Form::OneLine, "rx", &[]));
         let y = s.spawn(|| case.deploy(Form::OneLine, "ry", &[]));
@@ -1128,13 +1105,9 @@ fn when_dp_dies_the_command_it_waited_for_is_stopped_on_the_host() {
     case.live_then_change();
     // The script says `sleep $n`: only the sleep itself matches the marker.
     let marker = "sleep 1003.25";
-    let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
-    case.dir.write(
-        "deploy.toml",
-        config.replace(
-            "command = \"echo {release} > {root}/restarted\"",
-            "command = \"n=1003.25; if [ {host} = h2 ]; then sleep $n; fi; echo {release} > {root}/restarted\"\ntimeout = \"10m\"",
-        ),
+    case.set_restart(
+        "n=1003.25; if [ {host} = h2 ]; then sleep $n; fi; echo {release} > {root}/restarted",
+        "timeout = \"10m\"",
     );
     let (mut child, _home) = case
         .command("dp")
@@ -1162,14 +1135,10 @@ fn a_restart_command_that_leaves_a_process_running_does_not_hold_the_deploy() {
     let case = Case::new("faults-restart-background");
     case.live_then_change();
     let marker = "sleep 1004.25";
-    let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
     // A naive restart: the server is started in the background, output not redirected.
-    case.dir.write(
-        "deploy.toml",
-        config.replace(
-            "command = \"echo {release} > {root}/restarted\"",
-            "command = \"n=1004.25; sleep $n & echo {release} > {root}/restarted\"",
-        ),
+    case.set_restart(
+        "n=1004.25; sleep $n & echo {release} > {root}/restarted",
+        "",
     );
     let (child, _home) = case
         .command("dp")
@@ -1253,14 +1222,7 @@ fn a_session_lost_after_the_switch_is_switched_back_through_a_new_one() {
     let fleet = Fleet::start(3);
     let case = Case::on(&fleet, "faults-lost-after-switch", true);
     case.live_then_change();
-    let config = std::fs::read_to_string(case.dir.path().join("deploy.toml")).unwrap();
-    case.dir.write(
-        "deploy.toml",
-        config.replace(
-            "command = \"echo {release} > {root}/restarted\"",
-            "command = \"if [ {host} = h2 ] && [ {release} = r2 ]; then sleep 3; fi; echo {release} > {root}/restarted\"",
-        ),
-    );
+    case.set_restart("if [ {host} = h2 ] && [ {release} = r2 ]; then sleep 3; fi; echo {release} > {root}/restarted", "");
     let sshd = fleet.hosts[1].pid().expect("sshd pid");
     let (child, _home) = case
         .command("dp")

@@ -77,7 +77,7 @@ dp_deadline() {
     kill "$dp_watch" 2>/dev/null || true
   fi
   case $dp_rc in 124|137) echo "$dp_what did not finish within ${dp_secs}s: stopped, with what it started" >>"$dp_log" ;; esac
-  cat -- "$dp_log" >&2 || true
+  [ ! -s "$dp_log" ] || cat -- "$dp_log" >&2 || true
   return "$dp_rc"
 }
 "#;
