@@ -121,6 +121,19 @@ impl Case {
         );
     }
 
+    /// `dp-hosts | dp-sync --release RELEASE`: the hosts uploaded and locked, not switched.
+    fn synced(&self, release: &str) -> Outcome {
+        let up = self.command("dp-hosts").run();
+        up.code(0);
+        let synced = self
+            .command("dp-sync")
+            .args(["--release", release])
+            .stdin(up.stdout.clone())
+            .run();
+        synced.code(0);
+        synced
+    }
+
     /// Deploys `release` in `form`, with `extra` arguments to `dp deploy`.
     fn deploy(&self, form: Form, release: &str, extra: &[&str]) -> Outcome {
         let mut args = vec!["deploy", "--release", release];
@@ -452,14 +465,7 @@ in_both_forms!(allow_unreachable_case => allow_unreachable_leaves_out_a_dead_hos
 fn dp_restart_switches_nothing_when_any_record_failed() {
     let case = Case::new("faults-restart-barrier");
     case.live_then_change();
-    let up = case.command("dp-hosts").run();
-    up.code(0);
-    let synced = case
-        .command("dp-sync")
-        .args(["--release", "r2"])
-        .stdin(up.stdout.clone())
-        .run();
-    synced.code(0);
+    let synced = case.synced("r2");
     let mut records: Vec<Record> = synced.records();
     records[1].fail("deps", "pip exploded");
     let input: String = records
@@ -1164,14 +1170,7 @@ fn a_restart_command_that_leaves_a_process_running_does_not_hold_the_deploy() {
 fn a_lock_lost_on_one_host_before_the_switch_switches_no_host() {
     let case = Case::new("faults-lock-lost");
     case.live_then_change();
-    let up = case.command("dp-hosts").run();
-    up.code(0);
-    let synced = case
-        .command("dp-sync")
-        .args(["--release", "r2"])
-        .stdin(up.stdout.clone())
-        .run();
-    synced.code(0);
+    let synced = case.synced("r2");
     // Meanwhile another deploy took h3 over (its lease had run out, say).
     let lock = case.roots[2].join(".dp/lock");
     let far = std::time::SystemTime::now()
