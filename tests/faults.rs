@@ -136,10 +136,15 @@ impl Case {
 
     /// Deploys `release` in `form`, with `extra` arguments to `dp deploy`.
     fn deploy(&self, form: Form, release: &str, extra: &[&str]) -> Outcome {
+        self.deploy_command(form, release, extra).run()
+    }
+
+    /// The command [`Case::deploy`] runs.
+    fn deploy_command(&self, form: Form, release: &str, extra: &[&str]) -> TestCommand {
         let mut args = vec!["deploy", "--release", release];
         args.extend_from_slice(extra);
         match form {
-            Form::OneLine => self.command("dp").args(&args).run(),
+            Form::OneLine => self.command("dp").args(&args),
             Form::Pipeline => {
                 args.push("--print-pipeline");
                 let printed = self.command("dp").args(&args).run();
@@ -153,7 +158,6 @@ impl Case {
                         "PATH",
                         format!("{tools}:{}", std::env::var("PATH").unwrap_or_default()),
                     )
-                    .run()
             }
         }
     }
@@ -715,8 +719,10 @@ fn a_restart_command_that_hangs_is_stopped_at_its_deadline() {
 /// Sends `signal` to each of `pids`.
 fn signal(pids: &[u32], signal: &str) {
     for p in pids {
+        // A process may have ended meanwhile.
         let _ = std::process::Command::new("kill")
             .args([&format!("-{signal}"), &p.to_string()])
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }
@@ -756,31 +762,30 @@ fn wait_bounded(mut child: std::process::Child, within: Duration) -> Outcome {
     }
 }
 
-#[test]
-fn a_host_that_stops_answering_mid_upload_fails_within_the_keepalive_limit() {
-    // A fleet of its own: the test stops every session process of its third host.
+/// One host's session processes stopped (STOP: the host hangs) or killed (KILL: the
+/// session drops) while its upload is under way.
+fn session_fault_case(form: Form, sig: &str) {
+    // A fleet of its own: the test signals every session process of its third host.
     let fleet = Fleet::start(3);
-    let mut case = Case::on(&fleet, "faults-stopped-host", true);
+    let name = format!("faults-session-{sig}-{form:?}").to_lowercase();
+    let mut case = Case::on(&fleet, &name, true);
     case.extra = "server_alive_interval = \"1s\"\nserver_alive_count_max = 2\n".into();
     case.write_config();
     case.live_then_change();
-    // Large enough that the upload is still running when the host is stopped.
+    // Large enough that the upload is still running when the host is hit.
     let big = case.dir.path().join("site/big.bin");
     std::fs::write(&big, vec![7u8; 192 << 20]).unwrap();
     let sshd = fleet.hosts[2].pid().expect("sshd pid");
-    let (child, _home) = case
-        .command("dp")
-        .args(["deploy", "--release", "r2"])
-        .spawn();
-    // Wait for the host's tar to be receiving, then stop everything of that session.
+    let (child, _home) = case.deploy_command(form, "r2", &[]).spawn();
+    // Wait for the host's tar to be receiving, then hit everything of that session.
     let started = Instant::now();
-    let stopped = loop {
+    let hit = loop {
         let procs = crate::util::descendants(sshd);
         let receiving = procs.iter().any(|p| {
             std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "tar")
         });
         if receiving {
-            signal(&procs, "STOP");
+            signal(&procs, sig);
             break procs;
         }
         assert!(
@@ -790,14 +795,18 @@ fn a_host_that_stops_answering_mid_upload_fails_within_the_keepalive_limit() {
         std::thread::sleep(Duration::from_millis(5));
     };
     let out = wait_bounded(child, Duration::from_secs(60));
-    signal(&stopped, "CONT");
+    if sig == "STOP" {
+        signal(&hit, "CONT");
+    }
     case.assert_nothing_switched(&out, 2, ErrorKind::Failed);
     let e = out.records()[2].error.clone().unwrap();
     assert_eq!(e.step, "sync");
-    assert!(e.message.contains("not answering"), "{e:?}");
+    if sig == "STOP" {
+        assert!(e.message.contains("not answering"), "{e:?}");
+    }
     // Nothing dp started on the host keeps running once its session is gone.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while stopped
+    while hit
         .iter()
         .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
     {
@@ -808,8 +817,19 @@ fn a_host_that_stops_answering_mid_upload_fails_within_the_keepalive_limit() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    case.assert_rerun_completes(Form::OneLine, "r2");
+    case.assert_rerun_completes(form, "r2");
 }
+
+fn stopped_session_case(form: Form) {
+    session_fault_case(form, "STOP");
+}
+
+fn killed_session_case(form: Form) {
+    session_fault_case(form, "KILL");
+}
+
+in_both_forms!(stopped_session_case => a_host_that_stops_answering_mid_upload_fails_within_the_keepalive_limit, a_host_that_stops_answering_mid_upload_fails_in_the_pipeline);
+in_both_forms!(killed_session_case => a_session_killed_mid_upload_switches_no_host, a_session_killed_mid_upload_switches_no_host_in_the_pipeline);
 
 /// Waits until `ready` holds, at most a minute.
 #[track_caller]
@@ -836,25 +856,7 @@ fn sigint_mid_upload_leaves_every_host_on_its_release_and_unlocked() {
         case.live_then_change();
         std::fs::write(case.dir.path().join("site/big.bin"), vec![3u8; 160 << 20]).unwrap();
         // As a terminal does: the signal goes to every process of the foreground group.
-        let cmd = match form {
-            Form::OneLine => case.command("dp").args(["deploy", "--release", "r2"]),
-            Form::Pipeline => {
-                let printed = case
-                    .command("dp")
-                    .args(["deploy", "--release", "r2", "--print-pipeline"])
-                    .run();
-                let tools = bin("dp").parent().unwrap().display().to_string();
-                case.command("dp")
-                    .program("bash")
-                    .current_dir(case.dir.path())
-                    .args(["-o", "pipefail", "-c", &printed.stdout])
-                    .env(
-                        "PATH",
-                        format!("{tools}:{}", std::env::var("PATH").unwrap_or_default()),
-                    )
-            }
-        }
-        .process_group();
+        let cmd = case.deploy_command(form, "r2", &[]).process_group();
         let (child, _home) = cmd.spawn();
         let group = child.id();
         wait_until("an upload under way", || {
