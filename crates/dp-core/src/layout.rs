@@ -8,6 +8,7 @@
 //! <root>/current -> releases/<release>      switched atomically (symlink + rename)
 //! <root>/.dp/lock                           deploy lock (a lease), see [`crate::lock`]
 //! <root>/.dp/history.jsonl                  one line per deploy/rollback
+//! <root>/.dp/restart.log, health.log, migrate.log   output of the last such command
 //! <root>/.dp/deps/<key>/                    dependency environments
 //! ```
 
