@@ -632,3 +632,21 @@ fn completions_are_printed_for_dp_and_the_tools() {
         out.stdout
     );
 }
+
+#[test]
+fn the_bundled_demo_config_is_valid() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo/deploy.toml");
+    let out = TestCommand::new("dp-hosts")
+        .args(["--config", demo.to_str().unwrap()])
+        .run();
+    out.code(0);
+    let records = out.records();
+    assert_eq!(records.len(), 3);
+    for r in &records {
+        let root = r.root.clone().unwrap();
+        assert!(
+            root.ends_with(&format!("/target/demo/hosts/{}", r.host)) && !root.contains(".."),
+            "{root}"
+        );
+    }
+}

@@ -467,13 +467,33 @@ impl Config {
     /// the config file's directory.
     pub fn local_path(&self, p: &Path) -> PathBuf {
         let p = expand_home(p);
-        if p.is_absolute() {
+        let p = if p.is_absolute() {
             p
         } else {
             let joined = self.dir.join(&p);
             std::path::absolute(&joined).unwrap_or(joined)
+        };
+        normalize(&p)
+    }
+}
+
+/// `p` without `.` components and with each `..` taking out the component before it
+/// (lexically, as a deploy root must be written: `hosts/../a` is `a`).
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
         }
     }
+    out
 }
 
 /// Expands a leading `~/` to `$HOME`.
@@ -595,5 +615,11 @@ hosts = [{ name = "web1", roles = ["web"] }, { name = "db", port = 22, user = "p
         .unwrap();
         let r = c.select(&Selection::default()).unwrap();
         assert_eq!(r[0].root.as_deref(), Some("/cfg/hosts/a"));
+        let c = parse(
+            "[stages.l]\ntransport = \"local\"\nhosts = [{ name = \"a\", root = \"../t/./hosts/a\" }]\n",
+        )
+        .unwrap();
+        let r = c.select(&Selection::default()).unwrap();
+        assert_eq!(r[0].root.as_deref(), Some("/t/hosts/a"));
     }
 }
