@@ -498,3 +498,82 @@ fn max_fail_lets_that_many_failures_pass() {
         "h1 had no previous release: current removed"
     );
 }
+
+#[test]
+fn health_expect_tells_the_new_release_from_an_old_process_on_the_port() {
+    let dir = Dir::new("restart-expect");
+    dir.write("src/VERSION", "1\n");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/app.py"),
+        dir.path().join("src/app.py"),
+    )
+    .unwrap();
+    let src = dir.path().join("src");
+    let port = free_port();
+    let root = dir.path().join("h1");
+    let _apps = Apps(vec![root.clone()]);
+    let input = lines(&[local_record("h1", &root, Some(port))]);
+    let start =
+        "setsid python3 app.py {port} > {root}/app.log 2>&1 < /dev/null & echo $! > {root}/app.pid";
+    let check = [
+        "--health-url",
+        "http://127.0.0.1:{port}/healthz",
+        "--health-timeout",
+        "2s",
+        "--health-expect",
+        "ok {release}",
+    ];
+    fn with<'a>(command: &'a str, check: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["--command", command];
+        a.extend_from_slice(check);
+        a
+    }
+    restart(
+        &sync_release(&src, input.as_str(), "r1"),
+        &with(start, &check),
+    )
+    .code(0);
+    // r2's restart does not restart anything: r1's server still answers on the port.
+    dir.write("src/VERSION", "2\n");
+    let out = restart(
+        &sync_release(&src, input.as_str(), "r2"),
+        &with("true", &check),
+    );
+    out.code(1);
+    let e = out.records()[0].error.clone().unwrap();
+    assert!(
+        e.message.contains("does not contain \"ok r2\"") && e.message.contains("ok r1"),
+        "{e:?}"
+    );
+    assert_eq!(current(&root), "releases/r1", "switched back");
+    // Without the expected answer, the old server passes for the new release: the
+    // problem this option exists for.
+    let out = restart(
+        &sync_release(&src, input.as_str(), "r3"),
+        &[
+            "--command",
+            "true",
+            "--health-url",
+            "http://127.0.0.1:{port}/healthz",
+        ],
+    );
+    out.code(0);
+    assert_eq!(current(&root), "releases/r3");
+    // A typo in the expected text is refused before any host is touched.
+    let out = restart(
+        &sync_release(&src, input.as_str(), "r4"),
+        &[
+            "--health-url",
+            "http://127.0.0.1:{port}/healthz",
+            "--health-expect",
+            "ok {relase}",
+        ],
+    );
+    out.code(1);
+    assert!(
+        out.stderr.contains("unknown placeholder {relase}"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(current(&root), "releases/r3");
+}

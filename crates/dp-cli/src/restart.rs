@@ -45,6 +45,10 @@ pub struct Args {
     /// Health check command, run in `current` on the host until it exits 0.
     #[arg(long, value_name = "CMD")]
     pub health_cmd: Option<String>,
+    /// Text the health check's answer must contain, such as `ok {release}` (default:
+    /// `health_expect` in [restart]).
+    #[arg(long, value_name = "TEXT")]
+    pub health_expect: Option<String>,
     /// How long a host may take to become healthy.
     #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
     pub health_timeout: Option<std::time::Duration>,
@@ -109,6 +113,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             .health_timeout
             .or(section.health_timeout)
             .unwrap_or(std::time::Duration::from_secs(30)),
+        health_expect: args.health_expect.clone().or(section.health_expect.clone()),
         timeout: args
             .timeout
             .or(section.timeout)

@@ -202,6 +202,10 @@ pub struct RestartConfig {
     /// How long a host may take to become healthy, such as `30s`.
     #[serde(default, deserialize_with = "duration::option")]
     pub health_timeout: Option<Duration>,
+    /// Text the health check's answer must contain, templated (`ok {release}`): only the
+    /// new release passes, not an old worker or another process on the port.
+    #[serde(default)]
+    pub health_expect: Option<String>,
     /// How long the restart command may run before it is stopped, such as `5m`.
     #[serde(default, deserialize_with = "duration::option")]
     pub timeout: Option<Duration>,

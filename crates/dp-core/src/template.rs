@@ -13,6 +13,8 @@ pub enum Escape {
     Shell,
     /// For a URL: each value is percent-encoded.
     Url,
+    /// Plain text (an expected answer): values as they are.
+    Text,
 }
 
 /// The value of each placeholder for `record`, with `release` as `{release}`.
@@ -137,6 +139,7 @@ pub fn render(
                 match escape {
                     Escape::Shell => out.push_str(&quote_str(value)?),
                     Escape::Url => out.push_str(&percent_encode(value)),
+                    Escape::Text => out.push_str(value),
                 }
             }
         }

@@ -163,6 +163,7 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
             .map(Health::Url)
             .or(r.health_cmd.map(Health::Command)),
         health_timeout: r.health_timeout.unwrap_or(Duration::from_secs(30)),
+        health_expect: r.health_expect.clone(),
         timeout: r.timeout.unwrap_or(dp_restart::DEFAULT_TIMEOUT),
         max_fail: 0,
         keep: config.keep.map(|k| k as usize).unwrap_or(5),

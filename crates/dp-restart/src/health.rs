@@ -1,5 +1,7 @@
 //! Health checks: an HTTP GET from the deploying machine, or a command on the host,
-//! polled until it succeeds or the timeout passes.
+//! polled until it succeeds or the timeout passes. With an expected answer (templated,
+//! such as `ok {release}`), success also needs the answer to contain it: an old worker,
+//! or another process on the port, does not pass for the new release.
 
 use dp_core::layout::script_prelude;
 use dp_core::quote::quote_str;
@@ -11,23 +13,39 @@ use std::time::{Duration, Instant};
 /// A health check template.
 #[derive(Debug, Clone)]
 pub enum Health {
-    /// GET this URL (templated); any 2xx answer is healthy.
+    /// GET this URL (templated); a 2xx answer is healthy (whose body has the expected
+    /// text, when there is one).
     Url(String),
-    /// Run this command (templated) in `current` on the host; exit 0 is healthy.
+    /// Run this command (templated) in `current` on the host; exit 0 is healthy (with the
+    /// expected text in its output, when there is one).
     Command(String),
 }
 
 impl Health {
     /// Polls until healthy or `timeout`; the error names the check and the last answer.
+    /// With `expect`, the answer (the body, or the command's output) must contain it.
     pub fn wait(
         &self,
         conn: &mut dyn Transport,
         record: &Record,
         release: &str,
         timeout: Duration,
+        expect: Option<&str>,
     ) -> Result<(), String> {
         let started = Instant::now();
         let mut last: String;
+        let expect = match expect {
+            Some(t) => Some(render(t, record, release, Escape::Text).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        // What the answer lacked, if it lacked the expected text.
+        let lacks = |answer: &str| -> Option<String> {
+            let want = expect.as_deref()?;
+            (!answer.contains(want)).then(|| {
+                let shown: String = answer.trim().chars().take(80).collect();
+                format!("the answer does not contain {want:?} (an old worker, or another process on the port?): {shown:?}")
+            })
+        };
         match self {
             Health::Url(t) => {
                 let url = render(t, record, release, Escape::Url).map_err(|e| e.to_string())?;
@@ -38,7 +56,16 @@ impl Health {
                     .build();
                 loop {
                     match agent.get(&url).call() {
-                        Ok(r) if (200..300).contains(&r.status()) => return Ok(()),
+                        Ok(r) if (200..300).contains(&r.status()) => {
+                            let status = format!("{} {}", r.status(), r.status_text());
+                            match r.into_string() {
+                                Ok(body) => match lacks(&body) {
+                                    None => return Ok(()),
+                                    Some(why) => last = format!("{status}, but {why}"),
+                                },
+                                Err(e) => last = format!("{status}, but reading the body: {e}"),
+                            }
+                        }
                         Ok(r) => last = format!("{} {}", r.status(), r.status_text()),
                         Err(ureq::Error::Status(code, r)) => {
                             last = format!("{code} {}", r.status_text())
@@ -67,7 +94,13 @@ impl Health {
                          dp_deadline {left} 'the health check' \"$root/.dp/health.log\" sh -c {cmd}\n"
                     );
                     match conn.run_held(&script) {
-                        Ok(out) if out.status.success() => return Ok(()),
+                        // The command's output reaches here as its stderr (see dp_deadline).
+                        Ok(out) if out.status.success() => {
+                            match lacks(&String::from_utf8_lossy(&out.status.stderr)) {
+                                None => return Ok(()),
+                                Some(why) => last = format!("it exited 0, but {why}"),
+                            }
+                        }
                         Ok(out) => {
                             last = out
                                 .status

@@ -76,6 +76,9 @@ pub struct RestartOptions {
     pub health: Option<Health>,
     /// How long a host may take to become healthy.
     pub health_timeout: Duration,
+    /// Text the health check's answer must contain (templated: `ok {release}`), so that
+    /// only the new release passes.
+    pub health_expect: Option<String>,
     /// How long the restart command may run on a host before it is stopped (with what it
     /// started that did not detach) and the host counts as failed.
     pub timeout: Duration,
@@ -156,6 +159,15 @@ impl RestartOptions {
                         .map_err(|e| named("health command", e.to_string()))?;
                 }
                 None => {}
+            }
+            if let Some(t) = &self.health_expect {
+                if self.health.is_none() {
+                    return Err(
+                        "health_expect needs a health check (health_url or health_cmd)".into(),
+                    );
+                }
+                render(t, r, release, Escape::Text)
+                    .map_err(|e| named("health_expect", e.to_string()))?;
             }
         }
         Ok(())
@@ -378,7 +390,13 @@ fn roll_host(
     let failure = if failure.is_some() {
         failure
     } else if let Some(health) = &opts.health {
-        match health.wait(conn, record, &stats.release, opts.health_timeout) {
+        match health.wait(
+            conn,
+            record,
+            &stats.release,
+            opts.health_timeout,
+            opts.health_expect.as_deref(),
+        ) {
             Ok(()) => {
                 stats.healthy = Some(true);
                 None

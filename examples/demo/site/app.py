@@ -3,7 +3,7 @@
 installed by dp-deps into the release's .venv.
 
 GET /        a page with the release, the greeting, and a visit counter kept in SQLite
-GET /healthz 200 when the database answers
+GET /healthz 200 "ok RELEASE" when the database answers (the release serving it)
 The database file comes from $DEMO_DB.
 """
 import http.server
@@ -34,7 +34,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with sqlite3.connect(DB, timeout=5) as db:
                 if self.path == "/healthz":
                     db.execute("SELECT count(*) FROM visits").fetchone()
-                    return self.reply(200, "ok\n", "text/plain")
+                    return self.reply(200, "ok %s\n" % RELEASE, "text/plain")
                 db.execute("INSERT INTO visits (path) VALUES (?)", (self.path,))
                 count = db.execute("SELECT count(*) FROM visits").fetchone()[0]
                 greeting = db.execute("SELECT text FROM greetings ORDER BY id DESC LIMIT 1").fetchone()
