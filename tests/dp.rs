@@ -650,3 +650,46 @@ fn the_bundled_demo_config_is_valid() {
         );
     }
 }
+
+#[test]
+fn every_command_knows_its_release_the_previous_one_and_the_root() {
+    let dir = Dir::new("dp-release-env");
+    let roots = fixture(&dir);
+    let show = "echo \\\"$DP_RELEASE|$DP_PREVIOUS_RELEASE|$DP_ROOT\\\"";
+    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
+    let config = config
+        .replace(
+            "command = \"echo {release} > {root}/restarted\"",
+            &format!("command = \"{show} > {{root}}/restart-env\""),
+        )
+        .replace(
+            "[restart]",
+            "[migrate]\nexec = \"SHOW > $DP_ROOT/exec-env\"\n[restart]",
+        )
+        .replace("SHOW", show);
+    let with_deps = |n: u32| {
+        dir.write(
+            "deploy.toml",
+            format!(
+                "{config}[deps]\nkind = \"command\"\ncommand = \"{show} > $DP_ROOT/deps-env; : {n}\"\n"
+            ),
+        )
+    };
+    let read = |root: &Path, name: &str| std::fs::read_to_string(root.join(name)).unwrap();
+    with_deps(1);
+    dp(&dir, &["deploy", "--release", "r1"]).code(0);
+    dir.write("site/VERSION", "2\n");
+    with_deps(2);
+    dp(&dir, &["deploy", "--release", "r2"]).code(0);
+    for root in &roots {
+        let want = format!("r2|r1|{}\n", root.display());
+        assert_eq!(read(root, "restart-env"), want, "restart command");
+        assert_eq!(read(root, "deps-env"), want, "dependency command");
+    }
+    // The migration command runs once, on the host with role migrate.
+    assert_eq!(
+        read(&roots[0], "exec-env"),
+        format!("r2|r1|{}\n", roots[0].display())
+    );
+    assert!(!roots[1].join("exec-env").exists());
+}

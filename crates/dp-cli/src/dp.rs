@@ -151,9 +151,11 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             if matches!(plan.restart.health, Some(dp_restart::Health::Url(_)))
                 && plan.restart.health_expect.is_none()
             {
-                say("warning: health_url without health_expect: an old worker, or another \
+                say(
+                    "warning: health_url without health_expect: an old worker, or another \
                      process on the port, passes for the new release (set health_expect = \
-                     \"ok {release}\" and have the app answer it)");
+                     \"ok {release}\" and have the app answer it)",
+                );
             }
             let started = Instant::now();
             let verbosity = match (args.quiet, args.verbose) {

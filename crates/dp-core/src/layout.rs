@@ -100,6 +100,16 @@ pub fn current_release_sh(var: &str) -> String {
     )
 }
 
+/// Shell lines that export `DP_RELEASE` (the shell expression `release`), `DP_ROOT` and
+/// `DP_PREVIOUS_RELEASE` (the release `current` points to now, when it is another one)
+/// for the commands dp runs on a host.
+pub fn release_env_sh(release: &str) -> String {
+    format!(
+        "{current}DP_RELEASE={release} DP_ROOT=$root\n[ \"$dp_live\" != \"$DP_RELEASE\" ] || dp_live=\nDP_PREVIOUS_RELEASE=$dp_live\nexport DP_RELEASE DP_ROOT DP_PREVIOUS_RELEASE\n",
+        current = current_release_sh("dp_live"),
+    )
+}
+
 /// The record's release, checked, or an error saying dp-sync must run first.
 pub fn release_of(record: &crate::Record) -> Result<&str, String> {
     let release = record

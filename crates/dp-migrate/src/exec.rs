@@ -47,7 +47,7 @@ fn exec_host(conn: &mut dyn Transport, record: &Record, opts: &ExecOptions) -> R
         &lock::acquire_script(release, opts.lease, opts.renew.due()).map_err(|e| e.to_string())?,
     );
     s.push_str(&format!(
-        r#"cd "$releases"/{rel}
+        r#"{env}cd "$releases"/{rel}
 PATH="$PWD/.venv/bin:$PWD/node_modules/.bin:$PATH"
 export PATH
 dp_keep_lock
@@ -57,6 +57,7 @@ dp_drop_keeper
 exit "$dp_rc"
 "#,
         secs = opts.timeout.as_secs().max(1),
+        env = dp_core::layout::release_env_sh(&quote_str(release).map_err(|e| e.to_string())?),
         rel = quote_str(release).map_err(|e| e.to_string())?,
         cmd = quote_str(&opts.command).map_err(|e| e.to_string())?,
     ));
