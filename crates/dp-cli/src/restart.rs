@@ -39,7 +39,8 @@ pub struct Args {
     /// Restart command, run in the new release on each host.
     #[arg(long, value_name = "CMD")]
     pub command: Option<String>,
-    /// Health check URL, fetched from this machine until it answers 2xx.
+    /// Health check URL, fetched from this machine until it answers 2xx (with the
+    /// --health-expect text in the body, when given).
     #[arg(long, value_name = "URL", conflicts_with = "health_cmd")]
     pub health_url: Option<String>,
     /// Health check command, run in `current` on the host until it exits 0.
