@@ -15,8 +15,8 @@ use std::path::PathBuf;
 /// A barrier: all records are read first; if any host has failed, nothing is migrated,
 /// every other record is marked not switched, naming the host and step that stopped the
 /// deploy (so dp-restart switches no host), and the exit status is 1. --allow-unreachable
-/// N lets up to N hosts that could not be connected to at all be left out instead. SQL files `<version>_<name>.sql` are tracked
-/// in sqlx's `_sqlx_migrations` table (version, description, checksum, execution time).
+/// N lets up to N hosts that could not be connected to at all be left out instead. SQL
+/// files `<version>_<name>.sql` are tracked in sqlx's `_sqlx_migrations` table (version, description, checksum, execution time).
 /// Before anything is applied, a read-only preflight checks that applied files are
 /// unchanged and present, that no row is dirty, and that nothing pending is older than
 /// what is applied. `--phase pre` (before the switch) applies expand migrations;

@@ -12,8 +12,8 @@ use dp_restart::{Batch, Health, RestartOptions};
 /// A barrier: all records are read first. If any record carries an error (a host that
 /// failed before the switch), no host is switched: every other record says which host and
 /// step stopped it, and the locks are released (--allow-unreachable N lets up to N hosts
-/// that could not be connected to at all be left out instead). Per batch, in parallel: `current` is switched
-/// atomically (a new symlink renamed over it), the restart command runs in the new
+/// that could not be connected to at all be left out instead). Per batch, in parallel:
+/// `current` is switched atomically (a new symlink renamed over it), the restart command runs in the new
 /// release, and the health check (an HTTP GET from here, or a command on the host) is
 /// polled until it passes or --health-timeout. A host that fails is switched back to its
 /// previous release and restarted; the rollout stops (beyond --max-fail failures) and

@@ -4,7 +4,7 @@
 //! host that has not begun it, no next batch), commands in flight that may stop do stop
 //! (an upload is cut off: the host never builds a release from it), and what must finish
 //! does ([`critical`]: a batch being switched, switched back, the finish that releases
-//! the locks). The tool then prints its records and exits 130. A second signal ends the
+//! the locks). The tool then prints its records and exits 130 ([`crate::Exit::Interrupted`]). A second signal ends the
 //! process at once (the handler is reset to the default when it first runs); the locks
 //! then lapse with their lease.
 
@@ -16,9 +16,6 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 thread_local! {
     static CRITICAL: Cell<bool> = const { Cell::new(false) };
 }
-
-/// The exit code of a run that was interrupted (128 + SIGINT, as shells report it).
-pub const EXIT_CODE: i32 = 130;
 
 extern "C" fn on_signal(_: libc::c_int) {
     // Async-signal-safe: one atomic store.
@@ -64,10 +61,4 @@ pub fn critical<T>(f: impl FnOnce() -> T) -> T {
     let out = f();
     CRITICAL.with(|c| c.set(before));
     out
-}
-
-/// Raises the flag as a signal would (for tests of the library, and for callers that
-/// learn of an interrupt another way).
-pub fn raise() {
-    INTERRUPTED.store(true, Ordering::SeqCst);
 }

@@ -1,6 +1,6 @@
 //! The local transport: scripts run under `sh -c` on this machine.
 
-use super::{ExecStatus, TailBuffer, Transport, TransportError, STDERR_TAIL};
+use super::{ExecStatus, Stdin, TailBuffer, Transport, TransportError, STDERR_TAIL};
 use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
@@ -24,90 +24,71 @@ fn io_err(what: &str) -> impl FnOnce(io::Error) -> TransportError + '_ {
 }
 
 impl Transport for LocalTransport {
-    fn exec(
+    /// With [`Stdin::Held`], the script's stdin is a pipe this process keeps open until
+    /// the script ends (it closes when this process dies).
+    fn exec_stdin(
         &mut self,
         script: &str,
-        stdin: Option<&mut (dyn Read + Send)>,
+        stdin: Stdin,
         stdout: &mut (dyn Write + Send),
     ) -> Result<ExecStatus, TransportError> {
-        exec_with(script, stdin, false, stdout)
-    }
-
-    fn exec_held(
-        &mut self,
-        script: &str,
-        stdout: &mut (dyn Write + Send),
-    ) -> Result<ExecStatus, TransportError> {
-        exec_with(&super::held_script(script), None, true, stdout)
-    }
-}
-
-/// Runs `script`; with `hold_stdin`, its stdin is a pipe this process keeps open until
-/// the script ends (it closes when this process dies).
-fn exec_with(
-    script: &str,
-    stdin: Option<&mut (dyn Read + Send)>,
-    hold_stdin: bool,
-    stdout: &mut (dyn Write + Send),
-) -> Result<ExecStatus, TransportError> {
-    if crate::interrupt::should_stop() {
-        return Err(TransportError::Interrupted);
-    }
-    // A process group of its own: Ctrl-C at the terminal reaches dp, which decides
-    // what stops, not the script in the middle of a switch.
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .process_group(0)
-        .stdin(if stdin.is_some() || hold_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io_err("start sh"))?;
-    let mut child_in = child.stdin.take();
-    let held = if hold_stdin { child_in.take() } else { None };
-    let mut child_out = child.stdout.take().expect("piped stdout");
-    let mut child_err = child.stderr.take().expect("piped stderr");
-    let (fed, tail, copied) = std::thread::scope(|s| {
-        let feeder = s.spawn(move || -> io::Result<()> {
-            if let (Some(input), Some(mut pipe)) = (stdin, child_in) {
-                match io::copy(input, &mut pipe) {
-                    // The command may stop reading early; that is its business.
-                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-                    other => {
-                        other?;
+        let (stdin, hold_stdin) = stdin.into_parts();
+        // A process group of its own: Ctrl-C at the terminal reaches dp, which decides
+        // what stops, not the script in the middle of a switch.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .process_group(0)
+            .stdin(if stdin.is_some() || hold_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io_err("start sh"))?;
+        let mut child_in = child.stdin.take();
+        let held = if hold_stdin { child_in.take() } else { None };
+        let mut child_out = child.stdout.take().expect("piped stdout");
+        let mut child_err = child.stderr.take().expect("piped stderr");
+        let (fed, tail, copied) = std::thread::scope(|s| {
+            let feeder = s.spawn(move || -> io::Result<()> {
+                if let (Some(input), Some(mut pipe)) = (stdin, child_in) {
+                    match io::copy(input, &mut pipe) {
+                        // The command may stop reading early; that is its business.
+                        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+                        other => {
+                            other?;
+                        }
                     }
                 }
-            }
-            Ok(())
-        });
-        let errors = s.spawn(move || {
-            let mut tail = TailBuffer::new(STDERR_TAIL);
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = child_err.read(&mut buf) {
-                if n == 0 {
-                    break;
+                Ok(())
+            });
+            let errors = s.spawn(move || {
+                let mut tail = TailBuffer::new(STDERR_TAIL);
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = child_err.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    tail.push(&buf[..n]);
                 }
-                tail.push(&buf[..n]);
-            }
-            tail.into_inner()
+                tail.into_inner()
+            });
+            let copied = io::copy(&mut child_out, stdout);
+            drop(child_out);
+            let fed = feeder.join().unwrap_or(Ok(()));
+            (fed, errors.join().unwrap_or_default(), copied)
         });
-        let copied = io::copy(&mut child_out, stdout);
-        drop(child_out);
-        let fed = feeder.join().unwrap_or(Ok(()));
-        (fed, errors.join().unwrap_or_default(), copied)
-    });
-    let status = child.wait().map_err(io_err("wait for sh"))?;
-    drop(held);
-    copied.map_err(io_err("write command output"))?;
-    fed.map_err(io_err("read command input"))?;
-    Ok(ExecStatus {
-        code: status.code(),
-        signal: status.signal().map(|s| s.to_string()),
-        stderr: tail,
-    })
+        let status = child.wait().map_err(io_err("wait for sh"))?;
+        drop(held);
+        copied.map_err(io_err("write command output"))?;
+        fed.map_err(io_err("read command input"))?;
+        Ok(ExecStatus {
+            code: status.code(),
+            signal: status.signal().map(|s| s.to_string()),
+            stderr: tail,
+        })
+    }
 }

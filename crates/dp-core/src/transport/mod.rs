@@ -218,17 +218,55 @@ pub struct Output {
     pub stdout: Vec<u8>,
 }
 
-/// Runs shell scripts on one host.
+/// A command's standard input.
+pub enum Stdin<'a> {
+    /// None: end of input at once.
+    Closed,
+    /// Streamed from this reader, then end of input.
+    From(&'a mut (dyn Read + Send)),
+    /// Held open, with no input and no end of input, until the command ends: it closes
+    /// when dp goes away (see [`Transport::exec_held`]).
+    Held,
+}
+
+impl<'a> Stdin<'a> {
+    /// The reader to stream from, and whether stdin is held open.
+    pub(crate) fn into_parts(self) -> (Option<&'a mut (dyn Read + Send)>, bool) {
+        match self {
+            Stdin::Closed => (None, false),
+            Stdin::From(r) => (Some(r), false),
+            Stdin::Held => (None, true),
+        }
+    }
+}
+
+/// Runs shell scripts on one host. A transport implements [`Transport::exec_stdin`]; the
+/// other methods are built on it.
 pub trait Transport: Send {
-    /// Runs `script` with the host's POSIX shell, streaming `stdin` into it (EOF after the
-    /// reader ends; none when `None`) and its stdout into `stdout`. Stderr is kept (its
-    /// tail) in the returned status. A non-zero exit is not an error here.
+    /// Runs `script` with the host's POSIX shell, its stdin as `stdin` says and its stdout
+    /// into `stdout`. Stderr is kept (its tail) in the returned status. A non-zero exit is
+    /// not an error here. Callers use [`Transport::exec`] or [`Transport::exec_held`].
+    fn exec_stdin(
+        &mut self,
+        script: &str,
+        stdin: Stdin,
+        stdout: &mut (dyn Write + Send),
+    ) -> Result<ExecStatus, TransportError>;
+
+    /// Runs `script`, streaming `stdin` into it (EOF after the reader ends; none when
+    /// `None`) and its stdout into `stdout`. After an interrupt, outside
+    /// [`crate::interrupt::critical`], the command is not started.
     fn exec(
         &mut self,
         script: &str,
         stdin: Option<&mut (dyn Read + Send)>,
         stdout: &mut (dyn Write + Send),
-    ) -> Result<ExecStatus, TransportError>;
+    ) -> Result<ExecStatus, TransportError> {
+        if crate::interrupt::should_stop() {
+            return Err(TransportError::Interrupted);
+        }
+        self.exec_stdin(script, stdin.map_or(Stdin::Closed, Stdin::From), stdout)
+    }
 
     /// Runs `script` with its stdin held open (no input, no end of input) until it ends,
     /// so that the host can tell when dp is gone: the channel, and with it the script's
@@ -238,7 +276,12 @@ pub trait Transport: Send {
         &mut self,
         script: &str,
         stdout: &mut (dyn Write + Send),
-    ) -> Result<ExecStatus, TransportError>;
+    ) -> Result<ExecStatus, TransportError> {
+        if crate::interrupt::should_stop() {
+            return Err(TransportError::Interrupted);
+        }
+        self.exec_stdin(&format!("dp_held=1\n{script}"), Stdin::Held, stdout)
+    }
 
     /// [`Transport::exec_held`], capturing stdout.
     fn run_held(&mut self, script: &str) -> Result<Output, TransportError> {
@@ -304,33 +347,17 @@ impl Connection {
 }
 
 impl Transport for Connection {
-    fn exec(
+    fn exec_stdin(
         &mut self,
         script: &str,
-        stdin: Option<&mut (dyn Read + Send)>,
+        stdin: Stdin,
         stdout: &mut (dyn Write + Send),
     ) -> Result<ExecStatus, TransportError> {
         match self {
-            Connection::Local(t) => t.exec(script, stdin, stdout),
-            Connection::Ssh(t) => t.exec(script, stdin, stdout),
+            Connection::Local(t) => t.exec_stdin(script, stdin, stdout),
+            Connection::Ssh(t) => t.exec_stdin(script, stdin, stdout),
         }
     }
-
-    fn exec_held(
-        &mut self,
-        script: &str,
-        stdout: &mut (dyn Write + Send),
-    ) -> Result<ExecStatus, TransportError> {
-        match self {
-            Connection::Local(t) => t.exec_held(script, stdout),
-            Connection::Ssh(t) => t.exec_held(script, stdout),
-        }
-    }
-}
-
-/// The script as [`Transport::exec_held`] runs it.
-pub(crate) fn held_script(script: &str) -> String {
-    format!("dp_held=1\n{script}")
 }
 
 /// Keeps the last `cap` bytes written to it.

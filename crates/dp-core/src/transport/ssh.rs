@@ -5,13 +5,12 @@
 //! within about 30 s). A host whose kernel still answers while sshd or the machine is
 //! stuck is caught by SSH keepalives that want a reply (OpenSSH's ServerAliveInterval and
 //! ServerAliveCountMax): when `count` of them go unanswered (about interval x (count + 1)
-//! of silence), it fails as not answering. Commands
-//! are pumped in non-blocking mode, so input and output flow at the same time and neither
-//! side can deadlock on a full window.
+//! of silence), it fails as not answering. Commands are pumped in non-blocking mode, so
+//! input and output flow at the same time and neither side can deadlock on a full window.
 
 use super::knownhosts::KnownHostsFile;
 use super::passphrase::{self, Unlocked};
-use super::{ConnectInfo, ExecStatus, TailBuffer, Transport, TransportError, STDERR_TAIL};
+use super::{ConnectInfo, ExecStatus, Stdin, TailBuffer, Transport, TransportError, STDERR_TAIL};
 use crate::record::{HostKeyPolicy, Record};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 use ssh2::{BlockDirections, Channel, ErrorCode, MethodType, Session};
@@ -72,9 +71,10 @@ pub const DEFAULT_SERVER_ALIVE_INTERVAL: u64 = 15;
 /// Default keepalives left unanswered before a host counts as not answering.
 pub const DEFAULT_SERVER_ALIVE_COUNT_MAX: u32 = 3;
 
-/// The dead-peer check: after `interval` of silence, a keepalive that wants a reply; after
-/// `interval` x `count` of silence, the host is not answering. TCP keepalive cannot tell a
-/// host whose kernel still acknowledges while sshd or the machine is stuck.
+/// The dead-peer check: after `interval` of silence, a keepalive that wants a reply every
+/// interval; once `count` of them went unanswered, the host is not answering (see
+/// [`Alive::check`]). TCP keepalive cannot tell a host whose kernel still acknowledges
+/// while sshd or the machine is stuck.
 #[derive(Debug, Clone, Copy)]
 struct Alive {
     interval: Duration,
@@ -414,35 +414,13 @@ impl SshTransport {
 }
 
 impl Transport for SshTransport {
-    fn exec(
+    fn exec_stdin(
         &mut self,
         script: &str,
-        stdin: Option<&mut (dyn Read + Send)>,
+        stdin: Stdin,
         stdout: &mut (dyn Write + Send),
     ) -> Result<ExecStatus, TransportError> {
-        self.exec_with(script, stdin, false, stdout)
-    }
-
-    fn exec_held(
-        &mut self,
-        script: &str,
-        stdout: &mut (dyn Write + Send),
-    ) -> Result<ExecStatus, TransportError> {
-        self.exec_with(&super::held_script(script), None, true, stdout)
-    }
-}
-
-impl SshTransport {
-    fn exec_with(
-        &mut self,
-        script: &str,
-        stdin: Option<&mut (dyn Read + Send)>,
-        hold_stdin: bool,
-        stdout: &mut (dyn Write + Send),
-    ) -> Result<ExecStatus, TransportError> {
-        if crate::interrupt::should_stop() {
-            return Err(TransportError::Interrupted);
-        }
+        let (stdin, hold_stdin) = stdin.into_parts();
         let (session, fd, control) = (&self.session, self.fd, self.control_timeout());
         let mut channel = nb(session, fd, control, || session.channel_session())
             .map_err(self.control_err("open channel"))?;
