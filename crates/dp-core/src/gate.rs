@@ -85,11 +85,17 @@ pub fn hold_back(
 ) -> Result<usize, Blocked> {
     let result = check(records, allow_unreachable);
     if let Err(why) = &result {
-        for r in records.iter_mut() {
-            r.fail_as(step, ErrorKind::NotSwitched, format!("not switched: {why}"));
-        }
+        mark_held_back(records, step, why);
     }
     result
+}
+
+/// Marks every record that has not failed as [`ErrorKind::NotSwitched`] in `step`, held
+/// back by `why`.
+pub fn mark_held_back(records: &mut [Record], step: &str, why: &Blocked) {
+    for r in records.iter_mut() {
+        r.fail_as(step, ErrorKind::NotSwitched, format!("not switched: {why}"));
+    }
 }
 
 #[cfg(test)]

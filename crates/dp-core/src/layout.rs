@@ -100,13 +100,18 @@ pub fn current_release_sh(var: &str) -> String {
     )
 }
 
-/// Shell lines that export `DP_RELEASE` (the shell expression `release`), `DP_ROOT` and
-/// `DP_PREVIOUS_RELEASE` (the release `current` points to now, when it is another one)
-/// for the commands dp runs on a host.
-pub fn release_env_sh(release: &str) -> String {
+/// Shell lines that export `DP_RELEASE` (the shell word `release`), `DP_ROOT` and
+/// `DP_PREVIOUS_RELEASE` for the commands dp runs on a host: the shell word `previous`,
+/// or when `None` the release `current` points to now; empty when it is `release` itself.
+pub fn release_env_sh(release: &str, previous: Option<&str>) -> String {
+    let (find, previous) = match previous {
+        Some(p) => (String::new(), p),
+        None => (current_release_sh("dp_live"), "$dp_live"),
+    };
     format!(
-        "{current}DP_RELEASE={release} DP_ROOT=$root\n[ \"$dp_live\" != \"$DP_RELEASE\" ] || dp_live=\nDP_PREVIOUS_RELEASE=$dp_live\nexport DP_RELEASE DP_ROOT DP_PREVIOUS_RELEASE\n",
-        current = current_release_sh("dp_live"),
+        "{find}DP_RELEASE={release} DP_ROOT=$root DP_PREVIOUS_RELEASE={previous}\n\
+         [ \"$DP_PREVIOUS_RELEASE\" != \"$DP_RELEASE\" ] || DP_PREVIOUS_RELEASE=\n\
+         export DP_RELEASE DP_ROOT DP_PREVIOUS_RELEASE\n"
     )
 }
 

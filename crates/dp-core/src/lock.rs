@@ -100,8 +100,8 @@ impl Renew {
 /// `lock taken`, `lock renewed`, `lock taken-over <old line>` on stdout; with `renew`
 /// false, a lock that already names `release` is left as it is (`lock held`). They define
 /// `dp_lock hold|renew`, which the script may call again later ([`RENEW_AGAIN`]), and
-/// `dp_keep_lock` / `dp_drop_keeper`, which keep the lease renewed on the host while a
-/// long command runs.
+/// `dp_locked COMMAND...`, which keeps the lease renewed on the host while a long command
+/// runs.
 pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<String, QuoteError> {
     let prefix = format!(
         "{{\"release\":\"{}\",\"holder\":{},\"pid\":{},\"time\":",
@@ -181,10 +181,10 @@ pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<Str
     fi
   fi
 }}
-# While a long command runs (a dependency build, a migration), a keeper renews the lease
-# every third of it on the host itself; it stops within 5 s of this script (it looks that
-# often), or at once with dp_drop_keeper.
-dp_keep_lock() {{
+# dp_locked COMMAND...: runs COMMAND while a keeper renews the lease every third of it on
+# the host itself (a dependency build, a migration may outlast the lease); the keeper
+# stops with COMMAND, or within {poll} s of this script if that is killed.
+dp_locked() {{
   ( dp_parent=$$ dp_n=0
     while sleep {poll}; do
       kill -0 "$dp_parent" 2>/dev/null || exit 0
@@ -193,9 +193,11 @@ dp_keep_lock() {{
       dp_n=0
       dp_lock renew || exit 0
     done ) </dev/null >/dev/null 2>&1 &
-  dp_keeper=$!
+  dp_keeper=$! dp_lrc=0
+  "$@" || dp_lrc=$?
+  kill "$dp_keeper" 2>/dev/null || true
+  return "$dp_lrc"
 }}
-dp_drop_keeper() {{ [ -z "${{dp_keeper:-}}" ] || kill "$dp_keeper" 2>/dev/null || true; }}
 dp_lock {mode}
 "#,
         prefix = quote_str(&prefix)?,
@@ -258,6 +260,18 @@ pub fn release_if_interrupted(
         })
         .collect();
     release_on(records, sessions, &locked, jobs);
+}
+
+/// How a script that takes or renews the lock ended: `Ok` on exit 0; the holder when
+/// another release holds the lock; else the command's failure as `what`.
+pub fn check_status(status: &crate::transport::ExecStatus, what: &str) -> Result<(), String> {
+    if let Some(held) = held(status) {
+        return Err(held);
+    }
+    if status.success() {
+        return Ok(());
+    }
+    status.clone().check(what).map_err(|e| e.to_string())
 }
 
 /// When a script that takes the lock ended with [`HELD_STATUS`], the message naming the
@@ -330,12 +344,7 @@ pub fn keep_renewed<T>(
             let mut s = script_prelude(root_of(r)?).map_err(|e| e.to_string())?;
             s.push_str(&acquire_script(release_of(r)?, lease, true).map_err(|e| e.to_string())?);
             let out = conn.run(&s).map_err(|e| e.to_string())?;
-            if let Some(held) = held(&out.status) {
-                return Err(held);
-            }
-            out.status
-                .check("renew the deploy lock")
-                .map_err(|e| e.to_string())
+            check_status(&out.status, "renew the deploy lock")
         })
     };
     let mut next = match renew {

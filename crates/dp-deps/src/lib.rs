@@ -165,12 +165,7 @@ pub fn host_script(record: &Record, opts: &DepsOptions) -> Result<String, String
 
 /// What [`host_script`] did, read from its output.
 pub fn interpret(out: dp_core::transport::Output) -> Result<DepsStats, String> {
-    if let Some(held) = lock::held(&out.status) {
-        return Err(held);
-    }
-    out.status
-        .check("installing dependencies")
-        .map_err(|e| e.to_string())?;
+    lock::check_status(&out.status, "installing dependencies")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut stats = DepsStats::default();
     for line in text.lines() {

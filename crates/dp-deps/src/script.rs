@@ -92,11 +92,7 @@ if [ ! -f "$env/.dp-complete" ]; then
       # The build is a shell of its own (so `set -e` holds: it does not inside an `if`)
       # under a deadline that stops it with everything the installer started.
       export env kind python pip_args cmd
-{release_env}      dp_keep_lock
-      dp_rc=0
-      dp_deadline {timeout} "the dependency build" "$log" sh -c {build} dp-deps-build "$@" 2>/dev/null || dp_rc=$?
-      dp_drop_keeper
-      if [ "$dp_rc" -ne 0 ]; then
+{release_env}      if ! dp_locked dp_deadline {timeout} "the dependency build" "$log" sh -c {build} dp-deps-build "$@" 2>/dev/null; then
         tail -n 25 "$log" >&2
         rm -rf "$env"
         exit 1
@@ -132,7 +128,7 @@ echo "waited $waited"
         lockfiles = words(&opts.lockfiles)?,
         wait = opts.wait.as_secs(),
         timeout = opts.timeout.as_secs().max(1),
-        release_env = dp_core::layout::release_env_sh("\"$rel\""),
+        release_env = dp_core::layout::release_env_sh("\"$rel\"", None),
         build = quote_str(BUILD)?,
         // A build may take long: the lease is renewed before it even when the script
         // only checked it above.

@@ -50,22 +50,14 @@ fn exec_host(conn: &mut dyn Transport, record: &Record, opts: &ExecOptions) -> R
         r#"{env}cd "$releases"/{rel}
 PATH="$PWD/.venv/bin:$PWD/node_modules/.bin:$PATH"
 export PATH
-dp_keep_lock
-dp_rc=0
-dp_deadline {secs} 'the migration command' "$root/.dp/migrate.log" sh -c {cmd} || dp_rc=$?
-dp_drop_keeper
-exit "$dp_rc"
+dp_locked dp_deadline {secs} 'the migration command' "$root/.dp/migrate.log" sh -c {cmd}
 "#,
         secs = opts.timeout.as_secs().max(1),
-        env = dp_core::layout::release_env_sh(&quote_str(release).map_err(|e| e.to_string())?),
+        env =
+            dp_core::layout::release_env_sh(&quote_str(release).map_err(|e| e.to_string())?, None,),
         rel = quote_str(release).map_err(|e| e.to_string())?,
         cmd = quote_str(&opts.command).map_err(|e| e.to_string())?,
     ));
     let out = conn.run_held(&s).map_err(|e| e.to_string())?;
-    if let Some(held) = lock::held(&out.status) {
-        return Err(held);
-    }
-    out.status
-        .check(&format!("`{}`", opts.command))
-        .map_err(|e| e.to_string())
+    lock::check_status(&out.status, &format!("`{}`", opts.command))
 }

@@ -127,7 +127,7 @@ pub struct RestartStats {
 impl RestartOptions {
     /// Checks, before any host is touched, that the restart command and health check
     /// render for every host that has not failed (known placeholders only) and that the
-    /// health URL parses as an http(s) URL. The error names the host and the template.
+    /// health URL parses as an http URL with a host. The error names the host and the template.
     pub fn check(&self, records: &[Record]) -> Result<(), String> {
         for r in records.iter().filter(|r| !r.failed()) {
             let release = "r";
@@ -290,12 +290,7 @@ fn ready_everywhere(
         )
         .map_err(|e| e.to_string())?;
         let out = conn.run(&s).map_err(|e| e.to_string())?;
-        if let Some(held) = lock::held(&out.status) {
-            return Err(held);
-        }
-        out.status
-            .check("check the lock and the release")
-            .map_err(|e| e.to_string())
+        lock::check_status(&out.status, "check the lock and the release")
     });
     for (&i, result) in hosts.iter().zip(results) {
         if let Err(message) = result {
@@ -375,17 +370,13 @@ fn roll_host(
             lost = true;
             Some(format!("{e} (after current was switched)"))
         }
-        Ok(status) if lock::held(&status).is_some() => {
-            return Err(failed(lock::held(&status).unwrap_or_default()))
-        }
-        Ok(status) if !status.success() => Some(
-            status
+        Ok(status) => match lock::held(&status) {
+            Some(held) => return Err(failed(held)),
+            None => status
                 .check("switch and restart")
                 .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default(),
-        ),
-        Ok(_) => None,
+                .map(|e| e.to_string()),
+        },
     };
     let failure = if failure.is_some() {
         failure

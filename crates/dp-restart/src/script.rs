@@ -101,11 +101,9 @@ fn push_restart(s: &mut String, restart: Option<Restart>) -> Result<(), QuoteErr
         // server that must outlive a stopped command detaches (setsid). The release it
         // restarts into is in $DP_RELEASE.
         s.push_str(&format!(
-            "DP_RELEASE=${{PWD##*/}} DP_ROOT=$root DP_PREVIOUS_RELEASE=${{prev:-}}\n\
-             [ \"$DP_PREVIOUS_RELEASE\" != \"$DP_RELEASE\" ] || DP_PREVIOUS_RELEASE=\n\
-             export DP_RELEASE DP_ROOT DP_PREVIOUS_RELEASE\n\
-             dp_deadline {secs} 'the restart command' \"$root/.dp/restart.log\" sh -c {cmd}\n\
+            "{env}dp_deadline {secs} 'the restart command' \"$root/.dp/restart.log\" sh -c {cmd}\n\
              echo \"restarted\"\n",
+            env = dp_core::layout::release_env_sh("${PWD##*/}", Some("${prev:-}")),
             secs = r.timeout.as_secs().max(1),
             cmd = quote_str(r.command)?,
         ));

@@ -17,7 +17,7 @@ use dp_core::layout::{check_release_id, root_of};
 use dp_core::lock;
 use dp_core::parallel::Sessions;
 use dp_core::transport::Transport;
-use dp_core::{ErrorKind, Record};
+use dp_core::Record;
 use manifest::Manifest;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -399,13 +399,10 @@ fn run_phased(
             step: STEP.to_string(),
             message: message.clone(),
         };
-        for r in records.iter_mut() {
-            if r.host == host {
-                r.fail(STEP, message.clone());
-            } else {
-                r.fail_as(STEP, ErrorKind::NotSwitched, format!("not switched: {why}"));
-            }
+        for r in records.iter_mut().filter(|r| r.host == host) {
+            r.fail(STEP, message.clone());
         }
+        dp_core::gate::mark_held_back(records, STEP, &why);
         return HashMap::new();
     }
     let mut to_build: Vec<usize> = Vec::new();
