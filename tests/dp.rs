@@ -226,6 +226,85 @@ fn status_history_rollback_and_unlock() {
 }
 
 #[test]
+fn rollback_returns_to_what_was_live_never_to_a_release_that_failed() {
+    let dir = Dir::new("dp-rollback-live");
+    let roots = fixture(&dir);
+    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
+    dir.write("deploy.toml", config.replace("keep = 3", "keep = 5"));
+    let status_previous = |want: &str| {
+        let status = dp(&dir, &["status"]);
+        status.code(0);
+        for r in status.records() {
+            assert_eq!(r.steps["status"]["previous"], want, "{}", r.host);
+        }
+    };
+    dp(&dir, &["deploy", "--release", "r1"]).code(0);
+    dir.write("site/VERSION", "2\n");
+    dp(&dir, &["deploy", "--release", "r2"]).code(0);
+    // r3 is complete on every host, but its migration failed: it never served.
+    dir.write("site/VERSION", "3\n");
+    dir.write(
+        "site/migrations/3_broken.sql",
+        "INSERT INTO nowhere VALUES (1);\n",
+    );
+    dp(&dir, &["deploy", "--release", "r3"]).code(1);
+    std::fs::remove_file(dir.path().join("site/migrations/3_broken.sql")).unwrap();
+    dir.write("site/VERSION", "4\n");
+    dp(&dir, &["deploy", "--release", "r4"]).code(0);
+    for root in &roots {
+        assert!(root.join("releases/r3/.dp/complete").exists());
+    }
+    status_previous("r2");
+
+    // No DATABASE_URL is needed to roll back, though the site has migrations.
+    let rollback = |args: &[&str]| {
+        TestCommand::new("dp")
+            .current_dir(dir.path())
+            .args(["rollback"])
+            .args(args)
+            .run()
+    };
+    let out = rollback(&[]);
+    out.code(0);
+    for root in &roots {
+        assert_eq!(current(root), "releases/r2", "not r3, which never served");
+        let restarted = std::fs::read_to_string(root.join("restarted")).unwrap();
+        assert_eq!(restarted, "r2\n");
+    }
+    // Rolled back from r4: the next rollback goes further back, not forward to r4.
+    status_previous("r1");
+    rollback(&[]).code(0);
+    for root in &roots {
+        assert_eq!(current(root), "releases/r1");
+    }
+    // --to goes to any complete release; one a host lacks fails that host only.
+    rollback(&["--to", "r4"]).code(0);
+    for root in &roots {
+        assert_eq!(current(root), "releases/r4");
+    }
+    status_previous("r1");
+    let out = rollback(&["--to", "r9"]);
+    out.code(1);
+    for r in out.records() {
+        let e = r.error.unwrap();
+        assert!(
+            e.message.contains("release r9 is not complete"),
+            "{}",
+            e.message
+        );
+    }
+    for root in &roots {
+        assert_eq!(current(root), "releases/r4");
+        assert!(!root.join(".dp/lock").exists());
+    }
+    TestCommand::new("dp")
+        .current_dir(dir.path())
+        .args(["rollback", "--to", "../x"])
+        .run()
+        .code(2);
+}
+
+#[test]
 fn a_failing_migration_switches_no_host() {
     let dir = Dir::new("dp-failing-migration");
     let roots = fixture(&dir);
@@ -685,6 +764,10 @@ fn every_command_knows_its_release_the_previous_one_and_the_root() {
         let want = format!("r2|r1|{}\n", root.display());
         assert_eq!(read(root, "restart-env"), want, "restart command");
         assert_eq!(read(root, "deps-env"), want, "dependency command");
+        // Each release names itself in REVISION; r2's was not written through a hard
+        // link into r1's.
+        assert_eq!(read(root, "current/REVISION"), "r2\n");
+        assert_eq!(read(root, "releases/r1/REVISION"), "r1\n");
     }
     // The migration command runs once, on the host with role migrate.
     assert_eq!(

@@ -15,7 +15,8 @@ fn snapshot(root: &Path) -> Snapshot {
             let entry = entry.unwrap();
             let path = entry.path();
             let rel = path.strip_prefix(base).unwrap().to_path_buf();
-            if rel == Path::new(".dp") {
+            // dp's own: its bookkeeping, and the release id for the app.
+            if rel == Path::new(".dp") || rel == Path::new("REVISION") {
                 continue;
             }
             let meta = std::fs::symlink_metadata(&path).unwrap();
@@ -149,6 +150,10 @@ fn uploads_identical_trees_over_ssh_and_local() {
         let rel_dir = root.join("releases").join(&release);
         assert!(rel_dir.join(".dp/complete").exists());
         assert!(rel_dir.join(".dp/manifest").exists());
+        assert_eq!(
+            std::fs::read_to_string(rel_dir.join("REVISION")).unwrap(),
+            format!("{release}\n")
+        );
         let got = snapshot(&rel_dir);
         for (path, v) in &want {
             assert_eq!(got.get(path), Some(v), "{} on {}", path.display(), r.host);

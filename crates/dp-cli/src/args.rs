@@ -72,3 +72,9 @@ impl AllowUnreachableArg {
             .unwrap_or(0)
     }
 }
+
+/// A release id from the command line, checked like every release id.
+pub fn release_id(s: &str) -> Result<String, String> {
+    dp_core::layout::check_release_id(s)?;
+    Ok(s.to_string())
+}

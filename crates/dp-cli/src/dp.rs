@@ -71,8 +71,14 @@ pub enum Command {
         #[arg(long)]
         accept_new: bool,
     },
-    /// Switch every host back to the release before its current one.
-    Rollback,
+    /// Switch every host back to the release that was live before its current one (from
+    /// each host's history: never one that failed or never served), or to --to.
+    Rollback {
+        /// The release to return to on every host (it must be complete on each; a host
+        /// already on it is left as it is).
+        #[arg(long, value_name = "RELEASE", value_parser = crate::args::release_id)]
+        to: Option<String>,
+    },
     /// Current and previous release per host, drift, lock holder, releases on disk.
     Status,
     /// Remove the deploy lock on every host (shows who held it).
@@ -211,12 +217,12 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             dp_flow::admin::setup(&mut records, jobs, &tools);
             finish(records, "setup")
         }
-        Command::Rollback => {
-            let plan = dp_flow::plan(&config, &args.config, &overrides)?;
+        Command::Rollback { to } => {
             let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
             let opts = dp_restart::RestartOptions {
                 rollback: true,
-                ..plan.restart
+                rollback_to: to.clone(),
+                ..dp_flow::restart_options(&config, &overrides)?
             };
             opts.check(&records).map_err(anyhow::Error::msg)?;
             dp_restart::run(&mut records, &mut dp_core::parallel::Sessions::new(), &opts);

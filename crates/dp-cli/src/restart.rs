@@ -22,9 +22,10 @@ use dp_restart::{Batch, Health, RestartOptions};
 /// previous one), unused dependency environments and leftovers are removed, a line is
 /// appended to `<root>/.dp/history.jsonl`, and the deploy lock is released.
 ///
-/// Templates (--command, --health-url, --health-cmd) take {host}, {addr}, {release},
-/// {root}, {port} and the host's `vars` ({name}); values are quoted for the shell and
-/// percent-encoded in URLs.
+/// Templates (--command, --health-url, --health-cmd, --health-expect) take {host},
+/// {addr}, {ssh_port}, {release}, {root} and the host's `vars` ({name}, so {port} is a
+/// host var, never the SSH port); values are quoted for the shell and percent-encoded in
+/// URLs. An unknown placeholder is a usage error before any host is touched.
 ///
 /// Exit status: 0 all hosts ok; 1 at least one host failed or was skipped; 2 usage error.
 #[derive(Debug, Parser)]
@@ -66,9 +67,13 @@ pub struct Args {
     /// Hosts at once within a batch.
     #[arg(long, short = 'j', default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: u16,
-    /// Switch every host back to the release it had before `current`.
+    /// Switch every host back to the release that was live before `current` (from each
+    /// host's .dp/history.jsonl: never one that failed or never served).
     #[arg(long)]
     pub rollback: bool,
+    /// With --rollback: the release to return to on every host.
+    #[arg(long, value_name = "RELEASE", requires = "rollback", value_parser = crate::args::release_id)]
+    pub to: Option<String>,
     /// The deploy lock lease.
     #[command(flatten)]
     pub lease: crate::args::LeaseArg,
@@ -126,6 +131,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             .unwrap_or(5),
         jobs: usize::from(args.jobs),
         rollback: args.rollback,
+        rollback_to: args.to.clone(),
         lease: args.lease.lease,
         renew: dp_core::lock::Renew::Always,
         allow_unreachable: args.allow_unreachable.get(config.as_ref()),

@@ -48,6 +48,13 @@ pub fn script_prelude(root: &str) -> Result<String, QuoteError> {
 /// - `dp_rm PATH...`: removes the paths unless none exists (dangling links count).
 /// - `dp_lock_is RELEASE`: true if the deploy lock names RELEASE; leaves the lock's line
 ///   in `$dp_cur` (empty without a lock).
+/// - `dp_prev_live CURRENT`: prints the release a rollback returns to, from
+///   `.dp/history.jsonl`: of the releases that went live on this host (in a deploy or
+///   rollback whose result was ok, or that were current when a deploy or rollback
+///   started), the one live most recently, other than CURRENT and other than one a
+///   rollback to an older release left (so rollbacks walk back), that is still complete
+///   on disk. Prints nothing when there
+///   is none. A release that failed or never served is never printed.
 /// - `dp_deadline SECONDS WHAT LOG COMMAND...`: runs COMMAND with stdin /dev/null and its
 ///   output in the file LOG (so that something it leaves running in the background cannot
 ///   hold the session open), then copies LOG to stderr. Past SECONDS, COMMAND is stopped
@@ -60,6 +67,22 @@ pub fn script_prelude(root: &str) -> Result<String, QuoteError> {
 const SHELL_HELPERS: &str = r#"dp_mkdir() { for d; do [ -d "$d" ] || { mkdir -p -- "$@"; return; }; done; }
 dp_rm() { for p; do if [ -e "$p" ] || [ -L "$p" ]; then rm -rf -- "$@"; return; fi; done; }
 dp_lock_is() { dp_cur=; IFS= read -r dp_cur 2>/dev/null < "$root/.dp/lock" || true; case $dp_cur in *\"release\":\"$1\",*) return 0 ;; esac; return 1; }
+dp_prev_live() {
+  [ -f "$root/.dp/history.jsonl" ] || return 0
+  # seq: each release's last moment live (line number; + .5 once it went live in that
+  # line); first: when it first went live; struck: left by a rollback to an older one.
+  awk 'function field(k) { if (match($0, "\"" k "\":\"[^\"]*\"")) return substr($0, RSTART + length(k) + 4, RLENGTH - length(k) - 5); return "" }
+    { n++; rel = field("release"); prev = field("previous"); ok = ($0 ~ /"result":"ok"[,}]/)
+      if (prev != "") { seq[prev] = n; if (!(prev in first)) first[prev] = n }
+      if (ok && rel != "") {
+        if (!(rel in first)) first[rel] = n
+        if (field("action") == "rollback" && prev != "" && prev != rel && first[rel] < first[prev]) struck[prev] = 1
+        seq[rel] = n + 0.5; delete struck[rel]
+      } }
+    END { for (r in seq) if (!(r in struck)) print seq[r], r }' "$root/.dp/history.jsonl" | sort -rn | while read -r dp_n dp_r; do
+    if [ "$dp_r" != "$1" ] && [ -f "$releases/$dp_r/.dp/complete" ]; then printf '%s\n' "$dp_r"; break; fi
+  done
+}
 dp_deadline() {
   dp_secs=$1 dp_what=$2 dp_log=$3; shift 3
   command -v timeout >/dev/null 2>&1 || { echo "timeout (GNU coreutils) is not installed on this host: $dp_what cannot be bounded" >&2; return 127; }
@@ -128,6 +151,84 @@ pub fn release_of(record: &crate::Record) -> Result<&str, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `dp_prev_live` over a history, run by /bin/sh on a scratch root.
+    fn prev_live(history: &[(&str, &str, Option<&str>, &str)], current: &str) -> String {
+        let root = std::env::temp_dir().join(format!(
+            "dp-prev-live-{}-{}",
+            std::process::id(),
+            history.len()
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+        for r in ["r1", "r2", "r3", "r4"] {
+            std::fs::create_dir_all(root.join("releases").join(r).join(".dp")).unwrap();
+            std::fs::write(root.join("releases").join(r).join(".dp/complete"), "").unwrap();
+        }
+        let lines: String = history
+            .iter()
+            .map(|(action, release, previous, result)| {
+                let line = serde_json::json!({"time": "t", "action": action, "release": release,
+                    "previous": previous, "user": "u \"result\":\"ok\"", "result": result});
+                format!("{line}\n")
+            })
+            .collect();
+        std::fs::create_dir_all(root.join(".dp")).unwrap();
+        std::fs::write(root.join(".dp/history.jsonl"), lines).unwrap();
+        let script =
+            script_prelude(root.to_str().unwrap()).unwrap() + &format!("dp_prev_live {current}\n");
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    #[test]
+    fn the_previous_live_release_is_one_that_served() {
+        let ok = "ok";
+        // r3 was switched back: never live. r2 is what r3's deploy started from.
+        let h = [
+            ("deploy", "r1", None, ok),
+            ("deploy", "r2", Some("r1"), ok),
+            ("deploy", "r3", Some("r2"), "switched-back"),
+        ];
+        assert_eq!(prev_live(&h, "r2"), "r1");
+        // A refused deploy (never switched) changes nothing; a same-id redeploy neither.
+        let h = [
+            ("deploy", "r1", None, ok),
+            ("deploy", "r2", Some("r1"), ok),
+            ("deploy", "r3", None, "not-switched"),
+            ("deploy", "r2", Some("r2"), ok),
+        ];
+        assert_eq!(prev_live(&h, "r2"), "r1");
+        // A rollback leaves r3 behind: the next rollback goes further back, not to r3.
+        let h = [
+            ("deploy", "r1", None, ok),
+            ("deploy", "r2", Some("r1"), ok),
+            ("deploy", "r3", Some("r2"), ok),
+            ("rollback", "r2", Some("r3"), ok),
+        ];
+        assert_eq!(prev_live(&h, "r2"), "r1");
+        // ... and a rollback --to a newer release leaves nothing behind.
+        let h = [
+            ("deploy", "r1", None, ok),
+            ("deploy", "r2", Some("r1"), ok),
+            ("rollback", "r1", Some("r2"), ok),
+            ("rollback", "r2", Some("r1"), ok),
+        ];
+        assert_eq!(prev_live(&h, "r2"), "r1");
+        // Live before a failed migration's deploy counts; a release gone from disk does not.
+        let h = [
+            ("deploy", "r4", None, ok),
+            ("deploy", "r2", Some("r4"), ok),
+            ("deploy", "gone", Some("r2"), ok),
+        ];
+        assert_eq!(prev_live(&h, "r3"), "r2");
+        assert_eq!(prev_live(&h, "r2"), "r4");
+        assert_eq!(prev_live(&[("deploy", "r1", None, ok)], "r1"), "");
+    }
 
     #[test]
     fn release_ids() {

@@ -1,5 +1,6 @@
-//! Command and URL templates: `{host}`, `{addr}`, `{release}`, `{root}`, and each of the
-//! host's `vars` from deploy.toml (as `{name}` or `{vars.name}`). Values put into a shell
+//! Command and URL templates: `{host}`, `{addr}`, `{ssh_port}`, `{release}`, `{root}`, and
+//! each of the host's `vars` from deploy.toml (as `{name}` or `{vars.name}`). `{port}` is
+//! only ever a host var (the app's port), never the SSH port. Values put into a shell
 //! command are quoted with [`crate::quote`]; values put into a URL are percent-encoded,
 //! so no value can inject anything.
 
@@ -25,8 +26,8 @@ fn values(record: &Record, release: &str) -> Vec<(String, String)> {
         ("release".to_string(), release.to_string()),
         ("root".to_string(), record.root.clone().unwrap_or_default()),
         (
-            "port".to_string(),
-            record.port.map(|p| p.to_string()).unwrap_or_default(),
+            "ssh_port".to_string(),
+            record.port.unwrap_or(22).to_string(),
         ),
     ];
     if let Some(serde_json::Value::Object(vars)) = record.extra.get("vars") {
@@ -174,7 +175,7 @@ mod tests {
             serde_json::json!({"port": 8001, "evil": "$(rm -rf /); x"}),
         );
         let cmd = render(
-            "restart {host} {root} {port} {evil} ${HOME} {} {print $1}",
+            "restart {host} {root} {port} {ssh_port} {evil} ${HOME} {} {print $1}",
             &r,
             "r1",
             Escape::Shell,
@@ -182,7 +183,19 @@ mod tests {
         .unwrap();
         assert_eq!(
             cmd,
-            "restart web1 '/srv/it'\\''s' 8001 '$(rm -rf /); x' ${HOME} {} {print $1}"
+            "restart web1 '/srv/it'\\''s' 8001 22 '$(rm -rf /); x' ${HOME} {} {print $1}"
+        );
+        // `{port}` is never the SSH port: without a host var of that name it is unknown.
+        let mut plain = Record::new("web2");
+        plain.port = Some(2222);
+        assert_eq!(
+            render("{ssh_port}", &plain, "r1", Escape::Shell).unwrap(),
+            "2222"
+        );
+        let e = render("{port}", &plain, "r1", Escape::Shell).unwrap_err();
+        assert!(
+            e.to_string().starts_with("unknown placeholder {port}"),
+            "{e}"
         );
         assert_eq!(
             render("awk '{{print}}' {{x}}", &r, "r1", Escape::Shell).unwrap(),

@@ -74,16 +74,16 @@ echo "ok"
     }
 }
 
-/// `dp status`: current and previous release, the lock holder, the releases on disk.
+/// `dp status`: current release, previous live release (where `dp rollback` would go),
+/// the lock holder, the releases on disk.
 pub fn status(records: &mut [Record], jobs: usize) {
     let results = run_script(records, jobs, "status", |_| {
-        Ok(r#"cur=$(readlink "$root/current" 2>/dev/null || true)
-echo "current ${cur##*/}"
+        Ok(dp_core::layout::current_release_sh("cur")
+            + r#"echo "current $cur"
+echo "previous $(dp_prev_live "$cur")"
 if [ -f "$root/.dp/lock" ]; then printf 'lock %s\n' "$(cat "$root/.dp/lock")"; fi
-if [ -f "$root/.dp/history.jsonl" ]; then printf 'last %s\n' "$(tail -n 1 "$root/.dp/history.jsonl")"; fi
 if [ -d "$root/releases" ]; then (cd "$root/releases" && ls -1t -- */.dp/complete 2>/dev/null | sed 's|/\.dp/complete$||; s|^|release |'); fi
-"#
-        .to_string())
+"#)
     });
     for (r, res) in records.iter_mut().zip(results) {
         let Ok(text) = res else { continue };
@@ -93,12 +93,9 @@ if [ -d "$root/releases" ]; then (cd "$root/releases" && ls -1t -- */.dp/complet
                 v["current"] = json!(Some(c).filter(|c| !c.is_empty()));
             } else if let Some(l) = line.strip_prefix("lock ") {
                 v["lock"] = serde_json::from_str(l).unwrap_or(json!(l));
-            } else if let Some(h) = line.strip_prefix("last ") {
-                if let Ok(h) = serde_json::from_str::<Value>(h) {
-                    if h["release"] == v["current"] {
-                        v["previous"] = h["previous"].clone();
-                    }
-                }
+            } else if let Some(p) = line.strip_prefix("previous ") {
+                // What `dp rollback` would return to.
+                v["previous"] = json!(Some(p).filter(|p| !p.is_empty()));
             } else if let Some(rel) = line.strip_prefix("release ") {
                 v["releases"]
                     .as_array_mut()

@@ -148,6 +148,27 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
     } else {
         None
     };
+    let restart = restart_options(config, o)?;
+    Ok(Plan {
+        config_path: config_path.to_path_buf(),
+        stage: o.stage.clone(),
+        sync,
+        deps,
+        migrate,
+        restart,
+        allow_unreachable_flag: o.allow_unreachable,
+    })
+}
+
+/// The restart step's options from deploy.toml and flags (what `dp rollback` needs too;
+/// it needs no database).
+pub fn restart_options(config: &Config, o: &Overrides) -> Result<RestartOptions, FlowError> {
+    let jobs = o.jobs.unwrap_or(16);
+    let lease = o.lease.unwrap_or(dp_core::lock::DEFAULT_LEASE);
+    let allow_unreachable = o
+        .allow_unreachable
+        .or(config.allow_unreachable)
+        .unwrap_or(0);
     let r = config.restart.clone().unwrap_or_default();
     let batch: Batch = r
         .batch
@@ -155,7 +176,7 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
         .unwrap_or("100%")
         .parse()
         .map_err(FlowError)?;
-    let restart = RestartOptions {
+    Ok(RestartOptions {
         batch,
         command: r.command,
         health: r
@@ -169,18 +190,10 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
         keep: config.keep.map(|k| k as usize).unwrap_or(5),
         jobs,
         rollback: false,
+        rollback_to: None,
         lease,
         renew: Renew::Always,
         allow_unreachable,
-    };
-    Ok(Plan {
-        config_path: config_path.to_path_buf(),
-        stage: o.stage.clone(),
-        sync,
-        deps,
-        migrate,
-        restart,
-        allow_unreachable_flag: o.allow_unreachable,
     })
 }
 

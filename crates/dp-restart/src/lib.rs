@@ -88,8 +88,11 @@ pub struct RestartOptions {
     pub keep: usize,
     /// Hosts at once within a batch (and for the finish).
     pub jobs: usize,
-    /// Switch to each host's previous release instead of the record's.
+    /// Switch to each host's previous live release (or `rollback_to`) instead of the
+    /// record's.
     pub rollback: bool,
+    /// With `rollback`: the release to return to on every host.
+    pub rollback_to: Option<String>,
     /// Deploy lock lease to renew.
     pub lease: Duration,
     /// When to renew a lease this deploy already holds.
@@ -188,10 +191,14 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
         "rollback-{}",
         started_at.replace(['-', ':'], "").replace('.', "-")
     );
-    if !opts.rollback
-        && (gate::hold_back(records, STEP, opts.allow_unreachable).is_err()
-            || !ready_everywhere(records, sessions, opts))
-    {
+    // A rollback to a named release checks first that every host has it.
+    let refused = if opts.rollback {
+        opts.rollback_to.is_some() && !ready_everywhere(records, sessions, opts, &rollback_id)
+    } else {
+        gate::hold_back(records, STEP, opts.allow_unreachable).is_err()
+            || !ready_everywhere(records, sessions, opts, &rollback_id)
+    };
+    if refused {
         finish_all(records, sessions, opts, &rollback_id);
         return;
     }
@@ -272,6 +279,7 @@ fn ready_everywhere(
     records: &mut [Record],
     sessions: &mut Sessions,
     opts: &RestartOptions,
+    rollback_id: &str,
 ) -> bool {
     // `dp deploy` checked every host's lock moments ago, in the same process, and holds a
     // lease a third of which has not yet passed: nobody else can hold those hosts now.
@@ -282,9 +290,17 @@ fn ready_everywhere(
         .filter(|&i| !records[i].failed())
         .collect();
     let results = sessions.run_indices(records, &hosts, opts.jobs, |conn, record| {
+        let (lock_id, release) = match &opts.rollback_to {
+            Some(to) if opts.rollback => (rollback_id, to.as_str()),
+            _ => {
+                let release = release_of(record)?;
+                (release, release)
+            }
+        };
         let s = script::ready(
             root_of(record)?,
-            release_of(record)?,
+            lock_id,
+            release,
             opts.lease,
             opts.renew.due(),
         )
@@ -312,13 +328,17 @@ fn roll_host(
     let failed = |m: String| (ErrorKind::Failed, m);
     let root = root_of(record).map_err(failed)?.to_string();
     let release = if opts.rollback {
-        None
+        opts.rollback_to.clone()
     } else {
         Some(release_of(record).map_err(failed)?.to_string())
     };
-    let lock_id = release.clone().unwrap_or_else(|| rollback_id.to_string());
+    let lock_id = if opts.rollback {
+        rollback_id.to_string()
+    } else {
+        release.clone().unwrap_or_default()
+    };
     // The restart template is rendered on the host's side of the switch: {release} is the
-    // target, which in rollback mode only the host knows; render with a marker first.
+    // target, which in rollback mode only the host may know; render with a marker first.
     let target_for_template = release.clone().unwrap_or_else(|| "${target}".to_string());
     let restart = match &opts.command {
         Some(t) => Some(
@@ -338,9 +358,14 @@ fn roll_host(
     let restart = restart
         .as_deref()
         .map(|command| script::Restart { command, timeout });
+    let target = if opts.rollback {
+        script::Target::Rollback(release.as_deref())
+    } else {
+        script::Target::Deploy(release.as_deref().unwrap_or_default())
+    };
     let s = script::switch(
         &root,
-        release.as_deref(),
+        target,
         &lock_id,
         opts.lease,
         // A deploy renewed the lease moments ago, before the first switch.

@@ -4,16 +4,17 @@ use dp_core::layout::script_prelude;
 use dp_core::quote::{quote_str, QuoteError};
 use std::time::Duration;
 
-/// Takes or renews (when `renew`) the deploy lock for `release` and checks that the
-/// release is complete: what every host must pass before any host switches.
+/// Takes or renews (when `renew`) the deploy lock as `lock_id` and checks that `release`
+/// is complete: what every host must pass before any host switches.
 pub fn ready(
     root: &str,
+    lock_id: &str,
     release: &str,
     lease: Duration,
     renew: bool,
 ) -> Result<String, QuoteError> {
     let mut s = script_prelude(root)?;
-    s.push_str(&dp_core::lock::acquire_script(release, lease, renew)?);
+    s.push_str(&dp_core::lock::acquire_script(lock_id, lease, renew)?);
     s.push_str(&format!(
         "[ -f \"$releases\"/{rel}/.dp/complete ] || {{ echo \"release \"{rel}\" is not complete on this host; it cannot go live\" >&2; exit 3; }}\n",
         rel = quote_str(release)?
@@ -30,12 +31,21 @@ pub struct Restart<'a> {
     pub timeout: Duration,
 }
 
-/// Prints `previous <id>` and `target <id>`, then switches `current` to `target`
+/// Where a switch goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// A deploy's release.
+    Deploy(&'a str),
+    /// A rollback: to the given release, or (`None`) to the release that was live before
+    /// `current` (`dp_prev_live`). A host already on the target is left as it is.
+    Rollback(Option<&'a str>),
+}
+
+/// Prints `previous <id>` and `target <id>`, then switches `current` to the target
 /// atomically (a new symlink renamed over the old one) and runs `restart` in it.
-/// `target` is `release`, or in rollback mode the release completed before `current`.
 pub fn switch(
     root: &str,
-    release: Option<&str>,
+    target: Target,
     lock_id: &str,
     lease: Duration,
     renew: bool,
@@ -44,11 +54,13 @@ pub fn switch(
     let mut s = script_prelude(root)?;
     s.push_str(&dp_core::lock::acquire_script(lock_id, lease, renew)?);
     s.push_str(&dp_core::layout::current_release_sh("prev"));
-    match release {
-        Some(rel) => s.push_str(&format!("target={}\n", quote_str(rel)?)),
-        None => s.push_str(
-            r#"target=$(cd "$releases" && ls -1t -- */.dp/complete 2>/dev/null | sed 's|/\.dp/complete$||' | awk -v cur="$prev" 'found { print; exit } $0 == cur { found = 1 }')
-[ -n "$target" ] || { echo "no release to roll back to: none completed before ${prev:-(none)}" >&2; exit 5; }
+    match target {
+        Target::Deploy(rel) | Target::Rollback(Some(rel)) => {
+            s.push_str(&format!("target={}\n", quote_str(rel)?))
+        }
+        Target::Rollback(None) => s.push_str(
+            r#"target=$(dp_prev_live "$prev")
+[ -n "$target" ] || { echo "no release to roll back to: none other than ${prev:-(none)} went live on this host and is still on disk (see .dp/history.jsonl; dp rollback --to RELEASE picks one)" >&2; exit 5; }
 "#,
         ),
     }
@@ -56,7 +68,13 @@ pub fn switch(
         r#"echo "previous $prev"
 echo "target $target"
 [ -f "$releases/$target/.dp/complete" ] || { echo "release $target is not complete on this host; it cannot go live" >&2; exit 3; }
-if [ "$prev" != "$target" ]; then
+"#,
+    );
+    if matches!(target, Target::Rollback(_)) {
+        s.push_str("if [ \"$prev\" = \"$target\" ]; then echo \"already live\"; exit 0; fi\n");
+    }
+    s.push_str(
+        r#"if [ "$prev" != "$target" ]; then
   dp_rm "$root/.current.tmp"
   ln -s "releases/$target" "$root/.current.tmp"
   mv -T "$root/.current.tmp" "$root/current"
