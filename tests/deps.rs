@@ -156,8 +156,9 @@ fn pip_environments_are_built_reused_and_kept_per_release() {
 fn a_requirement_that_cannot_be_installed_fails_only_that_host() {
     let fleet = Fleet::shared();
     let dir = Dir::new("deps-fail");
-    // Only the local host sees this directory (it inherits PIP_FIND_LINKS; SSH hosts
-    // do not), so dptool 3.0 installs there and nowhere else.
+    // Only the local host sees this directory (it inherits PIP_FIND_LINKS, kept on
+    // purpose with --keep-env; SSH hosts do not), so dptool 3.0 installs there and
+    // nowhere else.
     let local_wheels = dir.path().join("local-wheels");
     wheel(&local_wheels, "dptool", "3.0");
     dir.write("src/requirements.txt", "dptool==3.0\n");
@@ -166,7 +167,13 @@ fn a_requirement_that_cannot_be_installed_fails_only_that_host() {
     let input = fleet.record_line(1, &roots[0]) + &local_line("local1", &roots[1]);
     let synced = sync_release(&src, input, "r1");
     let out = TestCommand::new("dp-deps")
-        .args(["--kind", "pip", "--pip-arg=--no-index"])
+        .args([
+            "--kind",
+            "pip",
+            "--pip-arg=--no-index",
+            "--keep-env",
+            "PIP_FIND_LINKS",
+        ])
         .env("PIP_FIND_LINKS", &local_wheels)
         .stdin(synced)
         .run();
@@ -367,4 +374,109 @@ fn cleanup_removes_environments_no_release_uses() {
     assert_eq!(removed, ["removed deps k1", "removed deps k3"]);
     assert!(root.join(".dp/deps/k2").exists(), "used by a release");
     assert!(root.join(".dp/deps/k4").exists(), "being built");
+}
+
+#[test]
+fn pip_sees_no_pip_variables_but_those_kept() {
+    let dir = Dir::new("deps-pip-env");
+    let wheels = dir.path().join("wheels");
+    let extra = dir.path().join("extra");
+    wheel(&wheels, "dptool", "1.0");
+    wheel(&extra, "dptool", "2.0");
+    dir.write("src/requirements.txt", "dptool\n");
+    let src = dir.path().join("src");
+    let root = dir.path().join("local");
+    let input = local_line("local1", &root);
+    let find_links = format!("--pip-arg=--find-links={}", wheels.display());
+    let deps = |release: &str, extra_args: &[&str]| {
+        TestCommand::new("dp-deps")
+            .args(["--kind", "pip", "--pip-arg=--no-index", find_links.as_str()])
+            .args(extra_args)
+            // On the deploying machine (the local transport's host shares it).
+            .env("PIP_FIND_LINKS", &extra)
+            .env("PIP_NO_INDEX", "0")
+            .stdin(sync_release(&src, input.as_str(), release))
+            .run()
+    };
+    let version = |release: &str| {
+        run_in(
+            root.join("releases").join(release).join(".venv/bin/dptool"),
+            &[],
+        )
+    };
+    let out = deps("r1", &[]);
+    out.code(0);
+    assert_eq!(
+        version("r1"),
+        "1.0",
+        "the extra wheel directory was not read"
+    );
+    let key = out.records()[0].steps["deps"]["key"].clone();
+    unlock(std::slice::from_ref(&root));
+
+    // Kept on purpose: pip reads it, and the environment gets a key of its own.
+    let out = deps("r2", &["--keep-env", "PIP_FIND_LINKS"]);
+    out.code(0);
+    assert_eq!(version("r2"), "2.0");
+    let d = &out.records()[0].steps["deps"];
+    assert_eq!(d["cache"], "built");
+    assert_ne!(d["key"], key);
+    unlock(std::slice::from_ref(&root));
+    TestCommand::new("dp-deps")
+        .args(["--keep-env", "PIP FIND"])
+        .stdin(input.as_str())
+        .run()
+        .code(2);
+}
+
+#[test]
+fn the_build_command_runs_in_each_new_release_and_its_failure_stops_the_host() {
+    let fleet = Fleet::shared();
+    let dir = Dir::new("deps-build");
+    dir.write("src/app.py", "print('v1')\n");
+    let src = dir.path().join("src");
+    let roots = vec![fleet.root_for(0, "deps-build"), dir.path().join("local")];
+    let input = fleet.record_line(0, &roots[0]) + &local_line("local1", &roots[1]);
+    // The command kind puts a tool in the environment; the build finds the release's
+    // .venv/bin first on PATH (a venv made by the dependency command here).
+    let args = [
+        "--kind",
+        "command",
+        "--command",
+        "mkdir -p \"$DP_DEPS_DIR/bin\" && printf '#!/bin/sh\\necho collected\\n' > \"$DP_DEPS_DIR/bin/collect\" && chmod +x \"$DP_DEPS_DIR/bin/collect\"",
+        "--link",
+        ".venv",
+        "--build",
+        "set -e; collect > static.txt; echo \"$DP_RELEASE $DP_ROOT\" >> static.txt",
+    ];
+    let out = deploy_deps(&src, &input, "r1", &args);
+    out.code(0);
+    for (r, root) in out.records().iter().zip(&roots) {
+        assert_eq!(r.steps["deps"]["build"], true, "{}", r.steps["deps"]);
+        assert_eq!(
+            std::fs::read_to_string(root.join("releases/r1/static.txt")).unwrap(),
+            format!("collected\nr1 {}\n", root.display())
+        );
+    }
+    unlock(&roots);
+
+    // A build whose first line fails: the host fails in deps, naming the build and
+    // showing its output; the second line never runs.
+    let mut failing = args.to_vec();
+    failing.pop();
+    failing.push("set -e; echo 'compilemessages: no msgfmt' >&2; false; touch ran-on");
+    let out = deploy_deps(&src, &input, "r2", &failing);
+    out.code(1);
+    for (r, root) in out.records().iter().zip(&roots) {
+        let e = r.error.clone().unwrap();
+        assert_eq!(e.step, "deps");
+        assert!(
+            e.message.contains("the build command ([build])")
+                && e.message.contains("compilemessages: no msgfmt"),
+            "{}",
+            e.message
+        );
+        assert!(!root.join("releases/r2/ran-on").exists());
+    }
+    unlock(&roots);
 }

@@ -305,6 +305,222 @@ fn rollback_returns_to_what_was_live_never_to_a_release_that_failed() {
 }
 
 #[test]
+fn redeploying_the_live_release_is_a_no_op_unless_forced() {
+    let dir = Dir::new("dp-same-id");
+    let roots = fixture(&dir);
+    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
+    // The migration command counts its runs (SQL migrations are tracked anyway).
+    dir.write(
+        "deploy.toml",
+        config.replace(
+            "[restart]",
+            "[migrate]\nexec = \"echo run >> $DP_ROOT/../migrated\"\n[restart]",
+        ),
+    );
+    dp(&dir, &["deploy", "--release", "r1"]).code(0);
+    dir.write("site/VERSION", "2\n");
+    dp(&dir, &["deploy", "--release", "r2"]).code(0);
+    let migrated = || std::fs::read_to_string(dir.path().join("hosts/migrated")).unwrap();
+    assert_eq!(migrated(), "run\nrun\n");
+    for root in &roots {
+        std::fs::remove_file(root.join("restarted")).unwrap();
+    }
+
+    let out = dp(&dir, &["deploy", "--release", "r2"]);
+    out.code(0);
+    assert!(
+        out.stderr.contains("already live, nothing to do"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(migrated(), "run\nrun\n", "no migration");
+    for (r, root) in out.records().iter().zip(&roots) {
+        assert_eq!(r.steps["sync"]["already_live"], true);
+        assert_eq!(r.steps["restart"]["already_live"], true);
+        assert!(
+            r.steps["migrate"]["skipped"].is_string(),
+            "{}",
+            r.steps["migrate"]
+        );
+        assert!(
+            !root.join("restarted").exists(),
+            "the restart command did not run"
+        );
+        assert_eq!(current(root), "releases/r2");
+        assert!(!root.join(".dp/lock").exists());
+        let history = std::fs::read_to_string(root.join(".dp/history.jsonl")).unwrap();
+        let last: Value = serde_json::from_str(history.lines().last().unwrap()).unwrap();
+        assert_eq!(
+            (last["release"].as_str(), last["result"].as_str()),
+            (Some("r2"), Some("unchanged"))
+        );
+    }
+    // dp status does not show r2 as its own previous release.
+    for r in dp(&dir, &["status"]).records() {
+        assert_eq!(r.steps["status"]["previous"], "r1");
+    }
+
+    // --force redeploys: migration and restart run again.
+    let out = dp(&dir, &["deploy", "--release", "r2", "--force"]);
+    out.code(0);
+    assert_eq!(migrated(), "run\nrun\nrun\n");
+    for root in &roots {
+        assert_eq!(
+            std::fs::read_to_string(root.join("restarted")).unwrap(),
+            "r2\n"
+        );
+    }
+    // The same id with other content is refused on every host, none switched.
+    dir.write("site/VERSION", "other\n");
+    let out = dp(&dir, &["deploy", "--release", "r2"]);
+    out.code(1);
+    assert!(
+        out.stderr
+            .contains("already exists on the host with different content"),
+        "{}",
+        out.stderr
+    );
+    for root in &roots {
+        assert_eq!(
+            std::fs::read_to_string(root.join("current/VERSION")).unwrap(),
+            "2\n"
+        );
+    }
+}
+
+#[test]
+fn a_failing_build_on_one_host_switches_no_host() {
+    let dir = Dir::new("dp-build");
+    let roots = fixture(&dir);
+    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
+    dir.write(
+        "deploy.toml",
+        config.replace(
+            "[restart]",
+            "[build]\ncommand = \"set -e; test ! -e $DP_ROOT/no-build; echo $DP_RELEASE > built.txt\"\ntimeout = \"1m\"\n[restart]",
+        ),
+    );
+    dp(&dir, &["deploy", "--release", "r1"]).code(0);
+    for root in &roots {
+        assert_eq!(
+            std::fs::read_to_string(root.join("current/built.txt")).unwrap(),
+            "r1\n"
+        );
+    }
+    dir.write("site/VERSION", "2\n");
+    dir.write("hosts/b/no-build", "");
+    let out = dp(&dir, &["deploy", "--release", "r2"]);
+    out.code(1);
+    let records = out.records();
+    let b = records[1].error.clone().unwrap();
+    assert_eq!(b.step, "deps");
+    assert!(
+        b.message.contains("the build command ([build])"),
+        "{}",
+        b.message
+    );
+    let a = records[0].error.clone().unwrap();
+    assert!(
+        a.message.contains("not switched: b failed in deps"),
+        "{}",
+        a.message
+    );
+    for root in &roots {
+        assert_eq!(current(root), "releases/r1");
+        assert!(!root.join(".dp/lock").exists());
+    }
+}
+
+#[test]
+fn framework_migrations_run_before_and_after_the_switch_with_the_database_url_hidden() {
+    let dir = Dir::new("dp-exec-post");
+    let roots = fixture(&dir);
+    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
+    let with_exec = |exec: &str| {
+        let post = "echo \"post sees $(readlink $DP_ROOT/current)\" >> $DP_ROOT/../post";
+        dir.write(
+            "deploy.toml",
+            config.replace(
+                "[restart]",
+                &format!("[migrate]\nexec = '''{exec}'''\nexec_post = '''{post}'''\n[restart]"),
+            ),
+        )
+    };
+    // The command sees DATABASE_URL; no process on the host has it in its argv.
+    with_exec(
+        "printf '%s\\n' \"$DATABASE_URL\" > $DP_ROOT/../url-seen\n\
+         for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done > $DP_ROOT/../argv 2>/dev/null\n\
+         echo \"pre sees $(readlink $DP_ROOT/current) with $DATABASE_URL\"",
+    );
+    let secret = "postgres://app:s3cret-pw@db.internal/app";
+    let run = |args: &[&str]| dp_on(&dir, secret).args(args).run();
+    run(&["deploy", "--release", "r1"]).code(0);
+    dir.write("site/VERSION", "2\n");
+    let out = run(&["deploy", "--release", "r2", "-v"]);
+    out.code(0);
+    let read = |name: &str| std::fs::read_to_string(dir.path().join("hosts").join(name)).unwrap();
+    assert_eq!(read("url-seen"), format!("{secret}\n"));
+    assert!(read("argv").contains("sh -c"), "the process list was read");
+    assert!(
+        !read("argv").contains("s3cret"),
+        "a host argv has the secret"
+    );
+    assert!(!out.stdout.contains("s3cret") && !out.stderr.contains("s3cret"));
+    // Before the switch, then after every host switched; once each per deploy.
+    assert_eq!(
+        read("post"),
+        "post sees releases/r1\npost sees releases/r2\n"
+    );
+    for root in &roots {
+        assert!(
+            !root.join(".dp/lock").exists(),
+            "the post command gave the lock back"
+        );
+    }
+    let r = &out.records()[0];
+    assert_eq!(
+        r.steps["migrate"]["output"],
+        "pre sees releases/r1 with ***"
+    );
+    assert_eq!(r.steps["migrate_post"]["phase"], "post");
+    assert!(
+        out.stderr.contains("pre sees releases/r1 with ***"),
+        "-v shows it: {}",
+        out.stderr
+    );
+
+    // A failing command: its last lines are in the record (redacted), no host switches,
+    // and the post command does not run.
+    with_exec("echo \"cannot reach $DATABASE_URL\" >&2; exit 3");
+    dir.write("site/VERSION", "3\n");
+    let out = run(&["deploy", "--release", "r3"]);
+    out.code(1);
+    let e = out.records()[0].error.clone().unwrap();
+    assert_eq!(e.step, "migrate");
+    assert!(e.message.contains("cannot reach ***"), "{}", e.message);
+    assert!(!out.stdout.contains("s3cret") && !out.stderr.contains("s3cret"));
+    assert_eq!(read("post").lines().count(), 2);
+    for root in &roots {
+        assert_eq!(current(root), "releases/r2");
+    }
+
+    // The printed pipeline runs the same two commands, the post one after the switch.
+    with_exec("echo pre");
+    let printed = run(&["deploy", "--release", "r4", "--print-pipeline"]);
+    printed.code(0);
+    assert!(
+        printed
+            .stdout
+            .contains("dp-migrate --config deploy.toml --exec 'echo pre'")
+            && printed.stdout.contains("--phase post"),
+        "{}",
+        printed.stdout
+    );
+    run_pipeline(&dir, secret, &printed.stdout).code(0);
+    assert_eq!(read("post").lines().last(), Some("post sees releases/r4"));
+}
+
+#[test]
 fn a_failing_migration_switches_no_host() {
     let dir = Dir::new("dp-failing-migration");
     let roots = fixture(&dir);

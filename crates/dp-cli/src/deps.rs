@@ -52,6 +52,19 @@ pub struct Args {
     /// installer started (default: `timeout` in [deps], else 30m).
     #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
     pub timeout: Option<std::time::Duration>,
+    /// A host environment variable that pip or npm may see (repeatable; default: `env`
+    /// in [deps]). Every other PIP_* and npm_config_* variable is cleared, so a
+    /// PIP_FIND_LINKS on the host or here cannot change what is installed.
+    #[arg(long = "keep-env", value_name = "NAME")]
+    pub keep_env: Vec<String>,
+    /// Command run in the release once its dependencies are ready, before any host
+    /// switches, with .venv/bin and node_modules/.bin first on PATH (default: `command`
+    /// in [build]); collectstatic, say. A failure fails the host before the switch.
+    #[arg(long, value_name = "CMD")]
+    pub build: Option<String>,
+    /// How long the build command may run (default: `timeout` in [build], else 30m).
+    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
+    pub build_timeout: Option<std::time::Duration>,
     /// The deploy lock lease.
     #[command(flatten)]
     pub lease: crate::args::LeaseArg,
@@ -65,6 +78,7 @@ pub fn run() -> anyhow::Result<Exit> {
 /// Runs `dp-deps` with parsed arguments.
 pub fn exec(args: Args) -> anyhow::Result<Exit> {
     let config = args.config.load()?;
+    let build_section = config.as_ref().and_then(|c| c.build.clone());
     let deps = config.and_then(|c| c.deps).unwrap_or_default();
     let kind_name = args
         .kind
@@ -102,7 +116,24 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             .unwrap_or(dp_deps::DEFAULT_TIMEOUT),
         lease: args.lease.lease,
         renew: dp_core::lock::Renew::Always,
+        keep_env: if args.keep_env.is_empty() {
+            deps.env
+        } else {
+            args.keep_env.clone()
+        },
+        build: args
+            .build
+            .clone()
+            .or(build_section.as_ref().map(|b| b.command.clone()))
+            .map(|command| dp_deps::Build {
+                command,
+                timeout: args
+                    .build_timeout
+                    .or(build_section.as_ref().and_then(|b| b.timeout))
+                    .unwrap_or(dp_deps::DEFAULT_TIMEOUT),
+            }),
     };
+    opts.check().map_err(anyhow::Error::msg)?;
     let mut records = read_input("-")?;
     let mut sessions = Sessions::new();
     dp_deps::run(&mut records, &mut sessions, &opts);

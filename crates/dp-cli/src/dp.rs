@@ -60,6 +60,10 @@ pub enum Command {
         /// Release id (default: UTC time plus a content hash).
         #[arg(long)]
         release: Option<String>,
+        /// Redeploy even where this release is already live with the same content (by
+        /// default that is a no-op: no migration, no switch, no restart).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         lease: crate::args::LeaseArg,
         #[command(flatten)]
@@ -128,6 +132,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         jobs: Some(jobs),
         lease: None,
         allow_unreachable: None,
+        force: false,
     };
     let say = |msg: &str| {
         if !args.quiet {
@@ -138,11 +143,13 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         Command::Deploy {
             print_pipeline,
             release,
+            force,
             lease,
             allow_unreachable,
         } => {
             let overrides = dp_flow::Overrides {
                 release: release.clone(),
+                force: *force,
                 lease: Some(lease.lease),
                 allow_unreachable: allow_unreachable.allow_unreachable,
                 ..overrides
@@ -171,7 +178,9 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             };
             let steps = 3 + match plan.migrate {
                 Some(dp_flow::MigrateStep::Sql(_)) => 2,
-                Some(dp_flow::MigrateStep::Exec(_)) => 1,
+                Some(dp_flow::MigrateStep::Exec { ref pre, ref post }) => {
+                    usize::from(pre.is_some()) + usize::from(post.is_some())
+                }
                 None => 0,
             };
             let mut display = Progress::start(&records, steps, verbosity);
@@ -295,6 +304,7 @@ fn summary(records: &[Record], started: Instant) {
             .map(|n| format!("{n} files"))
             .unwrap_or_default();
         let result = match &r.error {
+            None if dp_core::gate::already_live(r) => "ok (already live)".to_string(),
             None => "ok".to_string(),
             Some(e) => format!("FAILED in {}", e.step),
         };
@@ -308,10 +318,12 @@ fn summary(records: &[Record], started: Instant) {
     let failed = records.iter().filter(|r| r.failed()).count();
     eprintln!(
         "dp: {} in {:.1} s: {} of {} hosts ok",
-        if failed == 0 {
-            "deployed"
-        } else {
+        if failed > 0 {
             "deploy FAILED"
+        } else if dp_core::gate::all_already_live(records) {
+            "already live, nothing to do (--force redeploys)"
+        } else {
+            "deployed"
         },
         started.elapsed().as_secs_f64(),
         records.len() - failed,

@@ -63,9 +63,16 @@ pub struct Args {
     /// Reach the database through this host (one of the input records) over SSH.
     #[arg(long, value_name = "HOST")]
     pub via: Option<String>,
-    /// Framework mode: run this command once in the new release instead of SQL files.
+    /// Framework mode: run this command once in the new release instead of SQL files
+    /// (default: `exec` in [migrate]; with --phase post, `exec_post`). With --phase post
+    /// it runs only when every host runs the new release.
     #[arg(long, value_name = "CMD")]
     pub exec: Option<String>,
+    /// Variables of this machine the --exec command gets, passed on its stdin (never in
+    /// argv, records or logs; their values are redacted from its output). Comma-separated
+    /// names; default: `env` in [migrate], else DATABASE_URL (when set).
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub env: Option<Vec<String>>,
     /// How long the --exec command may run before it is stopped, with what it started
     /// (default: `exec_timeout` in [migrate], else 30m).
     #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
@@ -120,8 +127,14 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
     } else {
         Phase::Pre
     };
-    let exec_cmd = args.exec.clone().or(section.exec.clone());
-    if exec_cmd.is_none() && (args.dir.is_some() || section.dir.is_some()) && !dir.is_dir() {
+    // Framework mode: --exec, or `exec`/`exec_post` in [migrate]. Its post phase runs
+    // `exec_post` (or --exec given with --phase post).
+    let framework = args.exec.is_some() || section.exec.is_some() || section.exec_post.is_some();
+    let exec_cmd = args.exec.clone().or(match phase {
+        Phase::Pre => section.exec.clone(),
+        Phase::Post => section.exec_post.clone(),
+    });
+    if !framework && (args.dir.is_some() || section.dir.is_some()) && !dir.is_dir() {
         anyhow::bail!("migrations directory {} is not a directory", dir.display());
     }
     // Dry runs read no records unless a tunnel host must come from them.
@@ -149,10 +162,22 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         print_lines(&dp_migrate::dry_run(&opts)?)?;
         return Ok(Exit::Ok);
     }
+    if framework && exec_cmd.is_none() {
+        // Nothing to run in this phase: the records pass through.
+        write_output(&records)?;
+        return Ok(Exit::for_records(&records));
+    }
     match exec_cmd {
         Some(command) => {
+            let env_names = args
+                .env
+                .clone()
+                .or(section.env.clone())
+                .unwrap_or_else(|| vec!["DATABASE_URL".into()]);
             let opts = ExecOptions {
                 command,
+                phase,
+                env: dp_migrate::PassedEnv::from_names(&env_names).map_err(anyhow::Error::msg)?,
                 lease: args.lease.lease,
                 renew: dp_core::lock::Renew::Always,
                 allow_unreachable: args.allow_unreachable.get(config.as_ref()),

@@ -48,6 +48,10 @@ pub struct Args {
     /// Never compress the upload (by default small uploads are compressed with bzip2 or gzip).
     #[arg(long)]
     pub no_compress: bool,
+    /// Redeploy even when the release is already live with this content (by default such
+    /// a host is marked `already_live` and the later steps leave it alone).
+    #[arg(long)]
+    pub force: bool,
     /// The deploy lock lease.
     #[command(flatten)]
     pub lease: crate::args::LeaseArg,
@@ -87,6 +91,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         lease: args.lease.lease,
         cache: !args.no_cache,
         compress: !args.no_compress,
+        force: args.force,
     };
     let mut records = read_input("-")?;
     let mut sessions = Sessions::new();

@@ -114,6 +114,9 @@ pub struct Config {
     /// How dependencies are installed (`[deps]`).
     #[serde(default)]
     pub deps: Option<DepsConfig>,
+    /// What runs in each new release before the switch (`[build]`).
+    #[serde(default)]
+    pub build: Option<BuildConfig>,
     /// How database migrations are applied (`[migrate]`).
     #[serde(default)]
     pub migrate: Option<MigrateConfig>,
@@ -159,6 +162,25 @@ pub struct DepsConfig {
     /// How long building an environment may take before it is stopped, such as `30m`.
     #[serde(default, deserialize_with = "duration::option")]
     pub timeout: Option<Duration>,
+    /// Names of the host's environment variables the installer may see among those that
+    /// change what it installs (`PIP_*`, `npm_config_*`); the others are cleared.
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+/// `[build]`: a command run on every host in the new release after its dependencies are
+/// ready and before any host switches (`collectstatic`, `compilemessages`, an asset
+/// build). A failure there is a failure before the switch: no host switches.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildConfig {
+    /// The command (a shell script), run in the release with `.venv/bin` and
+    /// `node_modules/.bin` first on PATH and `DP_RELEASE`, `DP_PREVIOUS_RELEASE`,
+    /// `DP_ROOT` set.
+    pub command: String,
+    /// How long it may run before it is stopped, such as `10m` (default 30m).
+    #[serde(default, deserialize_with = "duration::option")]
+    pub timeout: Option<Duration>,
 }
 
 /// `[migrate]`: where migrations are and how they run. The database URL is never here:
@@ -178,9 +200,18 @@ pub struct MigrateConfig {
     /// How long to wait for another run's lock, such as `60s`.
     #[serde(default, deserialize_with = "duration::option")]
     pub lock_timeout: Option<Duration>,
+    /// Framework mode, contract phase: the command to run once after every host runs
+    /// the new release.
+    #[serde(default)]
+    pub exec_post: Option<String>,
     /// How long the `exec` command may run before it is stopped, such as `30m`.
     #[serde(default, deserialize_with = "duration::option")]
     pub exec_timeout: Option<Duration>,
+    /// Names of the deploying machine's environment variables passed to the `exec`
+    /// commands, never through argv, records or logs (default `["DATABASE_URL"]`, each
+    /// only when set).
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
 }
 
 /// `[restart]`: the rolling switch.

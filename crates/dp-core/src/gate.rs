@@ -9,6 +9,25 @@
 
 use crate::{ErrorKind, Record};
 
+/// True when dp-sync found the record's release already `current` on its host with the
+/// same content (`steps.sync.already_live`): redeploying the same release is a no-op, so
+/// the later steps leave that host alone (no migration, no switch, no restart).
+pub fn already_live(record: &Record) -> bool {
+    !record.failed()
+        && record
+            .steps
+            .get("sync")
+            .and_then(|s| s.get("already_live"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+}
+
+/// True when there are hosts and every one that did not fail is [`already_live`]: the
+/// whole deploy is a no-op (a host that failed still fails it).
+pub fn all_already_live(records: &[Record]) -> bool {
+    records.iter().any(already_live) && records.iter().all(|r| r.failed() || already_live(r))
+}
+
 /// Why the fleet may not switch: the host that failed first, in its step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocked {

@@ -102,6 +102,51 @@ pub struct DepsOptions {
     pub lease: Duration,
     /// When to renew a lease this deploy already holds.
     pub renew: dp_core::lock::Renew,
+    /// Host environment variables the installer may see among those that change what
+    /// it installs (`PIP_*`, `npm_config_*`); the others are cleared. Their values are
+    /// part of the environment's key.
+    pub keep_env: Vec<String>,
+    /// The build command run in the release once its dependencies are ready.
+    pub build: Option<Build>,
+}
+
+/// `[build]`: a command run on every host in the new release after its dependencies are
+/// ready (before any host switches).
+#[derive(Debug, Clone)]
+pub struct Build {
+    /// The command (a shell script).
+    pub command: String,
+    /// How long it may run before it is stopped (with what it started).
+    pub timeout: Duration,
+}
+
+/// The exit status of the deps script when the build command failed.
+pub const BUILD_FAILED_STATUS: i32 = 76;
+
+impl DepsOptions {
+    /// Checks what can be checked before any host is touched: the names in `keep_env`.
+    pub fn check(&self) -> Result<(), String> {
+        for name in &self.keep_env {
+            let ok = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(format!(
+                    "[deps] env: {name:?} is not an environment variable name"
+                ));
+            }
+        }
+        if self
+            .build
+            .as_ref()
+            .is_some_and(|b| b.command.trim().is_empty())
+        {
+            return Err("[build] command is empty".into());
+        }
+        Ok(())
+    }
 }
 
 /// What dp-deps did on one host (`steps.deps`).
@@ -116,6 +161,9 @@ pub struct DepsStats {
     /// Seconds waited for another deploy building the same key, when it happened.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waited_s: Option<u64>,
+    /// The build command ran and succeeded (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<bool>,
     /// Milliseconds on this host.
     pub ms: u64,
 }
@@ -156,16 +204,27 @@ pub fn deps_host(
     interpret(out)
 }
 
-/// The script that makes one host's dependencies ready (see [`interpret`]).
+/// The script that makes one host's dependencies ready and runs the build command (see
+/// [`interpret`]). A host where the release is already live
+/// ([`dp_core::gate::already_live`]) gets no build.
 pub fn host_script(record: &Record, opts: &DepsOptions) -> Result<String, String> {
     let root = root_of(record)?;
     let release = release_of(record)?;
-    script::deps(root, release, opts).map_err(|e| e.to_string())
+    let build = opts
+        .build
+        .as_ref()
+        .filter(|_| !dp_core::gate::already_live(record));
+    script::deps(root, release, opts, build).map_err(|e| e.to_string())
 }
 
 /// What [`host_script`] did, read from its output.
 pub fn interpret(out: dp_core::transport::Output) -> Result<DepsStats, String> {
-    lock::check_status(&out.status, "installing dependencies")?;
+    let what = if out.status.code == Some(BUILD_FAILED_STATUS) {
+        "the build command ([build])"
+    } else {
+        "installing dependencies"
+    };
+    lock::check_status(&out.status, what)?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut stats = DepsStats::default();
     for line in text.lines() {
@@ -175,6 +234,8 @@ pub fn interpret(out: dp_core::transport::Output) -> Result<DepsStats, String> {
             stats.key = v.to_string();
         } else if let Some(v) = line.strip_prefix("cache ") {
             stats.cache = v.to_string();
+        } else if line == "build ok" {
+            stats.build = Some(true);
         } else if let Some(v) = line.strip_prefix("waited ") {
             stats.waited_s = v.parse().ok().filter(|w| *w > 0);
         }

@@ -1,6 +1,6 @@
 //! The one shell script dp-deps runs per host, and the cleanup lines dp-restart runs.
 
-use crate::{DepsOptions, Kind};
+use crate::{Build, DepsOptions, Kind, BUILD_FAILED_STATUS};
 use dp_core::layout::script_prelude;
 use dp_core::quote::{quote_str, QuoteError};
 
@@ -15,7 +15,12 @@ fn words(list: &[String]) -> Result<String, QuoteError> {
 
 /// The script: renew the deploy lock, compute the key on the host, reuse or build the
 /// environment, link it into the release. Prints `kind`, `key`, `cache` and `waited`.
-pub fn deps(root: &str, release: &str, opts: &DepsOptions) -> Result<String, QuoteError> {
+pub fn deps(
+    root: &str,
+    release: &str,
+    opts: &DepsOptions,
+    build: Option<&Build>,
+) -> Result<String, QuoteError> {
     let mut s = script_prelude(root)?;
     s.push_str(&dp_core::lock::acquire_script(
         release,
@@ -38,13 +43,21 @@ python={python}
 cmd={command}
 link={link}
 pip_args={pip_args_text}
+keep_env={keep_env}
 set -- {lockfiles}
+# What the host's environment would change in the install goes, but for keep_env.
+for dp_v in $(env | sed -n 's/^\(PIP_[A-Za-z0-9_]*\)=.*/\1/p; s/^\([Nn][Pp][Mm]_[Cc][Oo][Nn][Ff][Ii][Gg]_[A-Za-z0-9_]*\)=.*/\1/p'); do
+  case " $keep_env " in *" $dp_v "*) ;; *) unset "$dp_v" ;; esac
+done
 if [ "$kind" = auto ]; then
   if [ -f requirements.txt ]; then kind=pip
   elif [ -f package-lock.json ]; then kind=npm
-  else echo "kind none"; echo "key "; echo "cache none"; exit 0
+  else kind=none
   fi
 fi
+if [ "$kind" = none ]; then
+echo "kind none"; echo "key "; echo "cache none"
+else
 deps="$root/.dp/deps"
 dp_mkdir "$deps"
 case $kind in
@@ -66,7 +79,8 @@ esac
 for f; do
   [ -f "$f" ] || {{ echo "lockfile $f is missing from release $rel" >&2; exit 4; }}
 done
-key=$({{ printf '%s\n' dp-deps-1 "$kind" "$ver" "$pip_args" "$cmd"; for f; do printf '%s\n' "$f"; cat -- "$f"; done; }} | sha256sum)
+key=$({{ printf '%s\n' dp-deps-1 "$kind" "$ver" "$pip_args" "$cmd"; for f; do printf '%s\n' "$f"; cat -- "$f"; done
+  for dp_v in $keep_env; do eval "printf 'env %s=%s\\n' \"\$dp_v\" \"\${{$dp_v-}}\""; done; }} | sha256sum)
 key=${{key%"${{key#????????????????}}"}}
 env="$deps/$key"
 cache=hit
@@ -118,6 +132,7 @@ echo "kind $kind"
 echo "key $key"
 echo "cache $cache"
 echo "waited $waited"
+fi
 "#,
         rel = quote_str(release)?,
         kind = kind,
@@ -137,7 +152,26 @@ echo "waited $waited"
         } else {
             dp_core::lock::RENEW_AGAIN
         },
+        keep_env = quote_str(&opts.keep_env.join(" "))?,
     ));
+    if let Some(b) = build {
+        // The build runs in the release with its environments first on PATH; its first
+        // failing line fails it when the command uses `set -e` (sh -c runs it as given).
+        s.push_str(&format!(
+            r#"cd "$rd"
+PATH="$rd/.venv/bin:$rd/node_modules/.bin:$PATH"
+export PATH
+{release_env}dp_rc=0
+dp_locked dp_deadline {secs} 'the build command' "$root/.dp/build.log" sh -c {cmd} || dp_rc=$?
+if [ "$dp_rc" -ne 0 ]; then echo "the build command failed (exit status $dp_rc); its output is in $root/.dp/build.log" >&2; exit {failed}; fi
+echo "build ok"
+"#,
+            release_env = dp_core::layout::release_env_sh("\"$rel\"", None),
+            secs = b.timeout.as_secs().max(1),
+            cmd = quote_str(&b.command)?,
+            failed = BUILD_FAILED_STATUS,
+        ));
+    }
     Ok(s)
 }
 

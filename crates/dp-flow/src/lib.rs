@@ -49,8 +49,14 @@ pub struct Plan {
 pub enum MigrateStep {
     /// SQL files; the pre phase runs before the switch, the post phase after it.
     Sql(Box<MigrateOptions>),
-    /// The framework's command, once, before the switch.
-    Exec(ExecOptions),
+    /// The framework's commands: once before the switch (`exec`), once after every host
+    /// switched (`exec_post`).
+    Exec {
+        /// `[migrate] exec`.
+        pre: Option<Box<ExecOptions>>,
+        /// `[migrate] exec_post`.
+        post: Option<Box<ExecOptions>>,
+    },
 }
 
 /// Flags that override the config.
@@ -66,6 +72,8 @@ pub struct Overrides {
     pub lease: Option<Duration>,
     /// Unreachable hosts that may be left out (default: the config's, else 0).
     pub allow_unreachable: Option<usize>,
+    /// Redeploy a release that is already live with the same content.
+    pub force: bool,
 }
 
 /// Resolves the plan; checks everything that can be checked without touching a host.
@@ -86,6 +94,7 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
         lease,
         cache: true,
         compress: true,
+        force: o.force,
     };
     let deps = config.deps.clone().unwrap_or_default();
     let kind = Kind::parse(
@@ -104,28 +113,51 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
         timeout: deps.timeout.unwrap_or(dp_deps::DEFAULT_TIMEOUT),
         lease,
         renew: Renew::Always,
+        keep_env: deps.env,
+        build: config.build.as_ref().map(|b| dp_deps::Build {
+            command: b.command.clone(),
+            timeout: b.timeout.unwrap_or(dp_deps::DEFAULT_TIMEOUT),
+        }),
     });
+    if let Some(d) = &deps {
+        d.check().map_err(FlowError)?;
+    }
     let allow_unreachable = o
         .allow_unreachable
         .or(config.allow_unreachable)
         .unwrap_or(0);
     let m = config.migrate.clone().unwrap_or_default();
     let migrations_dir = config.migrations_dir();
-    if m.dir.is_some() && m.exec.is_none() && !migrations_dir.is_dir() {
+    let framework = m.exec.is_some() || m.exec_post.is_some();
+    if m.dir.is_some() && !framework && !migrations_dir.is_dir() {
         return Err(FlowError(format!(
             "{}: [migrate] dir {} is not a directory",
             config.path,
             migrations_dir.display()
         )));
     }
-    let migrate = if let Some(command) = m.exec.clone() {
-        Some(MigrateStep::Exec(ExecOptions {
-            command,
-            lease,
-            renew: Renew::Always,
-            allow_unreachable,
-            timeout: m.exec_timeout.unwrap_or(dp_migrate::DEFAULT_EXEC_TIMEOUT),
-        }))
+    let migrate = if framework {
+        let env = dp_migrate::PassedEnv::from_names(
+            m.env.as_deref().unwrap_or(&[String::from("DATABASE_URL")]),
+        )
+        .map_err(FlowError)?;
+        let exec = |command: &Option<String>, phase| {
+            command.clone().map(|command| {
+                Box::new(ExecOptions {
+                    command,
+                    phase,
+                    env: env.clone(),
+                    lease,
+                    renew: Renew::Always,
+                    allow_unreachable,
+                    timeout: m.exec_timeout.unwrap_or(dp_migrate::DEFAULT_EXEC_TIMEOUT),
+                })
+            })
+        };
+        Some(MigrateStep::Exec {
+            pre: exec(&m.exec, Phase::Pre),
+            post: exec(&m.exec_post, Phase::Post),
+        })
     } else if migrations_dir.is_dir() {
         let url = std::env::var("DATABASE_URL")
             .ok()
@@ -267,15 +299,17 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
             );
             progress("migrate pre", records);
         }
-        Some(MigrateStep::Exec(opts)) => {
+        Some(MigrateStep::Exec {
+            pre: Some(opts), ..
+        }) => {
             let opts = ExecOptions {
                 renew,
-                ..opts.clone()
+                ..(**opts).clone()
             };
             dp_migrate::run_exec(records, &mut sessions, &opts);
             progress("migrate", records);
         }
-        None => {}
+        Some(MigrateStep::Exec { pre: None, .. }) | None => {}
     }
     let restart = RestartOptions {
         renew,
@@ -289,6 +323,17 @@ pub fn deploy(records: &mut [Record], plan: &Plan, progress: Progress) -> Result
             ..(**opts).clone()
         };
         dp_migrate::run_sql(records, &post);
+        progress("migrate post", records);
+    }
+    if let Some(MigrateStep::Exec {
+        post: Some(opts), ..
+    }) = &plan.migrate
+    {
+        let opts = ExecOptions {
+            renew,
+            ..(**opts).clone()
+        };
+        dp_migrate::run_exec(records, &mut sessions, &opts);
         progress("migrate post", records);
     }
     Ok(())
@@ -306,6 +351,7 @@ pub fn pipeline(plan: &Plan) -> Result<String, FlowError> {
     if let Some(r) = &plan.sync.release {
         release = format!(" --release {}", q(r)?);
     }
+    let force = if plan.sync.force { " --force" } else { "" };
     // The same parallelism as the one-line deploy, when it is not the tools' default.
     let jobs = if plan.sync.jobs == 16 {
         String::new()
@@ -327,7 +373,7 @@ pub fn pipeline(plan: &Plan) -> Result<String, FlowError> {
     let mut parts = vec![
         format!("dp-hosts --config {config}{stage}"),
         format!(
-            "dp-sync --config {config} --src {}{release}{jobs}{lease}",
+            "dp-sync --config {config} --src {}{release}{force}{jobs}{lease}",
             q(&plan.sync.src.display().to_string())?
         ),
         format!("dp-deps --config {config}{jobs}{lease}"),
@@ -337,18 +383,23 @@ pub fn pipeline(plan: &Plan) -> Result<String, FlowError> {
             "dp-migrate --config {config} --dir {} --phase pre{lease}{allow}",
             q(&m.dir.display().to_string())?
         )),
-        Some(MigrateStep::Exec(e)) => parts.push(format!(
+        Some(MigrateStep::Exec { pre: Some(e), .. }) => parts.push(format!(
             "dp-migrate --config {config} --exec {}{lease}{allow}",
             q(&e.command)?
         )),
-        None => {}
+        Some(MigrateStep::Exec { pre: None, .. }) | None => {}
     }
     parts.push(format!("dp-restart --config {config}{jobs}{lease}{allow}"));
-    if let Some(MigrateStep::Sql(m)) = &plan.migrate {
-        parts.push(format!(
+    match &plan.migrate {
+        Some(MigrateStep::Sql(m)) => parts.push(format!(
             "dp-migrate --config {config} --dir {} --phase post",
             q(&m.dir.display().to_string())?
-        ));
+        )),
+        Some(MigrateStep::Exec { post: Some(e), .. }) => parts.push(format!(
+            "dp-migrate --config {config} --exec {} --phase post{lease}",
+            q(&e.command)?
+        )),
+        _ => {}
     }
     Ok(parts.join(" \\\n  | ") + "\n")
 }

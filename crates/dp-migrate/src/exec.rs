@@ -10,11 +10,80 @@ use dp_core::transport::Transport;
 use dp_core::Record;
 use std::time::Duration;
 
+/// Variables of the deploying machine passed to the command on the host: through its
+/// stdin, never in argv, records or logs (its output is redacted of their values).
+#[derive(Clone, Default)]
+pub struct PassedEnv(Vec<(String, String)>);
+
+impl std::fmt::Debug for PassedEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl PassedEnv {
+    /// The variables named in `names` that are set here (non-empty). A name that is not
+    /// a variable name, or a value with a newline or NUL, is an error.
+    pub fn from_names(names: &[String]) -> Result<PassedEnv, String> {
+        let mut vars = Vec::new();
+        for name in names {
+            let ok = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(format!(
+                    "[migrate] env: {name:?} is not an environment variable name"
+                ));
+            }
+            let Some(value) = std::env::var_os(name) else {
+                continue;
+            };
+            let value = value
+                .into_string()
+                .map_err(|_| format!("{name} is not valid UTF-8"))?;
+            if value.contains(['\n', '\0']) {
+                return Err(format!(
+                    "{name} holds a newline: it cannot be passed to the host"
+                ));
+            }
+            if !value.is_empty() {
+                vars.push((name.clone(), value));
+            }
+        }
+        Ok(PassedEnv(vars))
+    }
+
+    /// The names passed.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// `text` with every passed value (of 4 bytes or more) replaced by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (_, value) in &self.0 {
+            if value.len() >= 4 {
+                out = out.replace(value.as_str(), "***");
+            }
+        }
+        out
+    }
+}
+
 /// Exec-mode options.
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
     /// The command (a shell script), run in the release directory.
     pub command: String,
+    /// `pre`: once, before any host switches; `post`: once, after every host runs the
+    /// new release.
+    pub phase: crate::source::Phase,
+    /// The deploying machine's variables the command gets.
+    pub env: PassedEnv,
     /// Deploy lock lease to renew.
     pub lease: Duration,
     /// When to renew a lease this deploy already holds.
@@ -28,36 +97,77 @@ pub struct ExecOptions {
 /// How long the migration command may run by default.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// Lines of the command's output kept in `steps.migrate.output` (and shown with -v).
+const OUTPUT_LINES: usize = 20;
+
+/// Runs the command on the chosen host; its last lines of output (redacted) on success.
 pub(crate) fn run_on(
     records: &mut [Record],
     chosen: usize,
     sessions: &mut Sessions,
     opts: &ExecOptions,
-) -> Result<(), String> {
+) -> Result<String, String> {
+    let mut output = String::new();
     sessions.run_one(records, chosen, |conn, record| {
-        exec_host(conn, record, opts)
-    })
+        output = exec_host(conn, record, opts)?;
+        Ok(())
+    })?;
+    Ok(output)
 }
 
-fn exec_host(conn: &mut dyn Transport, record: &Record, opts: &ExecOptions) -> Result<(), String> {
+fn exec_host(
+    conn: &mut dyn Transport,
+    record: &Record,
+    opts: &ExecOptions,
+) -> Result<String, String> {
+    let q = |s: &str| quote_str(s).map_err(|e| e.to_string());
     let root = root_of(record)?;
     let release = release_of(record)?;
     let mut s = script_prelude(root).map_err(|e| e.to_string())?;
+    // The passed variables come first on stdin, one line each (read by the shell alone,
+    // which reads no further than each newline), so they are in no argv on the host.
+    let mut input = String::new();
+    for (name, value) in &opts.env.0 {
+        s.push_str(&format!("IFS= read -r {name} || true\nexport {name}\n"));
+        input.push_str(value);
+        input.push('\n');
+    }
     s.push_str(
         &lock::acquire_script(release, opts.lease, opts.renew.due()).map_err(|e| e.to_string())?,
     );
+    let (what, log) = match opts.phase {
+        crate::source::Phase::Pre => ("the migration command", "migrate.log"),
+        crate::source::Phase::Post => ("the post-switch migration command", "migrate_post.log"),
+    };
+    // After the switch the deploy's lock is given back already: the post command takes
+    // it for its run and gives it back after.
+    let give_back = match opts.phase {
+        crate::source::Phase::Pre => String::new(),
+        crate::source::Phase::Post => lock::release_script(release).map_err(|e| e.to_string())?,
+    };
     s.push_str(&format!(
         r#"{env}cd "$releases"/{rel}
 PATH="$PWD/.venv/bin:$PWD/node_modules/.bin:$PATH"
 export PATH
-dp_locked dp_deadline {secs} 'the migration command' "$root/.dp/migrate.log" sh -c {cmd}
+dp_rc=0
+dp_locked dp_deadline {secs} {what} "$root/.dp/"{log} sh -c {cmd} || dp_rc=$?
+{give_back}exit "$dp_rc"
 "#,
         secs = opts.timeout.as_secs().max(1),
-        env =
-            dp_core::layout::release_env_sh(&quote_str(release).map_err(|e| e.to_string())?, None,),
-        rel = quote_str(release).map_err(|e| e.to_string())?,
-        cmd = quote_str(&opts.command).map_err(|e| e.to_string())?,
+        env = dp_core::layout::release_env_sh(&q(release)?, None),
+        rel = q(release)?,
+        what = q(what)?,
+        log = q(log)?,
+        cmd = q(&opts.command)?,
     ));
-    let out = conn.run_held(&s).map_err(|e| e.to_string())?;
+    let out = conn
+        .run_held_with(&s, input.as_bytes())
+        .map_err(|e| opts.env.redact(&e.to_string()))?;
     lock::check_status(&out.status, &format!("`{}`", opts.command))
+        .map_err(|e| opts.env.redact(&e))?;
+    // dp_deadline copied the command's output to stderr.
+    Ok(opts.env.redact(&dp_core::transport::tail_lines(
+        &out.status.stderr,
+        OUTPUT_LINES,
+    )))
 }

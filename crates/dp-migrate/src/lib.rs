@@ -20,7 +20,7 @@ use source::{Migration, Phase};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use exec::{ExecOptions, DEFAULT_EXEC_TIMEOUT};
+pub use exec::{ExecOptions, PassedEnv, DEFAULT_EXEC_TIMEOUT};
 
 /// The step name in records.
 pub const STEP: &str = "migrate";
@@ -66,6 +66,10 @@ pub struct MigrateStats {
     /// Bytes the tunnel carried, both directions (`--via`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via_bytes: Option<u64>,
+    /// The last lines of the command's output (exec mode), with the values of the
+    /// variables passed to it redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
     /// Milliseconds in all.
     pub ms: u64,
 }
@@ -216,6 +220,7 @@ pub fn migrate(opts: &MigrateOptions) -> Result<MigrateStats, MigrateError> {
             host: None,
             via: via.clone(),
             via_bytes: tunnel.as_ref().map(|t| t.bytes()),
+            output: None,
             ms: started.elapsed().as_millis() as u64,
         })
     })
@@ -351,7 +356,8 @@ pub fn may_migrate(records: &[Record], phase: Phase, allow_unreachable: usize) -
 /// switch, each record that has not failed is marked not switched, naming the host and
 /// step that stopped the deploy (so dp-restart switches nothing); after it, those records
 /// get `steps.migrate_post.skipped` (contract migrations wait until every host runs the
-/// new release).
+/// new release). When the release is already live everywhere
+/// ([`dp_core::gate::all_already_live`]), nothing runs and the step says `skipped`.
 fn barrier(records: &mut [Record], phase: Phase, allow_unreachable: usize) -> bool {
     let interrupted = dp_core::interrupt::interrupted();
     if interrupted && phase == Phase::Pre {
@@ -360,7 +366,7 @@ fn barrier(records: &mut [Record], phase: Phase, allow_unreachable: usize) -> bo
         }
         return false;
     }
-    match phase {
+    let may = match phase {
         Phase::Pre => dp_core::gate::hold_back(records, STEP, allow_unreachable).is_ok(),
         Phase::Post => {
             let why = match records.iter().find(|r| r.failed()) {
@@ -381,7 +387,21 @@ fn barrier(records: &mut [Record], phase: Phase, allow_unreachable: usize) -> bo
             }
             false
         }
+    };
+    // The same release with the same content is live everywhere already: a redeploy
+    // of it is a no-op (dp-sync --force redeploys).
+    if may && dp_core::gate::all_already_live(records) {
+        let key = match phase {
+            Phase::Pre => STEP,
+            Phase::Post => POST_STEP,
+        };
+        let why = "the release is already live on every host with this content";
+        for r in records.iter_mut().filter(|r| !r.failed()) {
+            r.set_step(key, serde_json::json!({ "skipped": why }));
+        }
+        return false;
     }
+    may
 }
 
 /// Where the post phase is recorded (the pre phase's `steps.migrate` stays visible).
@@ -405,11 +425,16 @@ pub fn run_sql(records: &mut [Record], opts: &MigrateOptions) {
 }
 
 /// Exec mode over records: run the framework's command once, on the first host with
-/// role `migrate` (else the first host), in its new release.
+/// role `migrate` (else the first host), in its new release: before the switch (pre
+/// phase) or after every host switched (post phase).
 pub fn run_exec(records: &mut [Record], sessions: &mut Sessions, opts: &ExecOptions) {
-    if !barrier(records, Phase::Pre, opts.allow_unreachable) {
+    if !barrier(records, opts.phase, opts.allow_unreachable) {
         return;
     }
+    let key = match opts.phase {
+        Phase::Pre => STEP,
+        Phase::Post => POST_STEP,
+    };
     let started = Instant::now();
     let live = |r: &Record| !r.failed();
     let Some(chosen) = records
@@ -422,21 +447,25 @@ pub fn run_exec(records: &mut [Record], sessions: &mut Sessions, opts: &ExecOpti
     // Once started, the migration runs to its end (or its deadline), even after an
     // interrupt: a migration cut halfway is worse than one that finishes.
     let result = dp_core::interrupt::critical(|| exec::run_on(records, chosen, sessions, opts));
-    let stats = MigrateStats {
+    let mut stats = MigrateStats {
         mode: "exec".into(),
-        phase: None,
+        phase: Some(opts.phase),
         applied: Vec::new(),
         waited_ms: None,
         host: Some(records[chosen].host.clone()),
         via: None,
         via_bytes: None,
+        output: None,
         ms: started.elapsed().as_millis() as u64,
     };
     match result {
-        Ok(()) => records
-            .iter_mut()
-            .filter(|r| live(r))
-            .for_each(|r| r.set_step(STEP, &stats)),
+        Ok(output) => {
+            stats.output = Some(output).filter(|o| !o.is_empty());
+            records
+                .iter_mut()
+                .filter(|r| live(r))
+                .for_each(|r| r.set_step(key, &stats))
+        }
         Err(message) => {
             let host = records[chosen].host.clone();
             records.iter_mut().for_each(|r| {

@@ -118,6 +118,10 @@ pub struct RestartStats {
     pub healthy: Option<bool>,
     /// Switched back after a failure.
     pub switched_back: bool,
+    /// The release was live already with this content (dp-sync's `already_live`): the
+    /// host was left alone, no switch, no restart, no health check.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub already_live: bool,
     /// Releases and environments removed by the cleanup.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
@@ -287,7 +291,7 @@ fn ready_everywhere(
         return true;
     }
     let hosts: Vec<usize> = (0..records.len())
-        .filter(|&i| !records[i].failed())
+        .filter(|&i| !records[i].failed() && (opts.rollback || !gate::already_live(&records[i])))
         .collect();
     let results = sessions.run_indices(records, &hosts, opts.jobs, |conn, record| {
         let (lock_id, release) = match &opts.rollback_to {
@@ -326,6 +330,13 @@ fn roll_host(
     rollout_start: Instant,
 ) -> Result<(), (ErrorKind, String)> {
     let failed = |m: String| (ErrorKind::Failed, m);
+    if !opts.rollback && gate::already_live(record) {
+        let release = release_of(record).map_err(failed)?;
+        stats.release = release.to_string();
+        stats.previous = Some(release.to_string());
+        stats.already_live = true;
+        return Ok(());
+    }
     let root = root_of(record).map_err(failed)?.to_string();
     let release = if opts.rollback {
         opts.rollback_to.clone()
@@ -527,7 +538,12 @@ fn finish_host(
         .and_then(|v| v["previous"].as_str())
         .map(str::to_string);
     let release = record.release.clone().unwrap_or_default();
+    let unchanged = record
+        .steps
+        .get(STEP)
+        .is_some_and(|s| s["already_live"] == true);
     let result = match &record.error {
+        None if unchanged => "unchanged".to_string(),
         None => "ok".to_string(),
         Some(e) if e.kind == ErrorKind::Failed => format!("failed in {}", e.step),
         Some(e) => e.kind.as_str().to_string(),

@@ -50,6 +50,9 @@ pub struct SyncOptions {
     pub cache: bool,
     /// Compress small payloads (see [`codec`]).
     pub compress: bool,
+    /// Redeploy a release that is already live with this content (else the later steps
+    /// leave such a host alone: see [`SyncStats::already_live`]).
+    pub force: bool,
 }
 
 /// A problem found before any host was touched.
@@ -287,6 +290,9 @@ pub struct SyncStats {
     pub bytes_received: u64,
     /// The release was already complete with the same content: nothing was done.
     pub noop: bool,
+    /// ... and it is `current` already: no migration, switch or restart follows for this
+    /// host (unless `--force`). See [`dp_core::gate::already_live`].
+    pub already_live: bool,
     /// How the upload was compressed.
     pub compression: codec::Codec,
     /// Things the user should know (an expired lock taken over, leftovers cleaned).
@@ -594,6 +600,7 @@ pub fn prepare_host(
         return match digest {
             Some(d) if d == p.digest => {
                 stats.noop = true;
+                stats.already_live = !opts.force && stats.current.as_deref() == Some(&p.release);
                 stats.linked = p.manifest.file_count();
                 Ok(HostState::Done(stats))
             }

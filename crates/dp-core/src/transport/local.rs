@@ -49,11 +49,15 @@ impl Transport for LocalTransport {
             .spawn()
             .map_err(io_err("start sh"))?;
         let mut child_in = child.stdin.take();
-        let held = if hold_stdin { child_in.take() } else { None };
+        let held = if hold_stdin && stdin.is_none() {
+            child_in.take()
+        } else {
+            None
+        };
         let mut child_out = child.stdout.take().expect("piped stdout");
         let mut child_err = child.stderr.take().expect("piped stderr");
         let (fed, tail, copied) = std::thread::scope(|s| {
-            let feeder = s.spawn(move || -> io::Result<()> {
+            let feeder = s.spawn(move || -> io::Result<Option<std::process::ChildStdin>> {
                 if let (Some(input), Some(mut pipe)) = (stdin, child_in) {
                     match io::copy(input, &mut pipe) {
                         // The command may stop reading early; that is its business.
@@ -62,8 +66,10 @@ impl Transport for LocalTransport {
                             other?;
                         }
                     }
+                    // Held after the input: open until the command ends.
+                    return Ok(hold_stdin.then_some(pipe));
                 }
-                Ok(())
+                Ok(None)
             });
             let errors = s.spawn(move || {
                 let mut tail = TailBuffer::new(STDERR_TAIL);
@@ -78,7 +84,7 @@ impl Transport for LocalTransport {
             });
             let copied = io::copy(&mut child_out, stdout);
             drop(child_out);
-            let fed = feeder.join().unwrap_or(Ok(()));
+            let fed = feeder.join().unwrap_or(Ok(None));
             (fed, errors.join().unwrap_or_default(), copied)
         });
         let status = child.wait().map_err(io_err("wait for sh"))?;

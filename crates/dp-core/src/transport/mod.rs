@@ -227,6 +227,9 @@ pub enum Stdin<'a> {
     /// Held open, with no input and no end of input, until the command ends: it closes
     /// when dp goes away (see [`Transport::exec_held`]).
     Held,
+    /// Streamed from this reader, then held open like [`Stdin::Held`] (secrets a script
+    /// reads first, which must not be in its argv on the host).
+    FromThenHeld(&'a mut (dyn Read + Send)),
 }
 
 impl<'a> Stdin<'a> {
@@ -236,6 +239,7 @@ impl<'a> Stdin<'a> {
             Stdin::Closed => (None, false),
             Stdin::From(r) => (Some(r), false),
             Stdin::Held => (None, true),
+            Stdin::FromThenHeld(r) => (Some(r), true),
         }
     }
 }
@@ -285,8 +289,23 @@ pub trait Transport: Send {
 
     /// [`Transport::exec_held`], capturing stdout.
     fn run_held(&mut self, script: &str) -> Result<Output, TransportError> {
+        self.run_held_with(script, &[])
+    }
+
+    /// [`Transport::run_held`] with `input` on stdin first (then held open), for what
+    /// must not appear in the script's argv on the host: the script reads it first.
+    fn run_held_with(&mut self, script: &str, input: &[u8]) -> Result<Output, TransportError> {
+        if crate::interrupt::should_stop() {
+            return Err(TransportError::Interrupted);
+        }
         let mut stdout = Vec::new();
-        let status = self.exec_held(script, &mut stdout)?;
+        let script = format!("dp_held=1\n{script}");
+        let status = if input.is_empty() {
+            self.exec_stdin(&script, Stdin::Held, &mut stdout)?
+        } else {
+            let mut reader = input;
+            self.exec_stdin(&script, Stdin::FromThenHeld(&mut reader), &mut stdout)?
+        };
         Ok(Output { status, stdout })
     }
 

@@ -304,8 +304,8 @@ impl SshTransport {
         let mut inbuf = vec![0u8; 64 * 1024];
         let (mut in_pos, mut in_len) = (0usize, 0usize);
         let mut in_done = stdin.is_none();
-        // Held: no input and no end of input, until the command ends.
-        let mut eof_sent = hold_stdin;
+        // Held: no end of input (after the input, if any), until the command ends.
+        let mut eof_sent = hold_stdin && in_done;
         let mut outbuf = vec![0u8; 64 * 1024];
         let mut stderr = channel.stderr();
         // When the host last showed it is alive: data read, data it let us send (its
@@ -351,6 +351,8 @@ impl SshTransport {
                         // sending and collect its output and exit status.
                         Err(_) => eof_sent = true,
                     }
+                } else if in_done && hold_stdin {
+                    eof_sent = true;
                 } else if in_done {
                     match channel.send_eof() {
                         Ok(()) => {
