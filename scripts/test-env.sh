@@ -23,6 +23,8 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
     need="$need postgresql"
 fi
 command -v psql >/dev/null 2>&1 || need="$need postgresql-client"
+# The https health check test makes its certificate with the openssl command.
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
 # dp-restart's zero-downtime test: a real nginx load balancer.
 [ -x /usr/sbin/nginx ] || [ -x /usr/local/sbin/nginx ] || need="$need nginx-light"
 

@@ -1,7 +1,7 @@
 //! The `dp` wrapper: the one-line deploy equals the printed pipeline; status, history,
 //! rollback, unlock; a failing migration switches no host; a concurrent deploy is refused.
 
-use crate::util::{bin, Dir, Outcome, TestCommand};
+use crate::util::{bin, free_port, Dir, Outcome, TestCommand};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -518,6 +518,97 @@ fn framework_migrations_run_before_and_after_the_switch_with_the_database_url_hi
     );
     run_pipeline(&dir, secret, &printed.stdout).code(0);
     assert_eq!(read("post").lines().last(), Some("post sees releases/r4"));
+}
+
+#[test]
+fn https_health_checks_verify_the_certificate_against_the_system_roots() {
+    let dir = Dir::new("dp-https");
+    let roots = fixture(&dir);
+    let app = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/app.py"),
+    )
+    .unwrap();
+    dir.write("site/app.py", app);
+    // A self-signed certificate for localhost: trusted only where SSL_CERT_FILE names it.
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        ])
+        .args(["/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let ports = [free_port(), free_port()];
+    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
+    let start = format!(
+        "old=$(cat {{root}}/app.pid 2>/dev/null || true); [ -z \"$old\" ] || kill $old 2>/dev/null || true; sleep 0.2; \
+         APP_TLS={}:{} setsid python3 app.py {{port}} > {{root}}/app.log 2>&1 < /dev/null & echo $! > {{root}}/app.pid",
+        cert.display(),
+        key.display()
+    );
+    let config = config
+        .replace(
+            "command = \"echo {release} > {root}/restarted\"\nhealth_cmd = \"test -f VERSION\"",
+            &format!(
+                "command = '''{start}'''\nhealth_url = \"https://localhost:{{port}}/healthz\"\n\
+                 health_expect = \"ok {{release}}\"\nhealth_timeout = \"5s\""
+            ),
+        )
+        .replace(
+            "roles = [\"web\", \"migrate\"] }",
+            &format!(
+                "roles = [\"web\", \"migrate\"], vars = {{ port = {} }} }}",
+                ports[0]
+            ),
+        )
+        .replace(
+            "roles = [\"web\"] }",
+            &format!("roles = [\"web\"], vars = {{ port = {} }} }}", ports[1]),
+        );
+    assert!(config.contains("https://"), "{config}");
+    dir.write("deploy.toml", config);
+    let stop = || {
+        for root in &roots {
+            if let Ok(pid) = std::fs::read_to_string(root.join("app.pid")) {
+                let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    };
+    let trusted = dp_on(&dir, &sqlite_url(&dir))
+        .env("SSL_CERT_FILE", &cert)
+        .args(["deploy", "--release", "r1"])
+        .run();
+    if trusted.code != 0 {
+        stop();
+    }
+    trusted.code(0);
+    for root in &roots {
+        assert_eq!(current(root), "releases/r1");
+    }
+    // Not trusted: the check fails on the certificate, and the host is switched back.
+    dir.write("site/VERSION", "2\n");
+    let untrusted = dp_on(&dir, &sqlite_url(&dir))
+        .env("SSL_CERT_FILE", dir.path().join("no-such-roots.pem"))
+        .env("SSL_CERT_DIR", dir.path().join("no-such-dir"))
+        .args(["deploy", "--release", "r2"])
+        .run();
+    stop();
+    untrusted.code(1);
+    let e = untrusted.records()[0].error.clone().unwrap();
+    assert!(
+        e.message.contains("https://localhost:") && e.message.contains("certificate"),
+        "{}",
+        e.message
+    );
+    for root in &roots {
+        assert_eq!(current(root), "releases/r1");
+    }
 }
 
 #[test]

@@ -49,11 +49,17 @@ impl Health {
         match self {
             Health::Url(t) => {
                 let url = render(t, record, release, Escape::Url).map_err(|e| e.to_string())?;
-                let agent = ureq::AgentBuilder::new()
+                let mut agent = ureq::AgentBuilder::new()
                     .timeout_connect(Duration::from_secs(2))
                     .timeout(Duration::from_secs(5))
-                    .redirects(0)
-                    .build();
+                    .redirects(0);
+                if url.starts_with("https:") {
+                    // The system's roots (SSL_CERT_FILE and SSL_CERT_DIR are honoured).
+                    let tls = native_tls::TlsConnector::new()
+                        .map_err(|e| format!("health check {url}: TLS: {e}"))?;
+                    agent = agent.tls_connector(std::sync::Arc::new(tls));
+                }
+                let agent = agent.build();
                 loop {
                     match agent.get(&url).call() {
                         Ok(r) if (200..300).contains(&r.status()) => {

@@ -148,12 +148,12 @@ impl RestartOptions {
                     let url = render(t, r, release, Escape::Url)
                         .map_err(|e| named("health URL", e.to_string()))?;
                     match url::Url::parse(&url) {
-                        Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
+                        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                         Ok(u) => {
                             return Err(named(
                                 "health URL",
                                 format!(
-                                    "{url}: only http:// URLs with a host are checked (got {}:)",
+                                    "{url}: only http:// and https:// URLs with a host are checked (got {}:)",
                                     u.scheme()
                                 ),
                             ))
