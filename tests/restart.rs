@@ -1,12 +1,10 @@
 //! dp-restart over real sshd and local hosts, and zero downtime behind a real nginx.
 
-use crate::util::{free_port, spawn_guarded, sync_release, Dir, Fleet, Outcome, TestCommand};
+use crate::util::{free_port, get, sync_release, Dir, Fleet, Nginx, Outcome, TestCommand};
 use dp_core::Record;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
 fn local_record(name: &str, root: &Path, port: Option<u16>) -> Record {
     let mut r = crate::util::local_record(name, root);
@@ -244,95 +242,6 @@ fn template_values_are_quoted() {
         "$(touch pwned); `touch pwned2` 'x\""
     );
     assert!(!root.join("releases/r1/pwned").exists() && !root.join("releases/r1/pwned2").exists());
-}
-
-/// nginx in front of the apps, retrying the next upstream on errors.
-struct Nginx {
-    port: u16,
-    guard: Option<(Child, std::process::ChildStdin)>,
-}
-
-impl Nginx {
-    fn start(dir: &Path, upstreams: &[u16]) -> Nginx {
-        let port = free_port();
-        let tmp = dir.join("nginx-tmp");
-        std::fs::create_dir_all(&tmp).unwrap();
-        Command::new("chmod")
-            .args(["777"])
-            .arg(&tmp)
-            .status()
-            .unwrap();
-        let servers: String = upstreams
-            .iter()
-            .map(|p| format!("    server 127.0.0.1:{p} max_fails=0;\n"))
-            .collect();
-        let user = if crate::util::user() == "root" {
-            "user root;\n"
-        } else {
-            ""
-        };
-        let conf = format!(
-            "{user}worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
-             events {{ worker_connections 512; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {t}; proxy_temp_path {t}; fastcgi_temp_path {t};\n  \
-             uwsgi_temp_path {t}; scgi_temp_path {t};\n  upstream app {{\n{servers}  }}\n  server {{\n    \
-             listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://app;\n      \
-             proxy_next_upstream error timeout http_500 http_502 http_503 http_504;\n      \
-             proxy_next_upstream_tries 0;\n      proxy_connect_timeout 1s;\n    }}\n  }}\n}}\n",
-            d = dir.display(),
-            t = tmp.display(),
-        );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("nginx not found: run `make test` (it installs nginx)");
-        let script = format!(
-            "{nginx} -c {} -p {} & pid=$!; read _; kill -QUIT $pid; wait $pid",
-            conf_path.display(),
-            dir.display()
-        );
-        let (child, stdin) = spawn_guarded(Command::new("sh").args(["-c", &script]));
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Nginx {
-            port,
-            guard: Some((child, stdin)),
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        if let Some((mut child, stdin)) = self.guard.take() {
-            drop(stdin);
-            let _ = child.wait();
-        }
-    }
-}
-
-/// One GET through nginx: Ok(body) on 200.
-fn get(port: u16) -> Result<String, String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
-    let status = resp.lines().next().unwrap_or_default().to_string();
-    if !status.contains(" 200 ") {
-        return Err(status);
-    }
-    Ok(resp
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string())
 }
 
 fn kill_apps(roots: &[PathBuf]) {

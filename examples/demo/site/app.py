@@ -53,4 +53,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 http.server.ThreadingHTTPServer.allow_reuse_address = True
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+try:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+except OSError as e:
+    # Another process holds the port (the demo of another checkout, say): say so and
+    # stop, so the restart command fails instead of that process answering for us.
+    sys.exit(f"demo: cannot listen on port {sys.argv[1]}: {e.strerror} (another process holds it?)")
+print(f"listening on port {sys.argv[1]}, release {RELEASE}", flush=True)
+server.serve_forever()
