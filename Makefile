@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --locked
 
-.PHONY: all build release demo demo-stop test test-env fmt man bench bench-hosts bench-sync bench-deps bench-migrate bench-restart clean
+.PHONY: all build release demo demo-stop demo-django demo-django-stop test test-env fmt man bench bench-hosts bench-sync bench-deps bench-migrate bench-restart clean
 
 all: build
 
@@ -19,6 +19,14 @@ demo: release
 
 demo-stop:
 	-for f in target/demo/hosts/*/app.pid; do kill $$(cat $$f) 2>/dev/null; done
+
+## The Django example (examples/django) on two local hosts under target/django: Django
+## 5.2 LTS and gunicorn from wheels downloaded once, collectstatic, migrate, HUP reloads.
+demo-django: release
+	scripts/demo-django.sh
+
+demo-django-stop:
+	-for f in target/django/hosts/*/gunicorn.pid; do kill $$(cat $$f) 2>/dev/null; done
 
 ## Installs what the tests need, then: format check, clippy (warnings denied), all tests.
 test: test-env

@@ -45,3 +45,7 @@ if [ "$(id -u)" = 0 ]; then
     mkdir -p /run/sshd
     id postgres >/dev/null 2>&1 || useradd --system --home-dir /nonexistent --shell /bin/sh postgres
 fi
+
+# The Django example's test installs Django and gunicorn offline, from wheels that this
+# machine downloads once into a cache (again only when requirements.txt changes).
+examples/django/wheels.sh "${DP_DJANGO_WHEELS:-$HOME/.cache/dp/django-wheels}" >&2
