@@ -3,6 +3,7 @@
 mod util;
 
 mod deps;
+mod django;
 mod dp;
 mod faults;
 mod hosts;
