@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --locked
 
-.PHONY: all build release demo demo-stop demo-django demo-django-stop test test-env fmt man bench bench-hosts bench-sync bench-deps bench-migrate bench-restart clean
+.PHONY: all build release demo demo-stop demo-django demo-django-stop test test-env fmt man bench bench-hosts bench-sync bench-deps bench-migrate bench-restart bench-django clean
 
 all: build
 
@@ -45,7 +45,7 @@ man:
 	DP_BLESS=1 $(CARGO) test $(CARGO_FLAGS) --test integration -- man::
 
 ## Benchmarks (release build; numbers on stdout).
-bench: bench-hosts bench-sync bench-deps bench-migrate bench-restart
+bench: bench-hosts bench-sync bench-deps bench-migrate bench-restart bench-django
 
 bench-hosts: test-env release
 	scripts/bench/hosts.sh
@@ -61,6 +61,9 @@ bench-migrate: test-env release
 
 bench-restart: test-env release
 	scripts/bench/restart.sh
+
+bench-django: test-env release
+	scripts/bench/django.sh
 
 clean:
 	$(CARGO) clean

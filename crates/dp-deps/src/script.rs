@@ -45,10 +45,6 @@ link={link}
 pip_args={pip_args_text}
 keep_env={keep_env}
 set -- {lockfiles}
-# What the host's environment would change in the install goes, but for keep_env.
-for dp_v in $(env | sed -n 's/^\(PIP_[A-Za-z0-9_]*\)=.*/\1/p; s/^\([Nn][Pp][Mm]_[Cc][Oo][Nn][Ff][Ii][Gg]_[A-Za-z0-9_]*\)=.*/\1/p'); do
-  case " $keep_env " in *" $dp_v "*) ;; *) unset "$dp_v" ;; esac
-done
 if [ "$kind" = auto ]; then
   if [ -f requirements.txt ]; then kind=pip
   elif [ -f package-lock.json ]; then kind=npm
@@ -106,6 +102,11 @@ if [ ! -f "$env/.dp-complete" ]; then
       # The build is a shell of its own (so `set -e` holds: it does not inside an `if`)
       # under a deadline that stops it with everything the installer started.
       export env kind python pip_args cmd
+      # What the host's environment would change in the install goes, but for keep_env
+      # (only here, where a build happens: a hit starts no process for it).
+      for dp_v in $(env | sed -n 's/^\(PIP_[A-Za-z0-9_]*\)=.*/\1/p; s/^\([Nn][Pp][Mm]_[Cc][Oo][Nn][Ff][Ii][Gg]_[A-Za-z0-9_]*\)=.*/\1/p'); do
+        case " $keep_env " in *" $dp_v "*) ;; *) unset "$dp_v" ;; esac
+      done
 {release_env}      if ! dp_locked dp_deadline {timeout} "the dependency build" "$log" sh -c {build} dp-deps-build "$@" 2>/dev/null; then
         tail -n 25 "$log" >&2
         rm -rf "$env"
