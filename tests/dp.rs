@@ -1050,7 +1050,12 @@ fn every_command_knows_its_release_the_previous_one_and_the_root() {
         )
         .replace(
             "[restart]",
-            "[migrate]\nexec = \"SHOW > $DP_ROOT/exec-env\"\n[restart]",
+            "[migrate]\nexec = \"SHOW > $DP_ROOT/exec-env; echo {release} > {root}/exec-tpl\"\n\
+             [build]\ncommand = \"SHOW > $DP_ROOT/build-env; echo {release} > {root}/build-tpl\"\n[restart]",
+        )
+        .replace(
+            "health_cmd = \"test -f VERSION\"",
+            "health_cmd = \"SHOW > $DP_ROOT/health-env\"",
         )
         .replace("SHOW", show);
     let with_deps = |n: u32| {
@@ -1071,6 +1076,13 @@ fn every_command_knows_its_release_the_previous_one_and_the_root() {
         let want = format!("r2|r1|{}\n", root.display());
         assert_eq!(read(root, "restart-env"), want, "restart command");
         assert_eq!(read(root, "deps-env"), want, "dependency command");
+        assert_eq!(read(root, "health-env"), want, "health command");
+        assert_eq!(read(root, "build-env"), want, "build command");
+        assert_eq!(
+            read(root, "build-tpl"),
+            "r2\n",
+            "{{release}} in the build command"
+        );
         // Each release names itself in REVISION; r2's was not written through a hard
         // link into r1's.
         assert_eq!(read(root, "current/REVISION"), "r2\n");
@@ -1082,4 +1094,22 @@ fn every_command_knows_its_release_the_previous_one_and_the_root() {
         format!("r2|r1|{}\n", roots[0].display())
     );
     assert!(!roots[1].join("exec-env").exists());
+    assert_eq!(read(&roots[0], "exec-tpl"), "r2\n");
+    // An unknown placeholder in any command is refused before any host is touched.
+    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
+    dir.write(
+        "deploy.toml",
+        config.replace("> {root}/build-tpl", "> {root}/{relase}"),
+    );
+    let out = dp(&dir, &["deploy", "--release", "r3"]);
+    out.code(2);
+    assert!(
+        out.stderr
+            .contains("a: [build] command: unknown placeholder {relase}"),
+        "{}",
+        out.stderr
+    );
+    for root in &roots {
+        assert!(!root.join("releases/r3").exists());
+    }
 }

@@ -135,6 +135,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
     };
     opts.check().map_err(anyhow::Error::msg)?;
     let mut records = read_input("-")?;
+    opts.check_templates(&records).map_err(anyhow::Error::msg)?;
     let mut sessions = Sessions::new();
     dp_deps::run(&mut records, &mut sessions, &opts);
     dp_core::lock::release_if_interrupted(&mut records, &mut sessions, opts.jobs, dp_deps::STEP);

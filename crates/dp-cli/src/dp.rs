@@ -160,7 +160,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 return Ok(Exit::Ok);
             }
             let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
-            plan.restart.check(&records).map_err(anyhow::Error::msg)?;
+            plan.check(&records).map_err(anyhow::Error::msg)?;
             if matches!(plan.restart.health, Some(dp_restart::Health::Url(_)))
                 && plan.restart.health_expect.is_none()
             {

@@ -186,6 +186,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                     .or(section.exec_timeout)
                     .unwrap_or(dp_migrate::DEFAULT_EXEC_TIMEOUT),
             };
+            opts.check(&records).map_err(anyhow::Error::msg)?;
             dp_migrate::run_exec(&mut records, &mut Sessions::new(), &opts);
         }
         None => {

@@ -14,6 +14,7 @@ mod script;
 use dp_core::layout::{release_of, root_of};
 use dp_core::lock;
 use dp_core::parallel::Sessions;
+use dp_core::template::{render, Escape};
 use dp_core::transport::Transport;
 use dp_core::Record;
 use serde::Serialize;
@@ -147,6 +148,17 @@ impl DepsOptions {
         }
         Ok(())
     }
+
+    /// Checks, before any host is touched, that the build command renders for every
+    /// record (it is a template: `{release}`, `{root}`, the host's vars).
+    pub fn check_templates(&self, records: &[Record]) -> Result<(), String> {
+        let Some(b) = &self.build else { return Ok(()) };
+        for r in records.iter().filter(|r| !r.failed()) {
+            render(&b.command, r, "r", Escape::Shell)
+                .map_err(|e| format!("{}: [build] command: {e}", r.host))?;
+        }
+        Ok(())
+    }
 }
 
 /// What dp-deps did on one host (`steps.deps`).
@@ -210,11 +222,15 @@ pub fn deps_host(
 pub fn host_script(record: &Record, opts: &DepsOptions) -> Result<String, String> {
     let root = root_of(record)?;
     let release = release_of(record)?;
-    let build = opts
-        .build
-        .as_ref()
-        .filter(|_| !dp_core::gate::already_live(record));
-    script::deps(root, release, opts, build).map_err(|e| e.to_string())
+    let build = match &opts.build {
+        Some(b) if !dp_core::gate::already_live(record) => Some(Build {
+            command: render(&b.command, record, release, Escape::Shell)
+                .map_err(|e| format!("[build] command: {e}"))?,
+            timeout: b.timeout,
+        }),
+        _ => None,
+    };
+    script::deps(root, release, opts, build.as_ref()).map_err(|e| e.to_string())
 }
 
 /// What [`host_script`] did, read from its output.

@@ -192,6 +192,22 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
     })
 }
 
+impl Plan {
+    /// Checks, before any host is touched, that every template renders for every host:
+    /// the build command, the migration commands, the restart command and health check.
+    pub fn check(&self, records: &[Record]) -> Result<(), String> {
+        if let Some(d) = &self.deps {
+            d.check_templates(records)?;
+        }
+        if let Some(MigrateStep::Exec { pre, post }) = &self.migrate {
+            for e in pre.iter().chain(post) {
+                e.check(records)?;
+            }
+        }
+        self.restart.check(records)
+    }
+}
+
 /// The restart step's options from deploy.toml and flags (what `dp rollback` needs too;
 /// it needs no database).
 pub fn restart_options(config: &Config, o: &Overrides) -> Result<RestartOptions, FlowError> {

@@ -6,6 +6,7 @@ use dp_core::layout::{release_of, root_of, script_prelude};
 use dp_core::lock;
 use dp_core::parallel::Sessions;
 use dp_core::quote::quote_str;
+use dp_core::template::{render, Escape};
 use dp_core::transport::Transport;
 use dp_core::Record;
 use std::time::Duration;
@@ -97,6 +98,18 @@ pub struct ExecOptions {
 /// How long the migration command may run by default.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+impl ExecOptions {
+    /// Checks, before any host is touched, that the command renders for every record (it
+    /// is a template: `{release}`, `{root}`, the host's vars).
+    pub fn check(&self, records: &[Record]) -> Result<(), String> {
+        for r in records.iter().filter(|r| !r.failed()) {
+            render(&self.command, r, "r", Escape::Shell)
+                .map_err(|e| format!("{}: the migration command: {e}", r.host))?;
+        }
+        Ok(())
+    }
+}
+
 /// Lines of the command's output kept in `steps.migrate.output` (and shown with -v).
 const OUTPUT_LINES: usize = 20;
 
@@ -158,7 +171,8 @@ dp_locked dp_deadline {secs} {what} "$root/.dp/"{log} sh -c {cmd} || dp_rc=$?
         rel = q(release)?,
         what = q(what)?,
         log = q(log)?,
-        cmd = q(&opts.command)?,
+        cmd =
+            q(&render(&opts.command, record, release, Escape::Shell).map_err(|e| e.to_string())?)?,
     ));
     let out = conn
         .run_held_with(&s, input.as_bytes())

@@ -24,11 +24,13 @@ pub enum Health {
 impl Health {
     /// Polls until healthy or `timeout`; the error names the check and the last answer.
     /// With `expect`, the answer (the body, or the command's output) must contain it.
+    /// A health command gets `DP_RELEASE` (`release`), `DP_PREVIOUS_RELEASE` (`previous`)
+    /// and `DP_ROOT` in its environment.
     pub fn wait(
         &self,
         conn: &mut dyn Transport,
         record: &Record,
-        release: &str,
+        (release, previous): (&str, Option<&str>),
         timeout: Duration,
         expect: Option<&str>,
     ) -> Result<(), String> {
@@ -92,11 +94,16 @@ impl Health {
                 let root = record.root.clone().unwrap_or_default();
                 let prelude = script_prelude(&root).map_err(|e| e.to_string())?;
                 let cmd = quote_str(&cmd).map_err(|e| e.to_string())?;
+                let q = |s: &str| quote_str(s).map_err(|e| e.to_string());
+                let env = dp_core::layout::release_env_sh(
+                    &q(release)?,
+                    Some(&q(previous.unwrap_or(""))?),
+                );
                 loop {
                     // Each try may take what is left of the health timeout, no more.
                     let left = timeout.saturating_sub(started.elapsed()).as_secs().max(1);
                     let script = format!(
-                        "{prelude}cd -P \"$root/current\"\n\
+                        "{prelude}cd -P \"$root/current\"\n{env}\
                          dp_deadline {left} 'the health check' \"$root/.dp/health.log\" sh -c {cmd}\n"
                     );
                     match conn.run_held(&script) {

@@ -420,7 +420,7 @@ fn roll_host(
         match health.wait(
             conn,
             record,
-            &stats.release,
+            (&stats.release, stats.previous.as_deref()),
             opts.health_timeout,
             opts.health_expect.as_deref(),
         ) {
