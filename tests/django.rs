@@ -4,9 +4,8 @@
 //! build step, `manage.py migrate` as the migration command, a client counting failed
 //! requests through nginx while each deploy runs.
 
-use crate::util::{free_port, get, Dir, Fleet, Nginx, Outcome, TestCommand};
+use crate::util::{free_port, get, under_load, Dir, Fleet, Nginx, Outcome, TestCommand};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The wheel cache `scripts/test-env.sh` fills (examples/django/wheels.sh).
 fn wheels() -> PathBuf {
@@ -72,25 +71,7 @@ impl Site {
     /// `dp deploy --release RELEASE` while a client sends requests through `nginx`:
     /// the outcome, and how many requests succeeded and failed.
     fn deploy_under_load(&self, nginx: &Nginx, release: &str) -> (Outcome, usize, usize) {
-        let done = AtomicBool::new(false);
-        let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        let out = std::thread::scope(|s| {
-            s.spawn(|| {
-                while !done.load(Ordering::SeqCst) {
-                    match get(nginx.port) {
-                        Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
-                        Err(e) => {
-                            eprintln!("failed request: {e}");
-                            failed.fetch_add(1, Ordering::SeqCst)
-                        }
-                    };
-                }
-            });
-            let out = self.dp(&["deploy", "--release", release]);
-            done.store(true, Ordering::SeqCst);
-            out
-        });
-        (out, ok.into_inner(), failed.into_inner())
+        under_load(nginx.port, || self.dp(&["deploy", "--release", release]))
     }
 
     /// What each host's gunicorn answers on /healthz, directly.

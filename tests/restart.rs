@@ -1,10 +1,11 @@
 //! dp-restart over real sshd and local hosts, and zero downtime behind a real nginx.
 
-use crate::util::{free_port, get, sync_release, Dir, Fleet, Nginx, Outcome, TestCommand};
+use crate::util::{
+    free_port, get, sync_release, under_load, Dir, Fleet, Nginx, Outcome, TestCommand,
+};
 use dp_core::Record;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 fn local_record(name: &str, root: &Path, port: Option<u16>) -> Record {
     let mut r = crate::util::local_record(name, root);
@@ -302,26 +303,9 @@ fn zero_downtime_rollout_behind_nginx() {
     let run_with_load = |release: &str, version: &str, code: i32| -> (Outcome, usize, usize) {
         dir.write("src/VERSION", format!("{version}\n"));
         let synced = sync_release(&src, input.as_str(), release);
-        let done = AtomicBool::new(false);
-        let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        let out = std::thread::scope(|s| {
-            s.spawn(|| {
-                while !done.load(Ordering::SeqCst) {
-                    match get(nginx.port) {
-                        Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
-                        Err(e) => {
-                            eprintln!("failed request: {e}");
-                            failed.fetch_add(1, Ordering::SeqCst)
-                        }
-                    };
-                }
-            });
-            let out = restart(&synced, &args);
-            done.store(true, Ordering::SeqCst);
-            out
-        });
+        let (out, ok, failed) = under_load(nginx.port, || restart(&synced, &args));
         out.code(code);
-        (out, ok.into_inner(), failed.into_inner())
+        (out, ok, failed)
     };
 
     let (_, ok, failed) = run_with_load("v2", "2", 0);

@@ -944,3 +944,28 @@ pub fn get(port: u16) -> Result<String, String> {
         .unwrap_or_default()
         .to_string())
 }
+
+/// Runs `f` while a client sends GET / to `port` in a loop: what `f` returned, and how
+/// many requests succeeded and failed (each failure is printed).
+pub fn under_load<T>(port: u16, f: impl FnOnce() -> T) -> (T, usize, usize) {
+    use std::sync::atomic::AtomicBool;
+    let done = AtomicBool::new(false);
+    let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                match get(port) {
+                    Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                    Err(e) => {
+                        eprintln!("failed request: {e}");
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+        });
+        let out = f();
+        done.store(true, Ordering::SeqCst);
+        out
+    });
+    (out, ok.into_inner(), failed.into_inner())
+}

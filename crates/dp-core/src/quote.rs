@@ -11,6 +11,15 @@
 #[error("argument contains a NUL byte: {0:?}")]
 pub struct QuoteError(pub String);
 
+/// True when `name` can name a shell variable (or a template placeholder): ASCII
+/// letters, digits and `_`, not starting with a digit.
+pub fn is_shell_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Quotes `arg` as one word for a POSIX shell, byte for byte.
 pub fn quote(arg: impl AsRef<[u8]>) -> Result<String, QuoteError> {
     let bytes = arg.as_ref();

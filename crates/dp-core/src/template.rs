@@ -55,13 +55,7 @@ enum Piece<'a> {
 /// is `${name}`, which belongs to the shell, and `{}` (find -exec). `{{name}}` is the
 /// text `{name}`.
 fn pieces(template: &str) -> Vec<Piece<'_>> {
-    let is_name = |n: &str| {
-        let n = n.strip_prefix("vars.").unwrap_or(n);
-        n.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
+    let is_name = |n: &str| crate::quote::is_shell_name(n.strip_prefix("vars.").unwrap_or(n));
     let mut out = Vec::new();
     let mut text_start = 0;
     let mut i = 0;

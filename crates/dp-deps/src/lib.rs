@@ -128,12 +128,7 @@ impl DepsOptions {
     /// Checks what can be checked before any host is touched: the names in `keep_env`.
     pub fn check(&self) -> Result<(), String> {
         for name in &self.keep_env {
-            let ok = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !ok {
+            if !dp_core::quote::is_shell_name(name) {
                 return Err(format!(
                     "[deps] env: {name:?} is not an environment variable name"
                 ));

@@ -30,12 +30,7 @@ impl PassedEnv {
     pub fn from_names(names: &[String]) -> Result<PassedEnv, String> {
         let mut vars = Vec::new();
         for name in names {
-            let ok = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !ok {
+            if !dp_core::quote::is_shell_name(name) {
                 return Err(format!(
                     "[migrate] env: {name:?} is not an environment variable name"
                 ));
