@@ -23,6 +23,11 @@ if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb 
     need="$need postgresql"
 fi
 command -v psql >/dev/null 2>&1 || need="$need postgresql-client"
+# Login shells the scripts must run under unchanged (quote::sh_command, the shell tests).
+command -v zsh >/dev/null 2>&1 || need="$need zsh"
+command -v fish >/dev/null 2>&1 || need="$need fish"
+command -v bash >/dev/null 2>&1 || need="$need bash"
+command -v dash >/dev/null 2>&1 || need="$need dash"
 # The https health check test makes its certificate with the openssl command.
 command -v openssl >/dev/null 2>&1 || need="$need openssl"
 # dp-restart's zero-downtime test: a real nginx load balancer.
@@ -44,6 +49,13 @@ fi
 if [ "$(id -u)" = 0 ]; then
     mkdir -p /run/sshd
     id postgres >/dev/null 2>&1 || useradd --system --home-dir /nonexistent --shell /bin/sh postgres
+    # Deploy users whose login shells differ: the same deploy must give the same result.
+    for shell in bash dash zsh fish; do
+        id "dp-$shell" >/dev/null 2>&1 ||
+            useradd --create-home --shell "$(command -v "$shell")" "dp-$shell"
+        # No password, but not locked: sshd (without PAM) refuses locked accounts.
+        usermod -p '*' "dp-$shell"
+    done
 fi
 
 # The Django example's test installs Django and gunicorn offline, from wheels that this

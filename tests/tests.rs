@@ -10,5 +10,6 @@ mod hosts;
 mod man;
 mod migrate;
 mod restart;
+mod shells;
 mod sync;
 mod transport;

@@ -20,6 +20,26 @@ pub fn is_shell_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// The command line that runs `script` with `/bin/sh`, whatever login shell reads it
+/// first: over SSH a command goes to the user's shell (`$SHELL -c`), which may be bash,
+/// dash, zsh or fish. The script travels as one single-quoted word that each of them
+/// reads the same way: a `'` becomes `'\''` and a `\` becomes `'"\\"'` (fish, unlike
+/// POSIX shells, reads backslash escapes inside single quotes, but not these). csh and
+/// tcsh are not among them (they end a quoted word at a newline).
+pub fn sh_command(script: &str) -> String {
+    let mut out = String::with_capacity(script.len() + 32);
+    out.push_str("exec /bin/sh -c '");
+    for c in script.chars() {
+        match c {
+            '\'' => out.push_str("'\\''"),
+            '\\' => out.push_str("'\"\\\\\"'"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
 /// Quotes `arg` as one word for a POSIX shell, byte for byte.
 pub fn quote(arg: impl AsRef<[u8]>) -> Result<String, QuoteError> {
     let bytes = arg.as_ref();
@@ -77,6 +97,30 @@ fn push_single_quoted(out: &mut String, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The same script gives the same output through every login shell dp supports
+    /// (`make test` installs zsh and fish).
+    #[test]
+    fn sh_command_reads_the_same_in_every_login_shell() {
+        let script = "set -e\nlist='a b  c'\nfor w in $list; do printf '<%s>' \"$w\"; done\n\
+                      printf '%s|%s\\n' \"it's\" 'back\\slash \\\\ \\' $((1 + 2))\n\
+                      printf '\\101\\n'; echo \"${0##*/} $# ${HOME:+home}\"\n";
+        let reference = std::process::Command::new("/bin/sh")
+            .args(["-c", script])
+            .output()
+            .unwrap();
+        assert!(reference.status.success(), "{reference:?}");
+        let want = String::from_utf8(reference.stdout).unwrap();
+        assert!(want.starts_with("<a><b><c>it's|back\\slash"), "{want}");
+        for shell in ["sh", "dash", "bash", "zsh", "fish"] {
+            let out = std::process::Command::new(shell)
+                .args(["-c", &sh_command(script)])
+                .output()
+                .unwrap_or_else(|e| panic!("{shell}: {e} (make test installs it)"));
+            assert!(out.status.success(), "{shell}: {out:?}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{shell}");
+        }
+    }
 
     #[test]
     fn shapes() {

@@ -426,7 +426,9 @@ impl Transport for SshTransport {
         let (session, fd, control) = (&self.session, self.fd, self.control_timeout());
         let mut channel = nb(session, fd, control, || session.channel_session())
             .map_err(self.control_err("open channel"))?;
-        nb(session, fd, control, || channel.exec(script))
+        // The login shell only starts /bin/sh with the script (see quote::sh_command).
+        let command = crate::quote::sh_command(script);
+        nb(session, fd, control, || channel.exec(&command))
             .map_err(self.control_err("start command"))?;
         let mut tail = TailBuffer::new(STDERR_TAIL);
         if let Err(e) = self.pump(&mut channel, stdin, hold_stdin, stdout, &mut tail) {
