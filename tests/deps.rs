@@ -480,3 +480,116 @@ fn the_build_command_runs_in_each_new_release_and_its_failure_stops_the_host() {
     }
     unlock(&roots);
 }
+
+/// Environments under `<root>/.dp/deps` marked complete.
+fn complete_envs(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join(".dp/deps"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().join(".dp-complete").exists())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_failing_venv_npm_ci_or_command_line_fails_the_host_and_is_built_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Dir::new("deps-failing-steps");
+    let bin = dir.path().join("bin");
+    // Stubs first on PATH: each fails (with the real tool's kind of message) until its
+    // `-ok` file exists, then does what the real tool would.
+    let stub = |name: &str, body: &str| {
+        let p = dir.write(&format!("bin/{name}"), format!("#!/bin/sh\n{body}"));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let ok = |name: &str| dir.write(&format!("bin/{name}-ok"), "");
+    let b = bin.display();
+    stub("node", "echo v20.0.0\n");
+    stub(
+        "npm",
+        &format!(
+            "[ -f {b}/npm-ok ] && {{ mkdir -p node_modules/leftpad; exit 0; }}\n\
+             echo 'npm ERR! code E404' >&2\necho 'npm ERR! 404 Not Found - GET leftpad' >&2\nexit 1\n"
+        ),
+    );
+    stub(
+        "python-stub",
+        &format!(
+            "case $1 in --version) echo 'Python 3.11.99' ;;\n\
+             *) [ -f {b}/python-ok ] && exec python3 \"$@\"\n\
+             echo 'Error: ensurepip is not available (apt install python3-venv)' >&2; exit 1 ;;\nesac\n"
+        ),
+    );
+    let path = format!("{b}:{}", std::env::var("PATH").unwrap());
+    let cases: [(&str, &str, &[&str], &str); 3] = [
+        (
+            "npm",
+            "package-lock.json",
+            &["--kind", "npm"],
+            "npm ERR! 404 Not Found - GET leftpad",
+        ),
+        (
+            "python",
+            "requirements.txt",
+            &[
+                "--kind",
+                "pip",
+                "--python",
+                "python-stub",
+                "--pip-arg=--no-index",
+            ],
+            "Error: ensurepip is not available",
+        ),
+        (
+            "cmd",
+            "deps.lock",
+            // The first line fails; the second would succeed and hide it under sh -c.
+            &[
+                "--kind",
+                "command",
+                "--lockfile",
+                "deps.lock",
+                "--command",
+                "cat \"$DP_CMD_OK\"\necho fetched > \"$DP_DEPS_DIR/vendor.txt\"",
+            ],
+            "No such file or directory",
+        ),
+    ];
+    for (name, lockfile, args, message) in cases {
+        let src = dir.path().join(format!("src-{name}"));
+        dir.write(&format!("src-{name}/{lockfile}"), "\n");
+        dir.write(&format!("src-{name}/package.json"), "{}\n");
+        let root = dir.path().join(format!("host-{name}"));
+        let input = local_line("local1", &root);
+        let run = |release: &str| {
+            TestCommand::new("dp-deps")
+                .args(args)
+                .env("PATH", &path)
+                .env("DP_CMD_OK", bin.join("cmd-ok"))
+                .stdin(sync_release(&src, input.as_str(), release))
+                .run()
+        };
+        let out = run("r1");
+        out.code(1);
+        let e = out.records()[0].error.clone().unwrap();
+        assert!(e.message.contains(message), "{name}: {}", e.message);
+        assert!(
+            complete_envs(&root).is_empty(),
+            "{name}: nothing complete is left"
+        );
+        unlock(std::slice::from_ref(&root));
+        // Fixed on the host: the next deploy builds the same environment again.
+        ok(name);
+        let out = run("r2");
+        out.code(0);
+        assert_eq!(out.records()[0].steps["deps"]["cache"], "built", "{name}");
+        assert_eq!(complete_envs(&root).len(), 1, "{name}");
+        unlock(std::slice::from_ref(&root));
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("host-cmd/releases/r2/deps/vendor.txt")).unwrap(),
+        "fetched\n"
+    );
+}

@@ -156,14 +156,14 @@ fi
         keep_env = quote_str(&opts.keep_env.join(" "))?,
     ));
     if let Some(b) = build {
-        // The build runs in the release with its environments first on PATH; its first
-        // failing line fails it when the command uses `set -e` (sh -c runs it as given).
+        // The build runs in the release with its environments first on PATH, under
+        // `sh -e`: its first failing line fails it.
         s.push_str(&format!(
             r#"cd "$rd"
 PATH="$rd/.venv/bin:$rd/node_modules/.bin:$PATH"
 export PATH
 {release_env}dp_rc=0
-dp_locked dp_deadline {secs} 'the build command' "$root/.dp/build.log" sh -c {cmd} || dp_rc=$?
+dp_locked dp_deadline {secs} 'the build command' "$root/.dp/build.log" sh -e -c {cmd} || dp_rc=$?
 if [ "$dp_rc" -ne 0 ]; then echo "the build command failed (exit status $dp_rc); its output is in $root/.dp/build.log" >&2; exit {failed}; fi
 echo "build ok"
 "#,
@@ -196,7 +196,8 @@ npm)
   ;;
 command)
   mkdir -p "$env"
-  DP_DEPS_DIR="$env" sh -c "$cmd"
+  # Its first failing line fails it, as in every build step.
+  DP_DEPS_DIR="$env" sh -e -c "$cmd"
   ;;
 esac
 "#;
