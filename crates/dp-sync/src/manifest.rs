@@ -148,17 +148,18 @@ impl Manifest {
         self.entries.iter().filter(|e| e.is_file()).count()
     }
 
-    /// A `sha256sum -c` list of every regular file. Names with a newline or backslash use
-    /// GNU's escaped form (line starts with `\`).
+    /// A `sha256sum -c` list of every regular file, each name as `./name` (so a file
+    /// named `-` is not read as stdin, nor `-n` as an option). Names with a newline or
+    /// backslash use GNU's escaped form (line starts with `\`).
     pub fn sha256sums(&self) -> String {
         let mut out = String::new();
         for e in &self.entries {
             if let Kind::File { sha256, .. } = &e.kind {
                 if e.path.contains(['\n', '\\']) {
                     let escaped = e.path.replace('\\', "\\\\").replace('\n', "\\n");
-                    out.push_str(&format!("\\{sha256}  {escaped}\n"));
+                    out.push_str(&format!("\\{sha256}  ./{escaped}\n"));
                 } else {
-                    out.push_str(&format!("{sha256}  {}\n", e.path));
+                    out.push_str(&format!("{sha256}  ./{}\n", e.path));
                 }
             }
         }
@@ -264,7 +265,7 @@ mod tests {
             },
         ]);
         assert_eq!(Manifest::parse(&m.to_text()), Some(m.clone()));
-        assert!(m.sha256sums().starts_with("\\00  a\\nb\n"));
+        assert!(m.sha256sums().starts_with("\\00  ./a\\nb\n"));
     }
 
     #[test]
