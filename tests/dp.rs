@@ -1113,3 +1113,62 @@ fn every_command_knows_its_release_the_previous_one_and_the_root() {
         assert!(!root.join("releases/r3").exists());
     }
 }
+
+#[test]
+fn a_host_with_busybox_tools_first_on_its_path_is_refused_before_anything_changes() {
+    let dir = Dir::new("dp-busybox");
+    let roots = fixture(&dir);
+    // BusyBox's applets first on PATH (the local transport's hosts share dp's PATH).
+    let list = std::process::Command::new("busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox is needed for this test: run make test (it installs busybox)");
+    let applets = dir.path().join("busybox-bin");
+    std::fs::create_dir_all(&applets).unwrap();
+    let busybox = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v busybox"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if !matches!(applet, "sh" | "ash") {
+            std::os::unix::fs::symlink(busybox.trim(), applets.join(applet)).unwrap();
+        }
+    }
+    let path = format!("{}:{}", applets.display(), std::env::var("PATH").unwrap());
+    let with_busybox = |args: &[&str]| {
+        dp_on(&dir, &sqlite_url(&dir))
+            .env("PATH", &path)
+            .args(args)
+            .run()
+    };
+    let why =
+        "this host lacks what dp's scripts need: cp -al --remove-destination (GNU coreutils cp)";
+    let setup = with_busybox(&["setup"]);
+    setup.code(1);
+    assert!(setup.stderr.contains(why), "{}", setup.stderr);
+    let out = with_busybox(&["deploy", "--release", "r1"]);
+    out.code(1);
+    let e = out.records()[0].error.clone().unwrap();
+    assert_eq!(e.step, "sync");
+    assert!(e.message.contains(why), "{}", e.message);
+    for root in &roots {
+        assert!(!root.join("current").exists());
+        assert!(!root.join(".dp/lock").exists());
+        let releases: Vec<_> = std::fs::read_dir(root.join("releases"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(releases.is_empty(), "{releases:?}");
+    }
+    // With the GNU tools the same hosts pass (and are not probed again on that PATH);
+    // BusyBox first again is a new PATH: probed, refused.
+    dp(&dir, &["deploy", "--release", "r1"]).code(0);
+    dir.write("site/VERSION", "2\n");
+    with_busybox(&["deploy", "--release", "r2"]).code(1);
+    for root in &roots {
+        assert_eq!(current(root), "releases/r1");
+    }
+}

@@ -628,13 +628,14 @@ fn an_unreadable_lock_is_reported_and_expires_with_its_lease() {
         }
     }
     let e = out.records()[2].error.clone().unwrap();
-    assert!(
-        e.message
-            .contains("deploy lock is corrupt (0 bytes, written 0 s ago)")
-            || e.message
-                .contains("deploy lock is corrupt (0 bytes, written 1 s ago)"),
-        "{e:?}"
-    );
+    // Written moments ago (seconds, on a busy machine).
+    let age = e
+        .message
+        .split("deploy lock is corrupt (0 bytes, written ")
+        .nth(1)
+        .and_then(|rest| rest.split(" s ago)").next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(age.is_some_and(|s| s <= 10), "{e:?}");
     assert!(lock.exists(), "another's lock is not removed");
     // ... and taken over once a lease has passed since it was written.
     let old = std::process::Command::new("touch")

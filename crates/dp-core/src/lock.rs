@@ -124,6 +124,8 @@ pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<Str
   # place: it is complete or absent, never empty or partial.
   dp_write() {{
     printf '%s\n' "$dp_info" > "$lock.$$" && return
+    # dash's printf says only "I/O error"; cat names the cause (a full disk, say).
+    printf '%s\n' "$dp_info" | cat > "$lock.$$" && return
     rm -f "$lock.$$"
     echo "cannot write the deploy lock in $root/.dp (see above)" >&2
     exit {write_failed}

@@ -59,9 +59,9 @@ done
 if [ -n "$missing" ]; then echo "missing on this host:$missing" >&2; exit 1; fi
 probe="$root/.dp/.write-test.$$"
 : > "$probe" && rm -f "$probe" || {{ echo "$root is not writable" >&2; exit 1; }}
-echo "ok"
 "#
-        ))
+        ) + &dp_core::layout::host_check_sh(true)
+            + "echo ok\n")
     });
     for (r, res) in records.iter_mut().zip(results) {
         if let Ok(text) = res {

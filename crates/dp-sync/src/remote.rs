@@ -26,6 +26,9 @@ pub fn prepare(
     known: &[String],
 ) -> Result<String, QuoteError> {
     let mut s = script_prelude(root)?;
+    // Before anything changes (the lock is taken below): a host without the tools the
+    // scripts need is refused here, not halfway through the build.
+    s.push_str(&dp_core::layout::host_check_sh(false));
     s.push_str(&dp_core::lock::acquire_script(release, lease, true)?);
     s.push_str(&format!(
         r#"rel={rel}
