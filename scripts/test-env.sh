@@ -28,6 +28,8 @@ command -v zsh >/dev/null 2>&1 || need="$need zsh"
 command -v fish >/dev/null 2>&1 || need="$need fish"
 command -v bash >/dev/null 2>&1 || need="$need bash"
 command -v dash >/dev/null 2>&1 || need="$need dash"
+# The host-side scripts must pass shellcheck (POSIX sh mode).
+command -v shellcheck >/dev/null 2>&1 || need="$need shellcheck"
 # A host whose PATH puts BusyBox's applets first must be refused with a clear message.
 command -v busybox >/dev/null 2>&1 || need="$need busybox"
 # The https health check test makes its certificate with the openssl command.

@@ -10,6 +10,7 @@ mod hosts;
 mod man;
 mod migrate;
 mod restart;
+mod shellcheck;
 mod shells;
 mod sync;
 mod transport;

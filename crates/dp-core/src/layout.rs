@@ -14,6 +14,30 @@
 
 use crate::quote::{quote_str, QuoteError};
 
+/// A shell file of the host side as it is sent: without its comment lines and blank
+/// lines, which would otherwise travel with every script. (No line of dp's scripts that
+/// starts with `#` is inside a quoted string.)
+pub fn strip_comments(text: &str) -> String {
+    text.lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            !t.is_empty() && !t.starts_with('#')
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// A host-side shell file (`include_str!` of a `.sh` file), as sent ([`strip_comments`]),
+/// made once per run.
+#[macro_export]
+macro_rules! sh_file {
+    ($path:literal) => {{
+        static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        TEXT.get_or_init(|| $crate::layout::strip_comments(include_str!($path)))
+            .as_str()
+    }};
+}
+
 /// Checks that `id` can name a release: 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting
 /// with `.` or `-`. Release ids appear in paths and scripts; keeping them plain keeps
 /// every listing and glob on the host simple.
@@ -36,75 +60,11 @@ pub fn script_prelude(root: &str) -> Result<String, QuoteError> {
     let root = root.trim_end_matches('/');
     let root = if root.is_empty() { "/" } else { root };
     Ok(format!(
-        "set -e\numask 022\nunset CDPATH\nroot={}\nreleases=\"$root/releases\"\n{SHELL_HELPERS}",
-        quote_str(root)?
+        "set -e\numask 022\nunset CDPATH\nroot={}\nreleases=\"$root/releases\"\n{}",
+        quote_str(root)?,
+        crate::sh_file!("sh/helpers.sh"),
     ))
 }
-
-/// Shell functions of [`script_prelude`]. Each program a script starts costs the host about
-/// a millisecond, so `mkdir` and `rm` start only when there is work for them, and the
-/// deploy lock is read with the shell alone.
-/// - `dp_mkdir DIR...`: creates the directories unless all exist.
-/// - `dp_rm PATH...`: removes the paths unless none exists (dangling links count).
-/// - `dp_lock_is RELEASE`: true if the deploy lock names RELEASE; leaves the lock's line
-///   in `$dp_cur` (empty without a lock).
-/// - `dp_prev_live CURRENT`: prints the release a rollback returns to, from
-///   `.dp/history.jsonl`: of the releases that went live on this host (in a deploy or
-///   rollback whose result was ok, or that were current when a deploy or rollback
-///   started), the one live most recently, other than CURRENT and other than one a
-///   rollback to an older release left (so rollbacks walk back), that is still complete
-///   on disk. Prints nothing when there
-///   is none. A release that failed or never served is never printed.
-/// - `dp_deadline SECONDS WHAT LOG COMMAND...`: runs COMMAND with stdin /dev/null and its
-///   output in the file LOG (so that something it leaves running in the background cannot
-///   hold the session open), then copies LOG to stderr. Past SECONDS, COMMAND is stopped
-///   (TERM, then KILL 5 s later) with everything it started that did not detach into a
-///   session or process group of its own (GNU timeout signals its whole process group),
-///   and WHAT is named in LOG. In a script run with its stdin held
-///   ([`crate::transport::Transport::exec_held`], which sets `dp_held`), it is stopped the
-///   same way as soon as that stdin closes: dp died or gave up on the host. Its status is
-///   COMMAND's (124 or 137 when stopped at the deadline, 143 when dp went away).
-const SHELL_HELPERS: &str = r#"dp_mkdir() { for d; do [ -d "$d" ] || { mkdir -p -- "$@"; return; }; done; }
-dp_rm() { for p; do if [ -e "$p" ] || [ -L "$p" ]; then rm -rf -- "$@"; return; fi; done; }
-dp_lock_is() { dp_cur=; IFS= read -r dp_cur 2>/dev/null < "$root/.dp/lock" || true; case $dp_cur in *\"release\":\"$1\",*) return 0 ;; esac; return 1; }
-dp_prev_live() {
-  [ -f "$root/.dp/history.jsonl" ] || return 0
-  # seq: each release's last moment live (line number; + .5 once it went live in that
-  # line); first: when it first went live; struck: left by a rollback to an older one.
-  awk 'function field(k) { if (match($0, "\"" k "\":\"[^\"]*\"")) return substr($0, RSTART + length(k) + 4, RLENGTH - length(k) - 5); return "" }
-    { n++; rel = field("release"); prev = field("previous"); ok = ($0 ~ /"result":"ok"[,}]/)
-      if (prev != "") { seq[prev] = n; if (!(prev in first)) first[prev] = n }
-      if (ok && rel != "") {
-        if (!(rel in first)) first[rel] = n
-        if (field("action") == "rollback" && prev != "" && prev != rel && first[rel] < first[prev]) struck[prev] = 1
-        seq[rel] = n + 0.5; delete struck[rel]
-      } }
-    END { for (r in seq) if (!(r in struck)) print seq[r], r }' "$root/.dp/history.jsonl" | sort -rn | while read -r dp_n dp_r; do
-    if [ "$dp_r" != "$1" ] && [ -f "$releases/$dp_r/.dp/complete" ]; then printf '%s\n' "$dp_r"; break; fi
-  done
-}
-dp_deadline() {
-  dp_secs=$1 dp_what=$2 dp_log=$3; shift 3
-  command -v timeout >/dev/null 2>&1 || { echo "timeout (GNU coreutils) is not installed on this host: $dp_what cannot be bounded" >&2; return 127; }
-  : > "$dp_log" || { echo "cannot write $dp_log, where the output of $dp_what goes" >&2; return 1; }
-  if [ -z "${dp_held:-}" ]; then
-    dp_rc=0; timeout -k 5 "$dp_secs" "$@" </dev/null >>"$dp_log" 2>&1 || dp_rc=$?
-  else
-    exec 3<&0
-    timeout -k 5 "$dp_secs" "$@" </dev/null >>"$dp_log" 2>&1 3<&- &
-    dp_job=$!
-    # Ends when dp's side of this script's stdin closes; read is the shell's own.
-    ( while IFS= read -r dp_line <&3; do :; done; kill -TERM "$dp_job" 2>/dev/null ) &
-    dp_watch=$!
-    exec 3<&-
-    dp_rc=0; wait "$dp_job" || dp_rc=$?
-    kill "$dp_watch" 2>/dev/null || true
-  fi
-  case $dp_rc in 124|137) echo "$dp_what did not finish within ${dp_secs}s: stopped, with what it started" >>"$dp_log" ;; esac
-  [ ! -s "$dp_log" ] || cat -- "$dp_log" >&2 || true
-  return "$dp_rc"
-}
-"#;
 
 /// Exit status of a script whose host lacks a tool or flag dp's scripts use.
 pub const HOST_UNFIT_STATUS: i32 = 69;
@@ -120,38 +80,9 @@ pub const HOST_UNFIT_STATUS: i32 = 69;
 /// probed again (`.dp/host-ok`, read by the shell alone), unless `always`.
 pub fn host_check_sh(always: bool) -> String {
     format!(
-        r#"dp_mkdir "$root/.dp"
-dp_ok=
-if [ -z "{always}" ] && [ -f "$root/.dp/host-ok" ]; then IFS= read -r dp_ok < "$root/.dp/host-ok" || dp_ok=; fi
-if [ "$dp_ok" != "v1 $PATH" ]; then
-  dp_t="$root/.dp/.probe.$$" dp_miss=
-  rm -rf "$dp_t"
-  mkdir -p "$dp_t/a/d" "$dp_t/in/d"
-  echo old > "$dp_t/a/d/f"; echo new > "$dp_t/in/d/f"
-  {{ cp -al "$dp_t/a" "$dp_t/b" && cp -al --remove-destination "$dp_t/in/." "$dp_t/b/" &&
-    IFS= read -r dp_x < "$dp_t/b/d/f" && [ "$dp_x" = new ] &&
-    IFS= read -r dp_x < "$dp_t/a/d/f" && [ "$dp_x" = old ]; }} >/dev/null 2>&1 ||
-    dp_miss="$dp_miss; cp -al --remove-destination (GNU coreutils cp)"
-  {{ ln -s a "$dp_t/l1" && mv -T "$dp_t/l1" "$dp_t/l2"; }} >/dev/null 2>&1 || dp_miss="$dp_miss; mv -T (GNU coreutils mv)"
-  (cd "$dp_t/a/d" && sha256sum f > ../sums && sha256sum --quiet --strict -c ../sums) >/dev/null 2>&1 ||
-    dp_miss="$dp_miss; sha256sum --quiet --strict -c (GNU coreutils sha256sum)"
-  timeout -k 1 5 true >/dev/null 2>&1 || dp_miss="$dp_miss; timeout -k (GNU coreutils timeout)"
-  find "$dp_t" -maxdepth 0 -mmin +60 >/dev/null 2>&1 || dp_miss="$dp_miss; find -maxdepth -mmin (GNU findutils)"
-  {{ (cd "$dp_t" && tar -c -f t.tar a) && mkdir "$dp_t/x" && tar -x -p --no-same-owner -f "$dp_t/t.tar" -C "$dp_t/x"; }} >/dev/null 2>&1 ||
-    dp_miss="$dp_miss; tar -x -p --no-same-owner (GNU tar)"
-  date -r "$dp_t/a/d/f" +%s >/dev/null 2>&1 || dp_miss="$dp_miss; date -r (GNU coreutils date)"
-  printf 'a\0' | xargs -0 true >/dev/null 2>&1 || dp_miss="$dp_miss; xargs -0 (GNU findutils xargs)"
-  rm -rf "$dp_t"
-  if [ -n "$dp_miss" ]; then
-    echo "this host lacks what dp's scripts need: ${{dp_miss#; }}. Install GNU coreutils, findutils and tar, first on the deploy user's PATH ($PATH); BusyBox and BSD tools differ" >&2
-    exit {unfit}
-  fi
-  printf 'v1 %s
-' "$PATH" > "$root/.dp/host-ok"
-fi
-"#,
-        always = if always { "1" } else { "" },
-        unfit = HOST_UNFIT_STATUS,
+        "dp_check_always={}\ndp_unfit_status={HOST_UNFIT_STATUS}\n{}",
+        if always { "1" } else { "''" },
+        crate::sh_file!("sh/host_check.sh"),
     )
 }
 
@@ -164,12 +95,21 @@ pub fn root_of(record: &crate::Record) -> Result<&str, String> {
         .ok_or_else(|| "record has no `root`".to_string())
 }
 
-/// A shell line that sets `var` to the release `$root/current` points to (empty when there
-/// is none), with the shell alone: `cd -P` resolves the link, so no `readlink` process.
+/// Shell lines that set `var` to the release `$root/current` points to (empty when there
+/// is none), with the shell alone (`dp_current`: `cd -P` resolves the link, so no
+/// `readlink` process).
 pub fn current_release_sh(var: &str) -> String {
-    format!(
-        "{var}=\nif [ -L \"$root/current\" ] && dp_here=$PWD && cd -P \"$root/current\" 2>/dev/null; then {var}=${{PWD##*/}}; cd \"$dp_here\" 2>/dev/null || cd /; fi\n"
-    )
+    format!("dp_current\n{var}=$dp_cur_rel\n")
+}
+
+/// Shell lines defining `dp_cleanup KEEP PREVIOUS`: what a finished deploy may remove.
+/// Complete releases beyond the newest KEEP (by completion time; never `current`, never
+/// PREVIOUS), leftovers of interrupted syncs, and dependency environments that no
+/// remaining release uses (never one being built). Releases are renamed away at once and
+/// deleted in the background. Prints `removed release R`, `removed leftover D` and
+/// `removed deps K` lines.
+pub fn cleanup_sh() -> &'static str {
+    crate::sh_file!("sh/cleanup.sh")
 }
 
 /// Shell lines that export `DP_RELEASE` (the shell word `release`), `DP_ROOT` and

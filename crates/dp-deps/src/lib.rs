@@ -20,8 +20,6 @@ use dp_core::Record;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
-pub use script::cleanup_script;
-
 /// The step name in records.
 pub const STEP: &str = "deps";
 

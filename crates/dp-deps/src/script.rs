@@ -145,7 +145,7 @@ fi
         wait = opts.wait.as_secs(),
         timeout = opts.timeout.as_secs().max(1),
         release_env = dp_core::layout::release_env_sh("\"$rel\"", None),
-        build = quote_str(BUILD)?,
+        build = quote_str(dp_core::sh_file!("sh/build.sh"))?,
         // A build may take long: the lease is renewed before it even when the script
         // only checked it above.
         renew_lock = if opts.renew.due() {
@@ -174,52 +174,4 @@ echo "build ok"
         ));
     }
     Ok(s)
-}
-
-/// The build of an environment, run as `sh -c BUILD dp-deps-build LOCKFILE...` with `env`,
-/// `kind`, `python`, `pip_args` and `cmd` in its environment, in the release directory.
-const BUILD: &str = r#"set -e
-case $kind in
-pip)
-  "$python" -m venv "$env"
-  for f; do set -- "$@" -r "$f"; shift; done
-  eval "set -- \"\$@\" $pip_args"
-  "$env/bin/python" -m pip install --disable-pip-version-check --no-input "$@"
-  ;;
-npm)
-  # Installed in the release (so file: dependencies resolve), then moved into the
-  # environment; node_modules keeps working there (its links are relative).
-  rm -rf node_modules
-  npm ci --no-audit --no-fund
-  mkdir -p "$env"
-  if [ -d node_modules ]; then mv node_modules "$env/node_modules"; else mkdir "$env/node_modules"; fi
-  ;;
-command)
-  mkdir -p "$env"
-  # Its first failing line fails it, as in every build step.
-  DP_DEPS_DIR="$env" sh -e -c "$cmd"
-  ;;
-esac
-"#;
-
-/// Shell lines (after the layout prelude) that remove dependency environments no
-/// remaining release uses, and never one being built. Prints `removed deps <key>` lines.
-pub fn cleanup_script() -> &'static str {
-    r#"deps="$root/.dp/deps"
-if [ -d "$deps" ]; then
-  used=" "
-  for f in "$releases"/*/.dp/deps-key; do
-    k=
-    [ -f "$f" ] && IFS= read -r k < "$f" && used="$used$k "
-  done
-  for d in "$deps"/*; do
-    [ -d "$d" ] || continue
-    k=${d##*/}
-    case $k in *.lock) continue ;; esac
-    case $used in *" $k "*) continue ;; esac
-    [ -d "$d.lock" ] && continue
-    rm -rf "$d" "$d.log" && echo "removed deps $k"
-  done
-fi
-"#
 }

@@ -149,62 +149,13 @@ pub struct Finish<'a> {
 pub fn finish(f: &Finish) -> Result<String, QuoteError> {
     let mut s = script_prelude(f.root)?;
     s.push_str(&format!(
-        r#"keep={keep}
-prev={prev}
-rel={rel}
-{current}dp_mkdir "$root/.dp"
-# Clean up only while this release holds the lock: another deploy may be mid-sync.
-if dp_lock_is "$rel"; then
-  if [ -d "$releases" ]; then
-    # Complete releases beyond the newest $keep (by completion time), with the shell's
-    # own -nt test: each pass takes out the newest of those left.
-    dp_left=
-    for f in "$releases"/*/.dp/complete; do
-      [ -f "$f" ] || continue
-      d=${{f%/.dp/complete}}
-      dp_left="$dp_left ${{d##*/}}"
-    done
-    n=0
-    while [ -n "$dp_left" ]; do
-      newest=
-      for d in $dp_left; do
-        # Ties go to the later name (ids start with their time).
-        if [ -z "$newest" ] || ! [ "$releases/$newest/.dp/complete" -nt "$releases/$d/.dp/complete" ]; then newest=$d; fi
-      done
-      dp_rest=
-      for d in $dp_left; do [ "$d" = "$newest" ] || dp_rest="$dp_rest $d"; done
-      dp_left=$dp_rest
-      n=$((n + 1))
-      if [ "$n" -gt "$keep" ] && [ "$newest" != "$cur" ] && [ "$newest" != "$prev" ]; then
-        # Renamed away at once (it leaves the list of releases atomically), deleted below.
-        mv "$releases/$newest" "$releases/.trash-$newest.$$" && echo "removed release $newest"
-      fi
-    done
-    for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
-      [ -e "$d" ] && rm -rf "$d" && echo "removed leftover ${{d##*/}}"
-    done
-  fi
-"#,
+        "keep={keep}\nprev={prev}\nrel={rel}\nhistory={history}\n{cleanup}{finish}",
         keep = f.keep,
         prev = quote_str(f.previous.unwrap_or(""))?,
         rel = quote_str(f.lock_id)?,
-        current = dp_core::layout::current_release_sh("cur"),
-    ));
-    s.push_str(dp_deps::cleanup_script());
-    s.push_str(
-        r#"  # Unlinking thousands of files takes a while: it goes on in the background, after
-  # the deploy has returned (a deletion cut short is finished by the next one).
-  for d in "$releases"/.trash-*; do
-    [ -e "$d" ] || continue
-    ( cd "$releases" && exec rm -rf ./.trash-* ) </dev/null >/dev/null 2>&1 &
-    break
-  done
-fi
-"#,
-    );
-    s.push_str(&format!(
-        "printf '%s\\n' {} >> \"$root/.dp/history.jsonl\"\n",
-        quote_str(f.history)?
+        history = quote_str(f.history)?,
+        cleanup = dp_core::layout::cleanup_sh(),
+        finish = dp_core::sh_file!("sh/finish.sh"),
     ));
     s.push_str(&dp_core::lock::release_script(f.lock_id)?);
     Ok(s)
