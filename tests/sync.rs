@@ -64,6 +64,8 @@ fn hostile_tree(dir: &Dir) -> PathBuf {
     let deep: String = (0..30).map(|i| format!("d{i}/")).collect();
     dir.write(&format!("src/{deep}deep.txt"), "deep\n");
     dir.write("src/empty", "");
+    // The host writes its own REVISION (the release id) over the source's.
+    dir.write("src/REVISION", "from the source\n");
     let script = dir.write("src/bin/run.sh", "#!/bin/sh\necho run\n");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let private = dir.write("src/conf/private.cfg", "x=1\n");
@@ -146,9 +148,10 @@ fn uploads_identical_trees_over_ssh_and_local() {
             "one release id for all hosts"
         );
         let stats = &r.steps["sync"];
+        // The snapshots leave out REVISION; the source's is sent like any file.
         assert_eq!(
             stats["files_sent"],
-            want.values().filter(|v| v.0 == 'f').count() as u64
+            want.values().filter(|v| v.0 == 'f').count() as u64 + 1
         );
         let rel_dir = root.join("releases").join(&release);
         assert!(rel_dir.join(".dp/complete").exists());
@@ -219,7 +222,8 @@ fn a_second_deploy_sends_only_what_changed() {
     std::fs::write(src.join("static/big.bin"), &changed).unwrap();
     let out = run("r2");
     out.code(0);
-    let files = expected(&src).values().filter(|v| v.0 == 'f').count() as u64;
+    // With the source's REVISION, which the snapshots leave out.
+    let files = expected(&src).values().filter(|v| v.0 == 'f').count() as u64 + 1;
     for (r, root) in out.records().iter().zip(&roots) {
         let s = &r.steps["sync"];
         assert_eq!(s["base"], "r1");

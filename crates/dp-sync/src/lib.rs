@@ -720,7 +720,12 @@ fn build_host_then(
     }
     let chained = then_out.is_none() && then.is_some();
     stats.compression = plan.codec;
+    // REVISION (Capistrano's convention): the release id, for the app. It travels as an
+    // entry of its own, so it replaces the base's link like any sent file (never writing
+    // through it), at no cost of a process on the host.
+    let revision = format!("{}\n", p.release);
     let mut extra: Vec<(&str, &[u8])> = vec![
+        ("REVISION", revision.as_bytes()),
         (".dp/remove", &delta.remove_list),
         (".dp/manifest.drop", delta.drop_lines.as_bytes()),
         (".dp/manifest.add", delta.add_lines.as_bytes()),

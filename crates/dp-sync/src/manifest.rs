@@ -155,6 +155,10 @@ impl Manifest {
         let mut out = String::new();
         for e in &self.entries {
             if let Kind::File { sha256, .. } = &e.kind {
+                // The host writes its own (the release id) over a REVISION of the source.
+                if e.path == "REVISION" {
+                    continue;
+                }
                 if e.path.contains(['\n', '\\']) {
                     let escaped = e.path.replace('\\', "\\\\").replace('\n', "\\n");
                     out.push_str(&format!("\\{sha256}  ./{escaped}\n"));

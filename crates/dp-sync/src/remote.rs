@@ -6,8 +6,9 @@
 //! 2. [`build`]: with the tar stream on stdin, build the release under a hidden temporary
 //!    name: hard-link the base (`cp -al`), unpack the sent entries beside it, remove what
 //!    is gone, move the sent entries in (replacing links, never writing through them),
-//!    link shared paths, optionally verify with sha256sum, write `REVISION` (the release
-//!    id), mark complete, then rename the temporary directory to its final name. An interrupted build leaves only hidden
+//!    link shared paths, optionally verify with sha256sum, mark complete, then rename the
+//!    temporary directory to its final name. `REVISION` (the release id) comes in the
+//!    stream like a sent file. An interrupted build leaves only hidden
 //!    `.tmp-*`/`.incoming-*` directories, which the next prepare removes.
 
 use dp_core::layout::script_prelude;
@@ -194,12 +195,8 @@ fi
 "#,
         );
     }
-    // REVISION (Capistrano's convention): the release id, for the app to read. Removed
-    // first: a hard link from the base release must not be written through.
     s.push_str(
-        r#"dp_rm "$tmp/REVISION"
-printf '%s\n' "$rel" > "$tmp/REVISION"
-: > "$tmp/.dp/complete"
+        r#": > "$tmp/.dp/complete"
 mv "$tmp" "$releases/$rel"
 echo "built"
 "#,
