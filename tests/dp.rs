@@ -37,6 +37,18 @@ hosts = [
     vec![dir.path().join("hosts/a"), dir.path().join("hosts/b")]
 }
 
+/// Rewrites the fixture's deploy.toml (as `fixture` wrote it) with `sections` (TOML
+/// tables) before its `[restart]`.
+fn with_sections(dir: &Dir, sections: &str) {
+    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
+    let config = config.split("[restart]").collect::<Vec<_>>();
+    assert_eq!(config.len(), 2, "one [restart] in the fixture's config");
+    dir.write(
+        "deploy.toml",
+        format!("{}{sections}\n[restart]{}", config[0], config[1]),
+    );
+}
+
 fn dp(dir: &Dir, args: &[&str]) -> Outcome {
     dp_on(dir, &sqlite_url(dir)).args(args).run()
 }
@@ -308,14 +320,10 @@ fn rollback_returns_to_what_was_live_never_to_a_release_that_failed() {
 fn redeploying_the_live_release_is_a_no_op_unless_forced() {
     let dir = Dir::new("dp-same-id");
     let roots = fixture(&dir);
-    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
     // The migration command counts its runs (SQL migrations are tracked anyway).
-    dir.write(
-        "deploy.toml",
-        config.replace(
-            "[restart]",
-            "[migrate]\nexec = \"echo run >> $DP_ROOT/../migrated\"\n[restart]",
-        ),
+    with_sections(
+        &dir,
+        "[migrate]\nexec = \"echo run >> $DP_ROOT/../migrated\"",
     );
     dp(&dir, &["deploy", "--release", "r1"]).code(0);
     dir.write("site/VERSION", "2\n");
@@ -392,13 +400,9 @@ fn redeploying_the_live_release_is_a_no_op_unless_forced() {
 fn a_failing_build_on_one_host_switches_no_host() {
     let dir = Dir::new("dp-build");
     let roots = fixture(&dir);
-    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
-    dir.write(
-        "deploy.toml",
-        config.replace(
-            "[restart]",
-            "[build]\ncommand = \"set -e; test ! -e $DP_ROOT/no-build; echo $DP_RELEASE > built.txt\"\ntimeout = \"1m\"\n[restart]",
-        ),
+    with_sections(
+        &dir,
+        "[build]\ncommand = \"test ! -e $DP_ROOT/no-build; echo $DP_RELEASE > built.txt\"\ntimeout = \"1m\"",
     );
     dp(&dir, &["deploy", "--release", "r1"]).code(0);
     for root in &roots {
@@ -437,14 +441,12 @@ fn framework_migrations_run_before_and_after_the_switch_with_the_database_url_hi
     let roots = fixture(&dir);
     let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
     let with_exec = |exec: &str| {
+        dir.write("deploy.toml", &config);
         let post = "echo \"post sees $(readlink $DP_ROOT/current)\" >> $DP_ROOT/../post";
-        dir.write(
-            "deploy.toml",
-            config.replace(
-                "[restart]",
-                &format!("[migrate]\nexec = '''{exec}'''\nexec_post = '''{post}'''\n[restart]"),
-            ),
-        )
+        with_sections(
+            &dir,
+            &format!("[migrate]\nexec = '''{exec}'''\nexec_post = '''{post}'''"),
+        );
     };
     // The command sees DATABASE_URL; no process on the host has it in its argv.
     with_exec(

@@ -93,16 +93,8 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
     .map_err(anyhow::Error::msg)?;
     let opts = DepsOptions {
         kind,
-        lockfiles: if args.lockfiles.is_empty() {
-            deps.lockfiles
-        } else {
-            args.lockfiles.clone()
-        },
-        pip_args: if args.pip_args.is_empty() {
-            deps.pip_args
-        } else {
-            args.pip_args.clone()
-        },
+        lockfiles: flag_or(&args.lockfiles, deps.lockfiles),
+        pip_args: flag_or(&args.pip_args, deps.pip_args),
         python: args
             .python
             .clone()
@@ -116,11 +108,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             .unwrap_or(dp_deps::DEFAULT_TIMEOUT),
         lease: args.lease.lease,
         renew: dp_core::lock::Renew::Always,
-        keep_env: if args.keep_env.is_empty() {
-            deps.env
-        } else {
-            args.keep_env.clone()
-        },
+        keep_env: flag_or(&args.keep_env, deps.env),
         build: args
             .build
             .clone()
@@ -142,4 +130,13 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
     crate::report_failures("dp-deps", dp_deps::STEP, &records);
     write_output(&records)?;
     Ok(Exit::for_records(&records))
+}
+
+/// A repeatable flag's values when given, else the config's.
+fn flag_or(flag: &[String], config: Vec<String>) -> Vec<String> {
+    if flag.is_empty() {
+        config
+    } else {
+        flag.to_vec()
+    }
 }
