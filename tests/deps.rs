@@ -439,15 +439,15 @@ fn the_build_command_runs_in_each_new_release_and_its_failure_stops_the_host() {
     let src = dir.path().join("src");
     let roots = vec![fleet.root_for(0, "deps-build"), dir.path().join("local")];
     let input = fleet.record_line(0, &roots[0]) + &local_line("local1", &roots[1]);
-    // The command kind puts a tool in the environment; the build finds the release's
-    // .venv/bin first on PATH (a venv made by the dependency command here).
+    // The command kind puts a tool in its environment's bin/; the build finds it first on
+    // PATH (linked as vendor/tools: the link the kind makes, recorded by dp-deps).
     let args = [
         "--kind",
         "command",
         "--command",
         "mkdir -p \"$DP_DEPS_DIR/bin\" && printf '#!/bin/sh\\necho collected\\n' > \"$DP_DEPS_DIR/bin/collect\" && chmod +x \"$DP_DEPS_DIR/bin/collect\"",
         "--link",
-        ".venv",
+        "vendor/tools",
         "--build",
         "set -e; collect > static.txt; echo \"$DP_RELEASE $DP_ROOT\" >> static.txt",
     ];

@@ -59,17 +59,18 @@ dp_mkdir "$deps"
 case $kind in
 pip)
   [ $# -gt 0 ] || set -- requirements.txt
-  link=.venv; sub=
+  # Each kind's link in the release, and where its programs are (.dp/deps-bin).
+  link=.venv; sub=; bin=.venv/bin
   ver=$("$python" --version 2>&1) || {{ echo "$python is not installed on this host (needed for pip dependencies): $ver" >&2; exit 12; }}
   ;;
 npm)
   [ $# -gt 0 ] || set -- package.json package-lock.json
-  link=node_modules; sub=/node_modules
+  link=node_modules; sub=/node_modules; bin=node_modules/.bin
   ver=$(node --version 2>&1) || {{ echo "node is not installed on this host (needed for npm dependencies): $ver" >&2; exit 12; }}
   command -v npm >/dev/null 2>&1 || {{ echo "npm is not installed on this host" >&2; exit 12; }}
   ;;
 command)
-  sub=; ver=
+  sub=; ver=; bin=$link/bin
   ;;
 esac
 for f; do
@@ -129,6 +130,7 @@ if ! {{ [ -L "$rd/$link" ] && [ "$rd/$link" -ef "$env$sub" ]; }}; then
   ln -s "$up../../.dp/deps/$key$sub" "$rd/$link"
 fi
 printf '%s\n' "$key" > "$rd/.dp/deps-key"
+printf '%s\n' "$bin" > "$rd/.dp/deps-bin"
 echo "kind $kind"
 echo "key $key"
 echo "cache $cache"
@@ -156,12 +158,11 @@ fi
         keep_env = quote_str(&opts.keep_env.join(" "))?,
     ));
     if let Some(b) = build {
-        // The build runs in the release with its environments first on PATH, under
+        // The build runs in the release with its environment's programs first on PATH, under
         // `sh -e`: its first failing line fails it.
         s.push_str(&format!(
             r#"cd "$rd"
-PATH="$rd/.venv/bin:$rd/node_modules/.bin:$PATH"
-export PATH
+dp_deps_path "$rd"
 {release_env}dp_rc=0
 dp_locked dp_deadline {secs} 'the build command' "$root/.dp/build.log" sh -e -c {cmd} || dp_rc=$?
 if [ "$dp_rc" -ne 0 ]; then echo "the build command failed (exit status $dp_rc); its output is in $root/.dp/build.log" >&2; exit {failed}; fi

@@ -155,8 +155,7 @@ fn exec_host(
     };
     s.push_str(&format!(
         r#"{env}cd "$releases"/{rel}
-PATH="$PWD/.venv/bin:$PWD/node_modules/.bin:$PATH"
-export PATH
+dp_deps_path "$PWD"
 dp_rc=0
 dp_locked dp_deadline {secs} {what} "$root/.dp/"{log} sh -c {cmd} || dp_rc=$?
 {give_back}exit "$dp_rc"

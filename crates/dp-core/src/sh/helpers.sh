@@ -8,6 +8,9 @@
 # - `dp_mkdir DIR...`: creates the directories unless all exist.
 # - `dp_rm PATH...`: removes the paths unless none exists (dangling links count).
 # - `dp_current`: sets `dp_cur_rel` to the release `current` points to (empty if none).
+# - `dp_deps_path RELEASE_DIR`: puts the programs of the release's dependency
+#   environment first on PATH (the directory dp-deps recorded in .dp/deps-bin: .venv/bin,
+#   node_modules/.bin, or LINK/bin for a command; before that record, the first two).
 # - `dp_lock_is RELEASE`: true if the deploy lock names RELEASE; leaves the lock's line
 #   in `$dp_cur` (empty without a lock).
 # - `dp_prev_live CURRENT`: prints the release a rollback returns to, from
@@ -34,6 +37,11 @@ dp_rm() { for p; do if [ -e "$p" ] || [ -L "$p" ]; then rm -rf -- "$@"; return; 
 dp_lock_is() { dp_cur=; IFS= read -r dp_cur 2>/dev/null < "$root/.dp/lock" || true; case $dp_cur in *\"release\":\"$1\",*) return 0 ;; esac; return 1; }
 # shellcheck disable=SC2034 # dp_cur_rel is dp_current's result.
 dp_current() { dp_cur_rel=; if [ -L "$root/current" ] && dp_here=$PWD && cd -P "$root/current" 2>/dev/null; then dp_cur_rel=${PWD##*/}; cd "$dp_here" 2>/dev/null || cd /; fi; }
+dp_deps_path() {
+  if IFS= read -r dp_bin 2>/dev/null < "$1/.dp/deps-bin"; then PATH="$1/$dp_bin:$PATH"
+  else PATH="$1/.venv/bin:$1/node_modules/.bin:$PATH"; fi
+  export PATH
+}
 dp_prev_live() {
   [ -f "$root/.dp/history.jsonl" ] || return 0
   # seq: each release's last moment live (line number; + .5 once it went live in that
