@@ -142,6 +142,15 @@ pub fn render(
     Ok(out)
 }
 
+/// Checks, before any host is touched, that `template` renders for every record that has
+/// not failed; the error names the host and `what` the template is.
+pub fn check(template: &str, records: &[Record], escape: Escape, what: &str) -> Result<(), String> {
+    for r in records.iter().filter(|r| !r.failed()) {
+        render(template, r, "r", escape).map_err(|e| format!("{}: {what}: {e}", r.host))?;
+    }
+    Ok(())
+}
+
 fn percent_encode(value: &str) -> String {
     value
         .bytes()

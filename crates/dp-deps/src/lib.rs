@@ -14,7 +14,7 @@ mod script;
 use dp_core::layout::{release_of, root_of};
 use dp_core::lock;
 use dp_core::parallel::Sessions;
-use dp_core::template::{render, Escape};
+use dp_core::template::{self, render, Escape};
 use dp_core::transport::Transport;
 use dp_core::Record;
 use serde::Serialize;
@@ -145,12 +145,10 @@ impl DepsOptions {
     /// Checks, before any host is touched, that the build command renders for every
     /// record (it is a template: `{release}`, `{root}`, the host's vars).
     pub fn check_templates(&self, records: &[Record]) -> Result<(), String> {
-        let Some(b) = &self.build else { return Ok(()) };
-        for r in records.iter().filter(|r| !r.failed()) {
-            render(&b.command, r, "r", Escape::Shell)
-                .map_err(|e| format!("{}: [build] command: {e}", r.host))?;
+        match &self.build {
+            Some(b) => template::check(&b.command, records, Escape::Shell, "[build] command"),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

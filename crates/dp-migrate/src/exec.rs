@@ -53,11 +53,6 @@ impl PassedEnv {
         Ok(PassedEnv(vars))
     }
 
-    /// The names passed.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(n, _)| n.as_str())
-    }
-
     /// `text` with every passed value (of 4 bytes or more) replaced by `***`.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
@@ -97,11 +92,12 @@ impl ExecOptions {
     /// Checks, before any host is touched, that the command renders for every record (it
     /// is a template: `{release}`, `{root}`, the host's vars).
     pub fn check(&self, records: &[Record]) -> Result<(), String> {
-        for r in records.iter().filter(|r| !r.failed()) {
-            render(&self.command, r, "r", Escape::Shell)
-                .map_err(|e| format!("{}: the migration command: {e}", r.host))?;
-        }
-        Ok(())
+        dp_core::template::check(
+            &self.command,
+            records,
+            Escape::Shell,
+            "the migration command",
+        )
     }
 }
 
@@ -143,15 +139,15 @@ fn exec_host(
     s.push_str(
         &lock::acquire_script(release, opts.lease, opts.renew.due()).map_err(|e| e.to_string())?,
     );
-    let (what, log) = match opts.phase {
-        crate::source::Phase::Pre => ("the migration command", "migrate.log"),
-        crate::source::Phase::Post => ("the post-switch migration command", "migrate_post.log"),
-    };
     // After the switch the deploy's lock is given back already: the post command takes
     // it for its run and gives it back after.
-    let give_back = match opts.phase {
-        crate::source::Phase::Pre => String::new(),
-        crate::source::Phase::Post => lock::release_script(release).map_err(|e| e.to_string())?,
+    let (what, log, give_back) = match opts.phase {
+        crate::source::Phase::Pre => ("the migration command", "migrate.log", String::new()),
+        crate::source::Phase::Post => (
+            "the post-switch migration command",
+            "migrate_post.log",
+            lock::release_script(release).map_err(|e| e.to_string())?,
+        ),
     };
     s.push_str(&format!(
         r#"{env}cd "$releases"/{rel}

@@ -391,10 +391,7 @@ fn barrier(records: &mut [Record], phase: Phase, allow_unreachable: usize) -> bo
     // The same release with the same content is live everywhere already: a redeploy
     // of it is a no-op (dp-sync --force redeploys).
     if may && dp_core::gate::all_already_live(records) {
-        let key = match phase {
-            Phase::Pre => STEP,
-            Phase::Post => POST_STEP,
-        };
+        let key = step_of(phase);
         let why = "the release is already live on every host with this content";
         for r in records.iter_mut().filter(|r| !r.failed()) {
             r.set_step(key, serde_json::json!({ "skipped": why }));
@@ -407,16 +404,21 @@ fn barrier(records: &mut [Record], phase: Phase, allow_unreachable: usize) -> bo
 /// Where the post phase is recorded (the pre phase's `steps.migrate` stays visible).
 pub const POST_STEP: &str = "migrate_post";
 
+/// The record step a phase's result goes in.
+fn step_of(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Pre => STEP,
+        Phase::Post => POST_STEP,
+    }
+}
+
 /// SQL mode over records: migrate once, record the result on every record that has not
 /// failed (or fail them all).
 pub fn run_sql(records: &mut [Record], opts: &MigrateOptions) {
     if !barrier(records, opts.phase, opts.allow_unreachable) {
         return;
     }
-    let key = match opts.phase {
-        Phase::Pre => STEP,
-        Phase::Post => POST_STEP,
-    };
+    let key = step_of(opts.phase);
     let live = records.iter_mut().filter(|r| !r.failed());
     match migrate(opts) {
         Ok(stats) => live.for_each(|r| r.set_step(key, &stats)),
@@ -431,10 +433,7 @@ pub fn run_exec(records: &mut [Record], sessions: &mut Sessions, opts: &ExecOpti
     if !barrier(records, opts.phase, opts.allow_unreachable) {
         return;
     }
-    let key = match opts.phase {
-        Phase::Pre => STEP,
-        Phase::Post => POST_STEP,
-    };
+    let key = step_of(opts.phase);
     let started = Instant::now();
     let live = |r: &Record| !r.failed();
     let Some(chosen) = records

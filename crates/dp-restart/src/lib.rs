@@ -134,7 +134,8 @@ pub struct RestartStats {
 impl RestartOptions {
     /// Checks, before any host is touched, that the restart command and health check
     /// render for every host that has not failed (known placeholders only) and that the
-    /// health URL parses as an http URL with a host. The error names the host and the template.
+    /// health URL parses as an http:// or https:// URL with a host. The error names the
+    /// host and the template.
     pub fn check(&self, records: &[Record]) -> Result<(), String> {
         for r in records.iter().filter(|r| !r.failed()) {
             let release = "r";

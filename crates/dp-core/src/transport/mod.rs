@@ -281,10 +281,27 @@ pub trait Transport: Send {
         script: &str,
         stdout: &mut (dyn Write + Send),
     ) -> Result<ExecStatus, TransportError> {
+        self.exec_held_with(script, &[], stdout)
+    }
+
+    /// [`Transport::exec_held`] with `input` on stdin first (then held open), for what
+    /// must not appear in the script's argv on the host: the script reads it first.
+    fn exec_held_with(
+        &mut self,
+        script: &str,
+        input: &[u8],
+        stdout: &mut (dyn Write + Send),
+    ) -> Result<ExecStatus, TransportError> {
         if crate::interrupt::should_stop() {
             return Err(TransportError::Interrupted);
         }
-        self.exec_stdin(&format!("dp_held=1\n{script}"), Stdin::Held, stdout)
+        let script = format!("dp_held=1\n{script}");
+        if input.is_empty() {
+            self.exec_stdin(&script, Stdin::Held, stdout)
+        } else {
+            let mut reader = input;
+            self.exec_stdin(&script, Stdin::FromThenHeld(&mut reader), stdout)
+        }
     }
 
     /// [`Transport::exec_held`], capturing stdout.
@@ -292,20 +309,10 @@ pub trait Transport: Send {
         self.run_held_with(script, &[])
     }
 
-    /// [`Transport::run_held`] with `input` on stdin first (then held open), for what
-    /// must not appear in the script's argv on the host: the script reads it first.
+    /// [`Transport::exec_held_with`], capturing stdout.
     fn run_held_with(&mut self, script: &str, input: &[u8]) -> Result<Output, TransportError> {
-        if crate::interrupt::should_stop() {
-            return Err(TransportError::Interrupted);
-        }
         let mut stdout = Vec::new();
-        let script = format!("dp_held=1\n{script}");
-        let status = if input.is_empty() {
-            self.exec_stdin(&script, Stdin::Held, &mut stdout)?
-        } else {
-            let mut reader = input;
-            self.exec_stdin(&script, Stdin::FromThenHeld(&mut reader), &mut stdout)?
-        };
+        let status = self.exec_held_with(script, input, &mut stdout)?;
         Ok(Output { status, stdout })
     }
 
