@@ -366,9 +366,11 @@ fn cleanup_removes_environments_no_release_uses() {
     std::fs::create_dir_all(root.join(".dp/deps/k4.lock")).unwrap();
     std::fs::remove_dir_all(root.join("releases/r1")).unwrap();
     // The layout's cleanup, keeping every release.
-    let script = dp_core::layout::script_prelude(root.to_str().unwrap()).unwrap()
-        + dp_core::layout::cleanup_sh()
-        + "dp_cleanup 99 ''\n";
+    let mut script = dp_core::layout::Script::new(root.to_str().unwrap()).unwrap();
+    script
+        .push(dp_core::layout::cleanup_sh())
+        .push("dp_cleanup 99 ''\n");
+    let script = script.into_string();
     let mut local = dp_core::transport::local::LocalTransport::new();
     let out = dp_core::transport::Transport::run_ok(&mut local, &script, "cleanup").unwrap();
     let mut removed: Vec<&str> = std::str::from_utf8(&out).unwrap().lines().collect();

@@ -53,23 +53,120 @@ pub fn check_release_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Shell assignments `root=...` and `releases=...` that start every remote script, with the
-/// root quoted, and the helpers every script may use. Scripts then use "$root" and
-/// "$releases".
-pub fn script_prelude(root: &str) -> Result<String, QuoteError> {
-    let root = root.trim_end_matches('/');
-    let root = if root.is_empty() { "/" } else { root };
-    Ok(format!(
-        "set -e\numask 022\nunset CDPATH\nroot={}\nreleases=\"$root/releases\"\n{}",
-        quote_str(root)?,
-        crate::sh_file!("sh/helpers.sh"),
-    ))
+/// The helpers of `sh/helpers.sh`, one function each: (name, definition), in file order.
+fn helpers() -> &'static [(String, String)] {
+    static HELPERS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    HELPERS.get_or_init(|| {
+        let mut all: Vec<(String, String)> = Vec::new();
+        for line in crate::sh_file!("sh/helpers.sh").lines() {
+            // A definition starts at the line's start: `name() {`.
+            let name = line.split_once("() ").map(|(n, _)| n).filter(|n| {
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            });
+            match (name, all.last_mut()) {
+                (Some(name), _) => all.push((name.to_string(), format!("{line}\n"))),
+                (None, Some((_, text))) => {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+                (None, None) => panic!("helpers.sh: {line:?} is outside a function"),
+            }
+        }
+        all
+    })
+}
+
+/// Whether `text` names `word` as a whole word (shell names: letters, digits, `_`).
+fn names(text: &str, word: &str) -> bool {
+    let is_name = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    text.match_indices(word).any(|(i, _)| {
+        let before = i.checked_sub(1).map(|j| text.as_bytes()[j]);
+        let after = text.as_bytes().get(i + word.len()).copied();
+        !before.is_some_and(is_name) && !after.is_some_and(is_name)
+    })
+}
+
+/// The helper definitions `body` uses, with those they use in turn: each script carries
+/// only its own (all of them would be about 4 kB per script).
+fn helpers_for(body: &str) -> String {
+    let all = helpers();
+    let mut need = vec![false; all.len()];
+    loop {
+        let mut more = false;
+        for i in 0..all.len() {
+            if !need[i]
+                && (names(body, &all[i].0)
+                    || (0..all.len()).any(|j| need[j] && names(&all[j].1, &all[i].0)))
+            {
+                need[i] = true;
+                more = true;
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    all.iter()
+        .zip(need)
+        .filter(|(_, n)| *n)
+        .map(|((_, text), _)| text.as_str())
+        .collect()
+}
+
+/// A host-side script as it is sent: assignments `root=...` and `releases=...` (then
+/// "$root" and "$releases" are the deploy root and its releases), the helpers of
+/// `sh/helpers.sh` the script uses, then pieces that are shell files (`sh_file!`), each
+/// after its values as quoted assignments.
+#[derive(Debug, Clone)]
+pub struct Script {
+    head: String,
+    body: String,
+}
+
+impl Script {
+    /// A script for the deploy root `root`.
+    pub fn new(root: &str) -> Result<Script, QuoteError> {
+        let root = root.trim_end_matches('/');
+        let root = if root.is_empty() { "/" } else { root };
+        Ok(Script {
+            head: format!(
+                "set -e\numask 022\nunset CDPATH\nroot={}\nreleases=\"$root/releases\"\n",
+                quote_str(root)?
+            ),
+            body: String::new(),
+        })
+    }
+
+    /// `name=value`, the value quoted.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<&mut Self, QuoteError> {
+        self.body
+            .push_str(&format!("{name}={}\n", quote_str(value)?));
+        Ok(self)
+    }
+
+    /// `name=N`: a number.
+    pub fn num(&mut self, name: &str, n: impl std::fmt::Display) -> &mut Self {
+        self.body.push_str(&format!("{name}={n}\n"));
+        self
+    }
+
+    /// Text dp made: a shell file, or lines another module's function returned.
+    pub fn push(&mut self, text: &str) -> &mut Self {
+        self.body.push_str(text);
+        self
+    }
+
+    /// The script.
+    pub fn into_string(self) -> String {
+        let helpers = helpers_for(&self.body);
+        self.head + &helpers + &self.body
+    }
 }
 
 /// Exit status of a script whose host lacks a tool or flag dp's scripts use.
 pub const HOST_UNFIT_STATUS: i32 = 69;
 
-/// Shell lines (after [`script_prelude`]) that check, before anything else, that the host
+/// Shell lines (in a [`Script`]) that check, before anything else, that the host
 /// has what dp's scripts rely on beyond POSIX, with the exact flags used: GNU cp's
 /// `-al --remove-destination` (replacing a hard link, not writing through it), `mv -T`,
 /// `sha256sum --quiet --strict -c`, `timeout -k`, `find -maxdepth -mmin`, GNU tar's
@@ -95,36 +192,15 @@ pub fn root_of(record: &crate::Record) -> Result<&str, String> {
         .ok_or_else(|| "record has no `root`".to_string())
 }
 
-/// Shell lines that set `var` to the release `$root/current` points to (empty when there
-/// is none), with the shell alone (`dp_current`: `cd -P` resolves the link, so no
-/// `readlink` process).
-pub fn current_release_sh(var: &str) -> String {
-    format!("dp_current\n{var}=$dp_cur_rel\n")
-}
-
-/// Shell lines defining `dp_cleanup KEEP PREVIOUS`: what a finished deploy may remove.
-/// Complete releases beyond the newest KEEP (by completion time; never `current`, never
-/// PREVIOUS), leftovers of interrupted syncs, and dependency environments that no
-/// remaining release uses (never one being built). Releases are renamed away at once and
+/// Shell lines defining `dp_cleanup KEEP PREVIOUS [ROLLBACK]`: what a finished deploy may
+/// remove. Complete releases beyond the newest KEEP (by completion time, `dp_by_age`;
+/// never `current`, never PREVIOUS, and after a rollback never the release the next
+/// rollback returns to), leftovers of interrupted syncs, and dependency environments that
+/// no remaining release uses (never one being built). Releases are renamed away at once and
 /// deleted in the background. Prints `removed release R`, `removed leftover D` and
 /// `removed deps K` lines.
 pub fn cleanup_sh() -> &'static str {
     crate::sh_file!("sh/cleanup.sh")
-}
-
-/// Shell lines that export `DP_RELEASE` (the shell word `release`), `DP_ROOT` and
-/// `DP_PREVIOUS_RELEASE` for the commands dp runs on a host: the shell word `previous`,
-/// or when `None` the release `current` points to now; empty when it is `release` itself.
-pub fn release_env_sh(release: &str, previous: Option<&str>) -> String {
-    let (find, previous) = match previous {
-        Some(p) => (String::new(), p),
-        None => (current_release_sh("dp_live"), "$dp_live"),
-    };
-    format!(
-        "{find}DP_RELEASE={release} DP_ROOT=$root DP_PREVIOUS_RELEASE={previous}\n\
-         [ \"$DP_PREVIOUS_RELEASE\" != \"$DP_RELEASE\" ] || DP_PREVIOUS_RELEASE=\n\
-         export DP_RELEASE DP_ROOT DP_PREVIOUS_RELEASE\n"
-    )
 }
 
 /// The record's release, checked, or an error saying dp-sync must run first.
@@ -163,8 +239,9 @@ mod tests {
             .collect();
         std::fs::create_dir_all(root.join(".dp")).unwrap();
         std::fs::write(root.join(".dp/history.jsonl"), lines).unwrap();
-        let script =
-            script_prelude(root.to_str().unwrap()).unwrap() + &format!("dp_prev_live {current}\n");
+        let mut script = Script::new(root.to_str().unwrap()).unwrap();
+        script.push(&format!("dp_prev_live {current}\n"));
+        let script = script.into_string();
         let out = std::process::Command::new("sh")
             .args(["-c", &script])
             .output()
@@ -217,6 +294,27 @@ mod tests {
         assert_eq!(prev_live(&h, "r3"), "r2");
         assert_eq!(prev_live(&h, "r2"), "r4");
         assert_eq!(prev_live(&[("deploy", "r1", None, ok)], "r1"), "");
+    }
+
+    #[test]
+    fn a_script_carries_the_helpers_it_uses_and_those_they_use() {
+        let mut s = Script::new("/srv/app").unwrap();
+        s.push("dp_release_env \"$rel\"\n");
+        let text = s.into_string();
+        assert!(text.contains("dp_release_env() {"), "{text}");
+        assert!(
+            text.contains("dp_current() {"),
+            "used by dp_release_env: {text}"
+        );
+        assert!(!text.contains("dp_deadline() {"), "{text}");
+        assert!(!text.contains("dp_prev_live() {"), "{text}");
+        // Every helper is a function of its own.
+        let all: Vec<&str> = helpers().iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            all.contains(&"dp_prev_live") && all.contains(&"dp_deadline"),
+            "{all:?}"
+        );
+        assert!(names("a dp_cur_rel b", "dp_cur_rel") && !names("dp_current", "dp_cur"));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! (O_EXCL), so two deploys cannot both take a free lock; a takeover renames the stale
 //! file away first, so only one of two racing deploys can win it.
 
-use crate::layout::{release_of, root_of, script_prelude};
+use crate::layout::{release_of, root_of, Script};
 use crate::parallel::Sessions;
 use crate::quote::{quote_str, QuoteError};
 use crate::transport::Transport;
@@ -95,11 +95,11 @@ impl Renew {
     }
 }
 
-/// Shell lines (after [`crate::layout::script_prelude`]) that take or renew the lock for
+/// Shell lines (in a [`Script`]) that take or renew the lock for
 /// `release`, or exit [`HELD_STATUS`] with the holder's lock line on stderr. Prints one of
 /// `lock taken`, `lock renewed`, `lock taken-over <old line>` on stdout; with `renew`
 /// false, a lock that already names `release` is left as it is (`lock held`). They define
-/// `dp_lock hold|renew`, which the script may call again later ([`RENEW_AGAIN`]), and
+/// `dp_lock hold|renew`, which the script may call again later, and
 /// `dp_locked COMMAND...`, which keeps the lease renewed on the host while a long command
 /// runs.
 pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<String, QuoteError> {
@@ -125,14 +125,12 @@ pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<Str
     ))
 }
 
-/// Renews the lease, in a script that already ran [`acquire_script`].
-pub const RENEW_AGAIN: &str = "dp_lock renew\n";
-
-/// Shell lines that remove the lock if `release` holds it (printing `lock released`).
+/// Shell lines that remove the lock if `release` holds it (printing `lock released`):
+/// the helper `dp_unlock`.
 pub fn release_script(release: &str) -> Result<String, QuoteError> {
     Ok(format!(
-        "if dp_lock_is {release}; then rm -f \"$root/.dp/lock\"; echo \"lock released\"; fi\n",
-        release = quote_str(release)?
+        "dp_unlock_rel={}\ndp_unlock \"$dp_unlock_rel\"\n",
+        quote_str(release)?
     ))
 }
 
@@ -141,8 +139,9 @@ pub fn release_script(release: &str) -> Result<String, QuoteError> {
 /// with its lease.
 pub fn release_on(records: &mut [Record], sessions: &mut Sessions, indices: &[usize], jobs: usize) {
     let _ = sessions.run_indices(records, indices, jobs, |conn, record| {
-        let script = script_prelude(root_of(record)?).map_err(|e| e.to_string())?
-            + &release_script(release_of(record)?).map_err(|e| e.to_string())?;
+        let mut script = Script::new(root_of(record)?).map_err(|e| e.to_string())?;
+        script.push(&release_script(release_of(record)?).map_err(|e| e.to_string())?);
+        let script = script.into_string();
         crate::interrupt::critical(|| conn.run(&script))
             .map(drop)
             .map_err(|e| e.to_string())
@@ -255,9 +254,9 @@ pub fn keep_renewed<T>(
         .collect();
     let renew_on = |sessions: &mut Sessions, hosts: &mut [Record], alive: &[usize]| {
         sessions.run_indices(hosts, alive, jobs, |conn, r| {
-            let mut s = script_prelude(root_of(r)?).map_err(|e| e.to_string())?;
-            s.push_str(&acquire_script(release_of(r)?, lease, true).map_err(|e| e.to_string())?);
-            let out = conn.run(&s).map_err(|e| e.to_string())?;
+            let mut s = Script::new(root_of(r)?).map_err(|e| e.to_string())?;
+            s.push(&acquire_script(release_of(r)?, lease, true).map_err(|e| e.to_string())?);
+            let out = conn.run(&s.into_string()).map_err(|e| e.to_string())?;
             check_status(&out.status, "renew the deploy lock")
         })
     };

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 /// The step name in records.
 pub const STEP: &str = "deps";
 
-/// What kind of environment to build.
+/// What kind of environment to build. Each kind's host side (its link in the release,
+/// where its programs are, its version, its build) is declared in `sh/kinds.sh`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     /// pip when the release has requirements.txt, npm when it has package-lock.json,

@@ -1,8 +1,9 @@
 //! The other `dp` commands: setup, status, unlock, history, rollback. Each runs one
 //! script per host, in parallel, and returns one JSON-able value per host.
 
-use dp_core::layout::{root_of, script_prelude};
+use dp_core::layout::{root_of, Script};
 use dp_core::parallel::Sessions;
+use dp_core::quote::QuoteError;
 
 use dp_core::transport::Transport;
 use dp_core::Record;
@@ -12,12 +13,13 @@ fn run_script(
     records: &mut [Record],
     jobs: usize,
     step: &str,
-    body: impl Fn(&Record) -> Result<String, String> + Sync,
+    body: impl Fn(&mut Script) -> Result<(), QuoteError> + Sync,
 ) -> Vec<Result<String, String>> {
     let all: Vec<usize> = (0..records.len()).collect();
     let results = Sessions::new().run_indices(records, &all, jobs, |conn, record| {
-        let root = root_of(record)?;
-        let script = script_prelude(root).map_err(|e| e.to_string())? + &body(record)?;
+        let mut script = Script::new(root_of(record)?).map_err(|e| e.to_string())?;
+        body(&mut script).map_err(|e| e.to_string())?;
+        let script = script.into_string();
         let out = conn.run(&script).map_err(|e| e.to_string())?;
         out.status.check(step).map_err(|e| e.to_string())?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -34,34 +36,16 @@ fn run_script(
 /// Idempotent; says what it did per host. `extra_tools` are what the dependency kind
 /// needs (the Python interpreter for pip; node and npm).
 pub fn setup(records: &mut [Record], jobs: usize, extra_tools: &[&str]) {
-    let quoted: Result<Vec<String>, _> = extra_tools
-        .iter()
-        .map(|t| dp_core::quote::quote_str(t))
-        .collect();
-    let python = match quoted {
-        Ok(q) => q.join(" "),
-        Err(e) => {
-            records
-                .iter_mut()
-                .for_each(|r| r.fail("setup", e.to_string()));
-            return;
-        }
-    };
-    let results = run_script(records, jobs, "setup", |_| {
-        Ok(format!(
-            r#"for d in "$root" "$root/releases" "$root/shared" "$root/.dp" "$root/.dp/deps"; do
-  if [ -d "$d" ]; then echo "exists $d"; else mkdir -p "$d" && echo "created $d"; fi
-done
-missing=
-for tool in sh tar cp mv ln readlink sha256sum sort grep sed awk xargs timeout {python}; do
-  command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
-done
-if [ -n "$missing" ]; then echo "missing on this host:$missing" >&2; exit 1; fi
-probe="$root/.dp/.write-test.$$"
-: > "$probe" && rm -f "$probe" || {{ echo "$root is not writable" >&2; exit 1; }}
-"#
-        ) + &dp_core::layout::host_check_sh(true)
-            + "echo ok\n")
+    let results = run_script(records, jobs, "setup", |s| {
+        let tools: Result<Vec<String>, _> = extra_tools
+            .iter()
+            .map(|t| dp_core::quote::quote_str(t))
+            .collect();
+        s.set("tools", &tools?.join(" "))?
+            .push(dp_core::sh_file!("sh/setup.sh"))
+            .push(&dp_core::layout::host_check_sh(true))
+            .push("echo ok\n");
+        Ok(())
     });
     for (r, res) in records.iter_mut().zip(results) {
         if let Ok(text) = res {
@@ -77,13 +61,9 @@ probe="$root/.dp/.write-test.$$"
 /// `dp status`: current release, previous live release (where `dp rollback` would go),
 /// the lock holder, the releases on disk.
 pub fn status(records: &mut [Record], jobs: usize) {
-    let results = run_script(records, jobs, "status", |_| {
-        Ok(dp_core::layout::current_release_sh("cur")
-            + r#"echo "current $cur"
-echo "previous $(dp_prev_live "$cur")"
-if [ -f "$root/.dp/lock" ]; then printf 'lock %s\n' "$(cat "$root/.dp/lock")"; fi
-if [ -d "$root/releases" ]; then (cd "$root/releases" && ls -1t -- */.dp/complete 2>/dev/null | sed 's|/\.dp/complete$||; s|^|release |'); fi
-"#)
+    let results = run_script(records, jobs, "status", |s| {
+        s.push(dp_core::sh_file!("sh/status.sh"));
+        Ok(())
     });
     for (r, res) in records.iter_mut().zip(results) {
         let Ok(text) = res else { continue };
@@ -135,10 +115,9 @@ if [ -d "$root/releases" ]; then (cd "$root/releases" && ls -1t -- */.dp/complet
 
 /// `dp unlock`: remove the deploy lock, showing who held it.
 pub fn unlock(records: &mut [Record], jobs: usize) {
-    let results = run_script(records, jobs, "unlock", |_| {
-        Ok(r#"if [ -f "$root/.dp/lock" ]; then printf 'held %s\n' "$(cat "$root/.dp/lock")"; rm -f "$root/.dp/lock"; else echo "free"; fi
-"#
-        .to_string())
+    let results = run_script(records, jobs, "unlock", |s| {
+        s.push(dp_core::sh_file!("sh/unlock.sh"));
+        Ok(())
     });
     for (r, res) in records.iter_mut().zip(results) {
         let Ok(text) = res else { continue };
@@ -156,8 +135,9 @@ pub fn unlock(records: &mut [Record], jobs: usize) {
 /// `dp history`: every host's history lines, merged, newest first.
 pub fn history(records: &mut [Record], jobs: usize, limit: usize) -> Vec<Value> {
     let n = limit.max(1);
-    let results = run_script(records, jobs, "history", |_| {
-        Ok(format!("[ -f \"$root/.dp/history.jsonl\" ] && tail -n {n} \"$root/.dp/history.jsonl\" || true\n"))
+    let results = run_script(records, jobs, "history", |s| {
+        s.num("n", n).push(dp_core::sh_file!("sh/history.sh"));
+        Ok(())
     });
     // (time, position in its file, entry): later lines of one file are newer.
     let mut all: Vec<(String, usize, Value)> = Vec::new();

@@ -2,10 +2,10 @@
 //! on one host, inside the new release, with its environment first on PATH, under the
 //! deploy lock of that release.
 
-use dp_core::layout::{release_of, root_of, script_prelude};
+use dp_core::layout::{release_of, root_of, Script};
 use dp_core::lock;
 use dp_core::parallel::Sessions;
-use dp_core::quote::quote_str;
+use dp_core::quote::QuoteError;
 use dp_core::template::{render, Escape};
 use dp_core::transport::Transport;
 use dp_core::Record;
@@ -124,46 +124,44 @@ fn exec_host(
     record: &Record,
     opts: &ExecOptions,
 ) -> Result<String, String> {
-    let q = |s: &str| quote_str(s).map_err(|e| e.to_string());
     let root = root_of(record)?;
     let release = release_of(record)?;
-    let mut s = script_prelude(root).map_err(|e| e.to_string())?;
+    let cmd = render(&opts.command, record, release, Escape::Shell).map_err(|e| e.to_string())?;
     // The passed variables come first on stdin, one line each (read by the shell alone,
     // which reads no further than each newline), so they are in no argv on the host.
+    let mut reads = String::new();
     let mut input = String::new();
     for (name, value) in &opts.env.0 {
-        s.push_str(&format!("IFS= read -r {name} || true\nexport {name}\n"));
+        reads.push_str(&format!("IFS= read -r {name} || true\nexport {name}\n"));
         input.push_str(value);
         input.push('\n');
     }
-    s.push_str(
-        &lock::acquire_script(release, opts.lease, opts.renew.due()).map_err(|e| e.to_string())?,
-    );
     // After the switch the deploy's lock is given back already: the post command takes
     // it for its run and gives it back after.
     let (what, log, give_back) = match opts.phase {
-        crate::source::Phase::Pre => ("the migration command", "migrate.log", String::new()),
-        crate::source::Phase::Post => (
-            "the post-switch migration command",
-            "migrate_post.log",
-            lock::release_script(release).map_err(|e| e.to_string())?,
-        ),
+        crate::source::Phase::Pre => ("the migration command", "migrate.log", ""),
+        crate::source::Phase::Post => {
+            ("the post-switch migration command", "migrate_post.log", "1")
+        }
     };
-    s.push_str(&format!(
-        r#"{env}cd "$releases"/{rel}
-dp_deps_path "$PWD"
-dp_rc=0
-dp_locked dp_deadline {secs} {what} "$root/.dp/"{log} sh -c {cmd} || dp_rc=$?
-{give_back}exit "$dp_rc"
-"#,
-        secs = opts.timeout.as_secs().max(1),
-        env = dp_core::layout::release_env_sh(&q(release)?, None),
-        rel = q(release)?,
-        what = q(what)?,
-        log = q(log)?,
-        cmd =
-            q(&render(&opts.command, record, release, Escape::Shell).map_err(|e| e.to_string())?)?,
-    ));
+    let script = || -> Result<String, QuoteError> {
+        let mut s = Script::new(root)?;
+        s.push(&reads)
+            .push(&lock::acquire_script(
+                release,
+                opts.lease,
+                opts.renew.due(),
+            )?)
+            .set("rel", release)?
+            .set("what", what)?
+            .set("log", log)?
+            .set("cmd", &cmd)?
+            .num("secs", opts.timeout.as_secs().max(1))
+            .set("give_back", give_back)?
+            .push(dp_core::sh_file!("sh/exec.sh"));
+        Ok(s.into_string())
+    };
+    let s = script().map_err(|e| e.to_string())?;
     let out = conn
         .run_held_with(&s, input.as_bytes())
         .map_err(|e| opts.env.redact(&e.to_string()))?;

@@ -3,8 +3,8 @@
 //! such as `ok {release}`), success also needs the answer to contain it: an old worker,
 //! or another process on the port, does not pass for the new release.
 
-use dp_core::layout::script_prelude;
-use dp_core::quote::quote_str;
+use dp_core::layout::Script;
+use dp_core::quote::QuoteError;
 use dp_core::template::{render, Escape};
 use dp_core::transport::Transport;
 use dp_core::Record;
@@ -92,20 +92,19 @@ impl Health {
             Health::Command(t) => {
                 let cmd = render(t, record, release, Escape::Shell).map_err(|e| e.to_string())?;
                 let root = record.root.clone().unwrap_or_default();
-                let prelude = script_prelude(&root).map_err(|e| e.to_string())?;
-                let cmd = quote_str(&cmd).map_err(|e| e.to_string())?;
-                let q = |s: &str| quote_str(s).map_err(|e| e.to_string());
-                let env = dp_core::layout::release_env_sh(
-                    &q(release)?,
-                    Some(&q(previous.unwrap_or(""))?),
-                );
                 loop {
                     // Each try may take what is left of the health timeout, no more.
                     let left = timeout.saturating_sub(started.elapsed()).as_secs().max(1);
-                    let script = format!(
-                        "{prelude}cd -P \"$root/current\"\n{env}\
-                         dp_deadline {left} 'the health check' \"$root/.dp/health.log\" sh -c {cmd}\n"
-                    );
+                    let script = || -> Result<String, QuoteError> {
+                        let mut s = Script::new(&root)?;
+                        s.set("release", release)?
+                            .set("previous", previous.unwrap_or(""))?
+                            .set("cmd", &cmd)?
+                            .num("secs", left)
+                            .push(dp_core::sh_file!("sh/health.sh"));
+                        Ok(s.into_string())
+                    };
+                    let script = script().map_err(|e| e.to_string())?;
                     match conn.run_held(&script) {
                         // The command's output reaches here as its stderr (see dp_deadline).
                         Ok(out) if out.status.success() => {

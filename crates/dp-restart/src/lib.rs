@@ -572,6 +572,7 @@ fn finish_host(
         keep: opts.keep.max(1),
         previous: previous.as_deref(),
         history: &history,
+        rollback: opts.rollback,
     };
     let out = conn
         .run(&script::finish(&f).map_err(|e| e.to_string())?)

@@ -53,7 +53,8 @@ pub struct HostCodecs {
 }
 
 impl HostCodecs {
-    /// Records a `has NAME` line of the prepare script; false if it is not one.
+    /// Records a `has NAME` line of the prepare script (sh/prepare.sh); false if it is
+    /// not one.
     pub fn parse_line(&mut self, line: &str) -> bool {
         match line {
             "has gzip" => self.gzip = true,
@@ -62,9 +63,6 @@ impl HostCodecs {
         }
         true
     }
-
-    /// The shell that prints those lines.
-    pub const PROBE: &'static str = "for z in gzip bzip2; do if command -v $z >/dev/null 2>&1; then echo \"has $z\"; fi; done\n";
 }
 
 /// A codec with its level.

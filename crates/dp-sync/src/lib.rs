@@ -211,9 +211,10 @@ impl Delta {
 /// Scans the source and fixes the release id.
 pub fn prepare(opts: &SyncOptions) -> Result<Prepared, SyncError> {
     for p in &opts.scan.shared {
-        if !manifest::is_clean_relative(p.trim_end_matches('/')) {
+        if !manifest::is_clean_relative(p.trim_end_matches('/')) || p.chars().any(char::is_control)
+        {
             return Err(SyncError::Invalid(format!(
-                "shared path {p:?} must be relative, without `.` or `..`"
+                "shared path {p:?} must be relative, without `.`, `..` or control characters"
             )));
         }
     }

@@ -11,76 +11,32 @@
 //!    stream like a sent file. An interrupted build leaves only hidden
 //!    `.tmp-*`/`.incoming-*` directories, which the next prepare removes.
 
-use dp_core::layout::script_prelude;
-use dp_core::quote::{quote_str, QuoteError};
+use dp_core::layout::Script;
+use dp_core::quote::QuoteError;
 use std::time::Duration;
 
 /// Marks the start of the manifest in [`prepare`]'s output.
 pub const MANIFEST_MARK: &str = "---dp-manifest---";
 
-/// Script 1: lock, clean, report base and its manifest's digest, and the manifest itself
-/// unless its digest is one of `known` (manifests the caller has cached).
+/// Script 1 (`sh/prepare.sh`): check the host, lock, clean, report base and its
+/// manifest's digest, and the manifest itself unless its digest is one of `known`
+/// (manifests the caller has cached).
 pub fn prepare(
     root: &str,
     release: &str,
     lease: Duration,
     known: &[String],
 ) -> Result<String, QuoteError> {
-    let mut s = script_prelude(root)?;
+    let mut s = Script::new(root)?;
     // Before anything changes (the lock is taken below): a host without the tools the
     // scripts need is refused here, not halfway through the build.
-    s.push_str(&dp_core::layout::host_check_sh(false));
-    s.push_str(&dp_core::lock::acquire_script(release, lease, true)?);
-    s.push_str(&format!(
-        r#"rel={rel}
-known={known}
-# The digest is stored beside the manifest when the release is built (older releases:
-# computed here).
-dp_manifest() {{
-  d=
-  IFS= read -r d 2>/dev/null < "$1.sha256" || true
-  case $d in
-    ????????????????????????????????????????????????????????????????) ;;
-    *) d=$(sha256sum < "$1"); d=${{d%% *}} ;;
-  esac
-  echo "digest $d"
-  echo "{mark}"
-  case " $known " in *" $d "*) ;; *) cat "$1" ;; esac
-}}
-for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
-  [ -e "$d" ] || continue
-  rm -rf "$d" && echo "cleaned ${{d##*/}}"
-done
-{probe}{current}echo "current $cur"
-if [ -f "$releases/$rel/.dp/complete" ]; then
-  echo "self complete"
-  dp_manifest "$releases/$rel/.dp/manifest"
-  exit 0
-fi
-if [ -e "$releases/$rel" ]; then
-  echo "release directory $releases/$rel exists but is not complete; remove it" >&2
-  exit 3
-fi
-# The newest complete release, found with the shell alone (no processes).
-base=
-for f in "$releases"/*/.dp/complete; do
-  [ -f "$f" ] || continue
-  # Ties go to the later name (ids start with their time), as in dp-restart's finish.
-  if [ -z "$base" ] || ! [ "$releases/$base/.dp/complete" -nt "$f" ]; then
-    d=${{f%/.dp/complete}}
-    base=${{d##*/}}
-  fi
-done
-echo "base $base"
-if [ -n "$base" ] && [ -f "$releases/$base/.dp/manifest" ]; then dp_manifest "$releases/$base/.dp/manifest"; fi
-"#,
-        rel = quote_str(release)?,
-        known = quote_str(&known.join(" "))?,
-        mark = MANIFEST_MARK,
-        probe = crate::codec::HostCodecs::PROBE,
-        current = dp_core::layout::current_release_sh("cur"),
-    ));
-    Ok(s)
+    s.push(&dp_core::layout::host_check_sh(false))
+        .push(&dp_core::lock::acquire_script(release, lease, true)?)
+        .set("rel", release)?
+        .set("known", &known.join(" "))?
+        .set("mark", MANIFEST_MARK)?
+        .push(dp_core::sh_file!("sh/prepare.sh"));
+    Ok(s.into_string())
 }
 
 /// What the build script needs to know.
@@ -91,7 +47,7 @@ pub struct BuildPlan<'a> {
     pub release: &'a str,
     /// The release to hard-link from, if any.
     pub base: Option<&'a str>,
-    /// Shared paths (relative; a trailing `/` means a directory).
+    /// Shared paths (relative; a trailing `/` means a directory; no control characters).
     pub shared: &'a [String],
     /// Check every file with sha256sum before marking complete.
     pub verify: bool,
@@ -102,106 +58,17 @@ pub struct BuildPlan<'a> {
     pub digest: &'a str,
 }
 
-/// Script 2: build the release from the tar on stdin.
+/// Script 2 (`sh/build.sh`): build the release from the tar on stdin.
 pub fn build(plan: &BuildPlan) -> Result<String, QuoteError> {
-    let mut s = script_prelude(plan.root)?;
-    s.push_str(&format!(
-        r#"rel={rel}
-digest={digest}
-inc="$releases/.incoming-$rel"
-tmp="$releases/.tmp-$rel"
-dp_rm "$inc" "$tmp"
-mkdir "$inc"
-"#,
-        rel = quote_str(plan.release)?,
-        digest = quote_str(plan.digest)?,
-    ));
-    // The hard links are made first, while the client is still compressing and sending.
-    // `.dp/end` is the stream's last entry: without it the upload was cut short (tar
-    // exits 0 when its input ends between two entries).
-    let untar = format!(
-        "tar -x {}-p --no-same-owner -f - -C \"$inc\"\n[ -f \"$inc/.dp/end\" ] || {{ echo \"the upload was cut short\" >&2; exit 1; }}\n",
-        plan.codec.tar_flag()
-    );
-    match plan.base {
-        Some(base) => s.push_str(&format!(
-            r#"base="$releases"/{b}
-cp -al "$base" "$tmp"
-{untar}if [ -s "$inc/.dp/remove" ]; then (cd "$tmp" && xargs -0 rm -rf -- < "$inc/.dp/remove"); fi
-if [ -s "$inc/.dp/manifest.drop" ] || [ -s "$inc/.dp/manifest.add" ]; then
-  # Both sides are in canonical (byte) order, so a merge is enough.
-  {{ grep -v -x -F -f "$inc/.dp/manifest.drop" "$base/.dp/manifest" || [ $? -eq 1 ]; }} |
-    LC_ALL=C sort -m - "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
-else
-  # Nothing changed: the manifest is the base's, digest and all.
-  cp "$base/.dp/manifest" "$inc/.dp/manifest"
-  dp_unchanged=1
-fi
-# The base's own .dp (its manifest, completion mark, deps key) is not the new release's.
-rm -rf "$tmp/.dp" "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.dp/end"
-"#,
-            b = quote_str(base)?
-        )),
-        None => s.push_str(&format!(
-            r#"{untar}LC_ALL=C sort "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
-rm -f "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.dp/end"
-"#
-        )),
-    }
-    s.push_str(
-        r#"if [ -z "${dp_unchanged:-}" ]; then
-  dp_digest=$(sha256sum < "$inc/.dp/manifest")
-  dp_digest=${dp_digest%% *}
-  if [ "$dp_digest" != "$digest" ]; then
-    echo "the manifest rebuilt on the host does not match (got $dp_digest)" >&2
-    exit 1
-  fi
-fi
-printf '%s\n' "$digest" > "$inc/.dp/manifest.sha256"
-"#,
-    );
-    match plan.base {
-        Some(_) => {
-            s.push_str("cp -al --remove-destination \"$inc/.\" \"$tmp/\"\nrm -rf \"$inc\"\n")
-        }
-        None => s.push_str("mv \"$inc\" \"$tmp\"\n"),
-    }
-    for path in plan.shared {
-        let dir = path.ends_with('/');
-        let rel = path.trim_end_matches('/');
-        let depth = rel.matches('/').count() + 2;
-        let target = format!("{}shared/{rel}", "../".repeat(depth));
-        let q = quote_str(rel)?;
-        if dir {
-            s.push_str(&format!("dp_mkdir \"$root/shared/\"{q}\n"));
-        } else {
-            s.push_str(&format!(
-                "[ -e \"$root/shared/\"{q} ] || {{ echo \"shared file $root/shared/\"{q}\" is missing: create it on the host\" >&2; exit 1; }}\n"
-            ));
-        }
-        s.push_str(&format!("dp_rm \"$tmp/\"{q}\n"));
-        if let Some((parent, _)) = rel.rsplit_once('/') {
-            let p = quote_str(parent)?;
-            s.push_str(&format!("dp_mkdir \"$tmp/\"{p}\n"));
-        }
-        s.push_str(&format!("ln -s {} \"$tmp/\"{q}\n", quote_str(&target)?));
-    }
-    if plan.verify {
-        s.push_str(
-            r#"if ! (cd "$tmp" && sha256sum --quiet --strict -c .dp/sha256sums >&2); then
-  echo "verify: the release on the host differs from the source" >&2
-  exit 1
-fi
-"#,
-        );
-    }
-    s.push_str(
-        r#": > "$tmp/.dp/complete"
-mv "$tmp" "$releases/$rel"
-echo "built"
-"#,
-    );
-    Ok(s)
+    let mut s = Script::new(plan.root)?;
+    s.set("rel", plan.release)?
+        .set("digest", plan.digest)?
+        .set("base", plan.base.unwrap_or(""))?
+        .set("codec", plan.codec.tar_flag().trim_end())?
+        .set("shared", &plan.shared.join("\n"))?
+        .set("verify", if plan.verify { "1" } else { "" })?
+        .push(dp_core::sh_file!("sh/build.sh"));
+    Ok(s.into_string())
 }
 
 #[cfg(test)]

@@ -1,35 +1,23 @@
 # shellcheck shell=sh
-# dp_cleanup KEEP PREVIOUS: what a finished deploy may remove (see layout::CLEANUP_SH).
+# dp_cleanup KEEP PREVIOUS [ROLLBACK]: what a finished deploy may remove (see
+# layout::cleanup_sh). With ROLLBACK non-empty (a rollback's finish, after its history
+# line), the release the next rollback would return to stays as well.
 # shellcheck disable=SC2154 # root and releases come before.
 
 dp_cleanup() {
-  dp_keep=$1 dp_prev=$2
+  dp_keep=$1 dp_prev=$2 dp_back=${3:+?}
   dp_current
   if [ -d "$releases" ]; then
-    # Complete releases beyond the newest $dp_keep (by completion time), with the shell's
-    # own -nt test: each pass takes out the newest of those left.
-    dp_left=
-    for f in "$releases"/*/.dp/complete; do
-      [ -f "$f" ] || continue
-      d=${f%/.dp/complete}
-      dp_left="$dp_left ${d##*/}"
-    done
+    dp_by_age
     n=0
-    while [ -n "$dp_left" ]; do
-      newest=
-      for d in $dp_left; do
-        # Ties go to the later name (ids start with their time). -nt: in POSIX.1-2024,
-        # and in dash, bash and BusyBox ash before it.
-        # shellcheck disable=SC3013
-        if [ -z "$newest" ] || ! [ "$releases/$newest/.dp/complete" -nt "$releases/$d/.dp/complete" ]; then newest=$d; fi
-      done
-      dp_rest=
-      for d in $dp_left; do [ "$d" = "$newest" ] || dp_rest="$dp_rest $d"; done
-      dp_left=$dp_rest
+    for d in $dp_list; do
       n=$((n + 1))
-      if [ "$n" -gt "$dp_keep" ] && [ "$newest" != "$dp_cur_rel" ] && [ "$newest" != "$dp_prev" ]; then
+      if [ "$n" -gt "$dp_keep" ] && [ "$d" != "$dp_cur_rel" ] && [ "$d" != "$dp_prev" ]; then
+        # Found once, when there is something to remove (it reads the history).
+        [ "$dp_back" != "?" ] || dp_back=$(dp_prev_live "$dp_cur_rel")
+        [ "$d" != "$dp_back" ] || continue
         # Renamed away at once (it leaves the list of releases atomically), deleted below.
-        mv "$releases/$newest" "$releases/.trash-$newest.$$" && echo "removed release $newest"
+        mv -- "$releases/$d" "$releases/.trash-$d.$$" && echo "removed release $d"
       fi
     done
     for d in "$releases"/.tmp-* "$releases"/.incoming-*; do

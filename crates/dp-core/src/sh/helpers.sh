@@ -1,6 +1,7 @@
 # shellcheck shell=sh
 # dp's shell helpers: the start of every script dp runs on a host, after the
-# assignments `root=...` and `releases=...` (see layout::script_prelude).
+# assignments `root=...` and `releases=...` (see layout::Script, which sends of these
+# functions only those a script uses).
 #
 # Each program a script starts costs the host about a millisecond, so `mkdir` and `rm`
 # start only when there is work for them, and the deploy lock is read with the shell
@@ -8,11 +9,20 @@
 # - `dp_mkdir DIR...`: creates the directories unless all exist.
 # - `dp_rm PATH...`: removes the paths unless none exists (dangling links count).
 # - `dp_current`: sets `dp_cur_rel` to the release `current` points to (empty if none).
+# - `dp_release_env RELEASE [PREVIOUS]`: exports DP_RELEASE, DP_ROOT and
+#   DP_PREVIOUS_RELEASE for the commands dp runs on a host: PREVIOUS, or without it the
+#   release `current` points to now; empty when it is RELEASE itself.
 # - `dp_deps_path RELEASE_DIR`: puts the programs of the release's dependency
 #   environment first on PATH (the directory dp-deps recorded in .dp/deps-bin: .venv/bin,
 #   node_modules/.bin, or LINK/bin for a command; before that record, the first two).
-# - `dp_lock_is RELEASE`: true if the deploy lock names RELEASE; leaves the lock's line
-#   in `$dp_cur` (empty without a lock).
+# - `dp_lock_read`: sets `dp_cur` to the deploy lock's line (empty without a lock).
+# - `dp_lock_is RELEASE`: true if the deploy lock names RELEASE (`dp_lock_read` first).
+# - `dp_unlock RELEASE`: removes the deploy lock if RELEASE holds it (printing
+#   `lock released`).
+# - `dp_newest`: sets `dp_new` to the newest complete release (by the time of its
+#   .dp/complete; ties go to the later name, as ids start with their time), empty if none.
+# - `dp_by_age`: sets `dp_list` to the complete releases, newest first as `dp_newest`
+#   orders them, separated by spaces (release ids have none).
 # - `dp_prev_live CURRENT`: prints the release a rollback returns to, from
 #   `.dp/history.jsonl`: of the releases that went live on this host (in a deploy or
 #   rollback whose result was ok, or that were current when a deploy or rollback
@@ -30,13 +40,51 @@
 #   or gave up on the host. Its status is COMMAND's (124 or 137 when stopped at the
 #   deadline, 143 when dp went away).
 #
+# The helpers set and use only names that start with dp_: the scripts' own variables are
+# theirs.
 # shellcheck disable=SC2154 # root and releases are assigned before this file.
 
-dp_mkdir() { for d; do [ -d "$d" ] || { mkdir -p -- "$@"; return; }; done; }
-dp_rm() { for p; do if [ -e "$p" ] || [ -L "$p" ]; then rm -rf -- "$@"; return; fi; done; }
-dp_lock_is() { dp_cur=; IFS= read -r dp_cur 2>/dev/null < "$root/.dp/lock" || true; case $dp_cur in *\"release\":\"$1\",*) return 0 ;; esac; return 1; }
+dp_mkdir() { for dp_d; do [ -d "$dp_d" ] || { mkdir -p -- "$@"; return; }; done; }
+dp_rm() { for dp_p; do if [ -e "$dp_p" ] || [ -L "$dp_p" ]; then rm -rf -- "$@"; return; fi; done; }
+dp_lock_read() { dp_cur=; IFS= read -r dp_cur 2>/dev/null < "$root/.dp/lock" || true; }
+dp_lock_is() { dp_lock_read; case $dp_cur in *\"release\":\"$1\",*) return 0 ;; esac; return 1; }
+dp_unlock() { if dp_lock_is "$1"; then rm -f -- "$root/.dp/lock"; echo "lock released"; fi; }
 # shellcheck disable=SC2034 # dp_cur_rel is dp_current's result.
 dp_current() { dp_cur_rel=; if [ -L "$root/current" ] && dp_here=$PWD && cd -P "$root/current" 2>/dev/null; then dp_cur_rel=${PWD##*/}; cd "$dp_here" 2>/dev/null || cd /; fi; }
+# With the shell's own -nt test (POSIX.1-2024; dash, bash and BusyBox ash before it).
+# shellcheck disable=SC3013
+dp_newest() {
+  dp_new=
+  for dp_f in "$releases"/*/.dp/complete; do
+    [ -f "$dp_f" ] || continue
+    if [ -z "$dp_new" ] || ! [ "$releases/$dp_new/.dp/complete" -nt "$dp_f" ]; then
+      dp_new=${dp_f%/.dp/complete}; dp_new=${dp_new##*/}
+    fi
+  done
+}
+# shellcheck disable=SC3013
+dp_by_age() {
+  dp_list='' dp_left=''
+  for dp_f in "$releases"/*/.dp/complete; do
+    [ -f "$dp_f" ] || continue
+    dp_f=${dp_f%/.dp/complete}; dp_left="$dp_left ${dp_f##*/}"
+  done
+  # Each pass takes out the newest of those left.
+  while [ -n "$dp_left" ]; do
+    dp_new='' dp_rest=''
+    for dp_f in $dp_left; do
+      if [ -z "$dp_new" ] || ! [ "$releases/$dp_new/.dp/complete" -nt "$releases/$dp_f/.dp/complete" ]; then dp_new=$dp_f; fi
+    done
+    for dp_f in $dp_left; do [ "$dp_f" = "$dp_new" ] || dp_rest="$dp_rest $dp_f"; done
+    dp_left=$dp_rest dp_list="${dp_list:+$dp_list }$dp_new"
+  done
+}
+dp_release_env() {
+  if [ $# -lt 2 ]; then dp_current; set -- "$1" "$dp_cur_rel"; fi
+  DP_RELEASE=$1 DP_ROOT=$root DP_PREVIOUS_RELEASE=$2
+  [ "$DP_PREVIOUS_RELEASE" != "$DP_RELEASE" ] || DP_PREVIOUS_RELEASE=
+  export DP_RELEASE DP_ROOT DP_PREVIOUS_RELEASE
+}
 dp_deps_path() {
   if IFS= read -r dp_bin 2>/dev/null < "$1/.dp/deps-bin"; then PATH="$1/$dp_bin:$PATH"
   else PATH="$1/.venv/bin:$1/node_modules/.bin:$PATH"; fi

@@ -1,0 +1,81 @@
+# shellcheck shell=sh
+# dp-sync's second script on a host (see remote.rs, build): builds the release from the
+# tar stream on stdin. Set before this file: rel (the new release), digest (SHA-256 of
+# its manifest), base (the release to hard-link from; empty for none), codec (tar's
+# decompression flag, -z or -j; empty for none), shared (paths under $root/shared linked
+# into the release, one per line, a directory with a trailing /) and verify (non-empty:
+# check every file with sha256sum before marking the release complete).
+# shellcheck disable=SC2154 # root, releases and the values above come before.
+
+inc="$releases/.incoming-$rel"
+tmp="$releases/.tmp-$rel"
+dp_rm "$inc" "$tmp"
+mkdir -- "$inc"
+# The hard links are made first, while the client is still compressing and sending.
+[ -z "$base" ] || cp -al -- "$releases/$base" "$tmp"
+tar -x ${codec:+"$codec"} -p --no-same-owner -f - -C "$inc"
+# `.dp/end` is the stream's last entry: without it the upload was cut short (tar exits
+# 0 when its input ends between two entries).
+[ -f "$inc/.dp/end" ] || { echo "the upload was cut short" >&2; exit 1; }
+dp_unchanged=
+if [ -z "$base" ]; then
+  LC_ALL=C sort -- "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
+else
+  if [ -s "$inc/.dp/remove" ]; then (cd "$tmp" && xargs -0 rm -rf -- < "$inc/.dp/remove"); fi
+  if [ -s "$inc/.dp/manifest.drop" ] || [ -s "$inc/.dp/manifest.add" ]; then
+    # Both sides are in canonical (byte) order, so a merge is enough.
+    { grep -v -x -F -f "$inc/.dp/manifest.drop" -- "$releases/$base/.dp/manifest" || [ $? -eq 1 ]; } |
+      LC_ALL=C sort -m - "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
+  else
+    # Nothing changed: the manifest is the base's, digest and all.
+    cp -- "$releases/$base/.dp/manifest" "$inc/.dp/manifest"
+    dp_unchanged=1
+  fi
+  # The base's own .dp (its manifest, completion mark, deps key) is not the new release's.
+  rm -rf -- "$tmp/.dp"
+fi
+rm -f -- "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.dp/end"
+if [ -z "$dp_unchanged" ]; then
+  dp_digest=$(sha256sum < "$inc/.dp/manifest")
+  dp_digest=${dp_digest%% *}
+  if [ "$dp_digest" != "$digest" ]; then
+    echo "the manifest rebuilt on the host does not match (got $dp_digest)" >&2
+    exit 1
+  fi
+fi
+printf '%s\n' "$digest" > "$inc/.dp/manifest.sha256"
+if [ -z "$base" ]; then
+  mv -- "$inc" "$tmp"
+else
+  # Sent entries replace the base's hard links; they never write through them.
+  cp -al --remove-destination -- "$inc/." "$tmp/"
+  rm -rf -- "$inc"
+fi
+# Shared paths: a link each, ../ as deep as the path, to $root/shared.
+if [ -n "$shared" ]; then
+  dp_ifs=$IFS; IFS='
+'
+  set -f
+  for p in $shared; do
+    IFS=$dp_ifs
+    dir=; case $p in */) dir=1; p=${p%/} ;; esac
+    up=../../ r=$p
+    while :; do case $r in */*) r=${r#*/}; up="../$up" ;; *) break ;; esac; done
+    if [ -n "$dir" ]; then
+      dp_mkdir "$root/shared/$p"
+    elif ! [ -e "$root/shared/$p" ]; then
+      echo "shared file $root/shared/$p is missing: create it on the host" >&2; exit 1
+    fi
+    dp_rm "$tmp/$p"
+    case $p in */*) dp_mkdir "$tmp/${p%/*}" ;; esac
+    ln -s -- "${up}shared/$p" "$tmp/$p"
+  done
+  set +f; IFS=$dp_ifs
+fi
+if [ -n "$verify" ] && ! (cd "$tmp" && sha256sum --quiet --strict -c .dp/sha256sums >&2); then
+  echo "verify: the release on the host differs from the source" >&2
+  exit 1
+fi
+: > "$tmp/.dp/complete"
+mv -- "$tmp" "$releases/$rel"
+echo "built"

@@ -1,0 +1,43 @@
+# shellcheck shell=sh
+# dp-sync's first script on a host (see remote.rs, prepare), after the host check and
+# the lock. Set before this file: rel (the new release), known (digests of manifests
+# the client has cached, separated by spaces) and mark (the line before a manifest).
+# Prints the leftovers it removed, the decompressors the host has, `current R`, then
+# either `self complete` (a re-run) or `base B` (the newest complete release, empty if
+# none), each followed by `digest D`, the mark and the manifest unless known.
+# shellcheck disable=SC2154 # root, releases and the values above come before.
+
+# The digest is stored beside the manifest when the release is built (older releases:
+# computed here).
+dp_manifest() {
+  d=
+  IFS= read -r d 2>/dev/null < "$1.sha256" || true
+  case $d in
+    ????????????????????????????????????????????????????????????????) ;;
+    *) d=$(sha256sum < "$1"); d=${d%% *} ;;
+  esac
+  echo "digest $d"
+  printf '%s\n' "$mark"
+  case " $known " in *" $d "*) ;; *) cat -- "$1" ;; esac
+}
+for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
+  [ -e "$d" ] || continue
+  rm -rf -- "$d" && echo "cleaned ${d##*/}"
+done
+for z in gzip bzip2; do
+  if command -v "$z" >/dev/null 2>&1; then echo "has $z"; fi
+done
+dp_current
+echo "current $dp_cur_rel"
+if [ -f "$releases/$rel/.dp/complete" ]; then
+  echo "self complete"
+  dp_manifest "$releases/$rel/.dp/manifest"
+  exit 0
+fi
+if [ -e "$releases/$rel" ]; then
+  echo "release directory $releases/$rel exists but is not complete; remove it" >&2
+  exit 3
+fi
+dp_newest
+echo "base $dp_new"
+if [ -n "$dp_new" ] && [ -f "$releases/$dp_new/.dp/manifest" ]; then dp_manifest "$releases/$dp_new/.dp/manifest"; fi
