@@ -317,6 +317,38 @@ fn rollback_returns_to_what_was_live_never_to_a_release_that_failed() {
 }
 
 #[test]
+fn a_rollback_keeps_the_release_the_next_rollback_returns_to() {
+    let dir = Dir::new("dp-rollback-keep");
+    let roots = fixture(&dir);
+    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
+    dir.write("deploy.toml", config.replace("keep = 3", "keep = 5"));
+    for (i, r) in ["r1", "r2", "r3", "r4"].iter().enumerate() {
+        dir.write("site/VERSION", &format!("{i}\n"));
+        dp(&dir, &["deploy", "--release", r]).code(0);
+    }
+    // Fewer releases kept from now on: the rollback's cleanup removes r1, but not r2,
+    // where the next rollback goes.
+    dir.write("deploy.toml", config.replace("keep = 3", "keep = 1"));
+    let rollback = || {
+        TestCommand::new("dp")
+            .current_dir(dir.path())
+            .args(["rollback"])
+            .run()
+    };
+    rollback().code(0);
+    for root in &roots {
+        assert_eq!(current(root), "releases/r3");
+        assert!(!root.join("releases/r1").exists(), "beyond keep");
+        assert!(root.join("releases/r4").exists(), "rolled back from");
+        assert!(root.join("releases/r2/.dp/complete").exists());
+    }
+    rollback().code(0);
+    for root in &roots {
+        assert_eq!(current(root), "releases/r2");
+    }
+}
+
+#[test]
 fn redeploying_the_live_release_is_a_no_op_unless_forced() {
     let dir = Dir::new("dp-same-id");
     let roots = fixture(&dir);
