@@ -1153,25 +1153,7 @@ fn a_host_with_busybox_tools_first_on_its_path_is_refused_before_anything_change
     let dir = Dir::new("dp-busybox");
     let roots = fixture(&dir);
     // BusyBox's applets first on PATH (the local transport's hosts share dp's PATH).
-    let list = std::process::Command::new("busybox")
-        .arg("--list")
-        .output()
-        .expect("busybox is needed for this test: run make test (it installs busybox)");
-    let applets = dir.path().join("busybox-bin");
-    std::fs::create_dir_all(&applets).unwrap();
-    let busybox = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v busybox"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if !matches!(applet, "sh" | "ash") {
-            std::os::unix::fs::symlink(busybox.trim(), applets.join(applet)).unwrap();
-        }
-    }
+    let applets = crate::util::busybox_applets(dir.path());
     let path = format!("{}:{}", applets.display(), std::env::var("PATH").unwrap());
     let with_busybox = |args: &[&str]| {
         dp_on(&dir, &sqlite_url(&dir))

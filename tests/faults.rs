@@ -1285,3 +1285,49 @@ fn a_dependency_build_longer_than_the_lease_keeps_the_hosts_locked() {
     }
     assert!(running("sleep 7.25").is_empty());
 }
+
+/// A host whose PATH puts BusyBox's tools first (set by its sshd), one of three: `dp
+/// setup` names it and what it lacks, and a deploy is refused there before anything
+/// changes, so no host switches.
+#[test]
+fn a_busybox_host_among_gnu_hosts_is_refused_and_switches_no_host() {
+    let mut fleet = Fleet::start(3);
+    let case = Case::on(&fleet, "faults-busybox", true);
+    case.live_then_change();
+    let applets = crate::util::busybox_applets(case.dir.path());
+    fleet.hosts[2].relaunch_with(&format!(
+        "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin\n",
+        applets.display()
+    ));
+    let why =
+        "this host lacks what dp's scripts need: cp -al --remove-destination (GNU coreutils cp)";
+    let setup = case.command("dp").args(["setup"]).run();
+    setup.code(1);
+    let records = setup.records();
+    assert!(
+        records[0].error.is_none() && records[1].error.is_none(),
+        "{}",
+        setup.stdout
+    );
+    let e = records[2].error.clone().unwrap();
+    assert_eq!((records[2].host.as_str(), e.step.as_str()), ("h3", "setup"));
+    assert!(e.message.contains(why), "{e:?}");
+    assert!(
+        setup.stderr.contains("h3") && setup.stderr.contains(why),
+        "{}",
+        setup.stderr
+    );
+
+    let out = case.deploy(Form::OneLine, "r2", &[]);
+    case.assert_nothing_switched(&out, 2, ErrorKind::Failed);
+    let e = out.records()[2].error.clone().unwrap();
+    assert_eq!(e.step, "sync");
+    assert!(e.message.contains(why), "{e:?}");
+    assert!(
+        !case.roots[2].join("releases/r2").exists(),
+        "nothing built on the refused host"
+    );
+    // Its tools back: the same deploy completes everywhere.
+    fleet.hosts[2].relaunch_with("");
+    case.assert_rerun_completes(Form::OneLine, "r2");
+}

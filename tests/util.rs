@@ -369,6 +369,8 @@ pub struct SshHost {
     pub host_key: String,
     dir: PathBuf,
     guard: Option<(Child, ChildStdin)>,
+    /// Lines added to its sshd_config.
+    extra_config: String,
 }
 
 impl SshHost {
@@ -424,9 +426,18 @@ impl SshHost {
             host_key,
             dir: dir.to_path_buf(),
             guard: None,
+            extra_config: String::new(),
         };
         host.launch();
         host
+    }
+
+    /// Restarts this sshd on its port with `extra` lines in its sshd_config (for example
+    /// `SetEnv PATH=...`, which sessions get after sshd's default PATH).
+    pub fn relaunch_with(&mut self, extra: &str) {
+        self.stop();
+        self.extra_config = extra.to_string();
+        self.launch();
     }
 
     /// (Re)starts sshd on a free port (a port kept from before when restarting).
@@ -445,8 +456,9 @@ impl SshHost {
                      PidFile none\nAuthorizedKeysFile {dir}/authorized_keys\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                      PubkeyAuthentication yes\nUsePAM no\nStrictModes no\nPermitRootLogin yes\n\
-                     PrintMotd no\nMaxStartups 200\nMaxSessions 100\nLogLevel VERBOSE\n",
-                    dir = self.dir.display()
+                     PrintMotd no\nMaxStartups 200\nMaxSessions 100\nLogLevel VERBOSE\n{extra}",
+                    dir = self.dir.display(),
+                    extra = self.extra_config,
                 ),
             )
             .unwrap();
@@ -968,4 +980,22 @@ pub fn under_load<T>(port: u16, f: impl FnOnce() -> T) -> (T, usize, usize) {
         out
     });
     (out, ok.into_inner(), failed.into_inner())
+}
+
+/// A directory in `dir` holding a link to busybox for each of its applets but `sh`: put
+/// first on PATH, it gives a host BusyBox's tools instead of GNU's.
+pub fn busybox_applets(dir: &Path) -> PathBuf {
+    let list = Command::new("busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox is needed for this test: run make test (it installs busybox)");
+    let applets = dir.join("busybox-bin");
+    std::fs::create_dir_all(&applets).unwrap();
+    let busybox = sh("sh", &["-c", "command -v busybox"]);
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if !matches!(applet, "sh" | "ash") {
+            std::os::unix::fs::symlink(busybox.trim(), applets.join(applet)).unwrap();
+        }
+    }
+    applets
 }
