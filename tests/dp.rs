@@ -323,7 +323,7 @@ fn a_rollback_keeps_the_release_the_next_rollback_returns_to() {
     let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
     dir.write("deploy.toml", config.replace("keep = 3", "keep = 5"));
     for (i, r) in ["r1", "r2", "r3", "r4"].iter().enumerate() {
-        dir.write("site/VERSION", &format!("{i}\n"));
+        dir.write("site/VERSION", format!("{i}\n"));
         dp(&dir, &["deploy", "--release", r]).code(0);
     }
     // Fewer releases kept from now on: the rollback's cleanup removes r1, but not r2,
