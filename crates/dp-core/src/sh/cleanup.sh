@@ -21,7 +21,7 @@ dp_cleanup() {
       fi
     done
     for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
-      [ -e "$d" ] && rm -rf "$d" && echo "removed leftover ${d##*/}"
+      [ -e "$d" ] && rm -rf -- "$d" && echo "removed leftover ${d##*/}"
     done
   fi
   # Dependency environments no remaining release uses (one being built has its lock).
@@ -38,7 +38,7 @@ dp_cleanup() {
       case $k in *.lock) continue ;; esac
       case $used in *" $k "*) continue ;; esac
       [ -d "$d.lock" ] && continue
-      rm -rf "$d" "$d.log" && echo "removed deps $k"
+      rm -rf -- "$d" "$d.log" && echo "removed deps $k"
     done
   fi
   # Unlinking thousands of files takes a while: it goes on in the background, after

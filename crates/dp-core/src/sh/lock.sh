@@ -21,21 +21,21 @@ dp_lock() {
     printf '%s\n' "$dp_info" > "$lock.$$" && return
     # dash's printf says only "I/O error"; cat names the cause (a full disk, say).
     printf '%s\n' "$dp_info" | cat > "$lock.$$" && return
-    rm -f "$lock.$$"
+    rm -f -- "$lock.$$"
     echo "cannot write the deploy lock in $root/.dp (see above)" >&2
     exit "$dp_lock_write_failed"
   }
   dp_create() {
     dp_write
-    if ln "$lock.$$" "$lock" 2>/dev/null; then rm -f "$lock.$$"; return 0; fi
-    rm -f "$lock.$$"
+    if ln -- "$lock.$$" "$lock" 2>/dev/null; then rm -f -- "$lock.$$"; return 0; fi
+    rm -f -- "$lock.$$"
     return 1
   }
   if ! [ -e "$lock" ] && dp_create; then
     echo "lock taken"
   elif dp_lock_is "$dp_rel"; then
     dp_write
-    mv -f "$lock.$$" "$lock"
+    mv -f -- "$lock.$$" "$lock"
     echo "lock renewed"
   elif ! [ -e "$lock" ] && dp_create; then
     echo "lock taken"
@@ -59,17 +59,17 @@ dp_lock() {
         printf 'dp-lock-corrupt %s %s %s\n' "$(wc -c < "$lock" 2>/dev/null || echo 0)" "$((dp_now - dp_written))" "$((dp_cur_exp - dp_now))" >&2
         ;;
     esac
-    if [ "$dp_cur_exp" -lt "$dp_now" ] && mv "$lock" "$lock.stale.$$" 2>/dev/null; then
+    if [ "$dp_cur_exp" -lt "$dp_now" ] && mv -- "$lock" "$lock.stale.$$" 2>/dev/null; then
       dp_stale=
       IFS= read -r dp_stale 2>/dev/null < "$lock.stale.$$" || true
       if [ "$dp_stale" = "$dp_cur" ] && dp_create; then
-        rm -f "$lock.stale.$$"
+        rm -f -- "$lock.stale.$$"
         echo "lock taken-over $dp_cur"
       else
         # Put it back only if no other deploy took the lock meanwhile (ln never overwrites).
-        ln "$lock.stale.$$" "$lock" 2>/dev/null || true
-        rm -f "$lock.stale.$$"
-        cat "$lock" >&2 2>/dev/null || true
+        ln -- "$lock.stale.$$" "$lock" 2>/dev/null || true
+        rm -f -- "$lock.stale.$$"
+        cat -- "$lock" >&2 2>/dev/null || true
         exit "$dp_lock_held"
       fi
     else

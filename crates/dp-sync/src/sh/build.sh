@@ -25,7 +25,7 @@ else
   if [ -s "$inc/.dp/manifest.drop" ] || [ -s "$inc/.dp/manifest.add" ]; then
     # Both sides are in canonical (byte) order, so a merge is enough.
     { grep -v -x -F -f "$inc/.dp/manifest.drop" -- "$releases/$base/.dp/manifest" || [ $? -eq 1 ]; } |
-      LC_ALL=C sort -m - "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
+      LC_ALL=C sort -m -- - "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
   else
     # Nothing changed: the manifest is the base's, digest and all.
     cp -- "$releases/$base/.dp/manifest" "$inc/.dp/manifest"
