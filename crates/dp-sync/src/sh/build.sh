@@ -31,10 +31,9 @@ else
     cp -- "$releases/$base/.dp/manifest" "$inc/.dp/manifest"
     dp_unchanged=1
   fi
-  # The base's own .dp (its manifest, completion mark, deps key) is not the new release's.
-  rm -rf -- "$tmp/.dp"
 fi
-rm -f -- "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.dp/end"
+# The base's own .dp (its manifest, completion mark, deps key) is not the new release's.
+rm -rf -- ${base:+"$tmp/.dp"} "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.dp/end"
 if [ -z "$dp_unchanged" ]; then
   dp_digest=$(sha256sum < "$inc/.dp/manifest")
   dp_digest=${dp_digest%% *}
