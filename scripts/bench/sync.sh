@@ -9,7 +9,8 @@
 #  3. full upload to HOSTS (20) hosts: dp-sync vs `xargs -P 20 rsync` (target <= 0.6x)
 #  4. no-change redeploy (new release id, same content) to 20 hosts (target < 1 s)
 #  5. a 2 GiB file to 1 host: dp-sync's peak RSS (target < 100 MiB)
-# SECTIONS="2 4" runs only those parts.
+# SECTIONS="2 4" runs only those parts. With BASELINE=DIR (the bin directory of another
+# build), part 4 also times that build's dp-sync, alternating with this one's.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
@@ -38,7 +39,7 @@ unlock_all() { rm -f "$f"/h*/root/.dp/lock; }
 clean_all() { rm -rf "$f"/h*/root/* "$f"/h*/root/.dp; }
 dp_sync() { # RELEASE HOST-ARGS...: sync, print sent+received bytes of the first host
     local rel=$1; shift
-    records "$@" | $bin/dp-sync --src "$site" --release "$rel" --jobs "$n" >"$work/out.json"
+    records "$@" | ${sync_bin:-$bin}/dp-sync --src "$site" --release "$rel" --jobs "$n" >"$work/out.json"
     unlock_all
 }
 wire() { python3 -c 'import json,sys; s=[json.loads(l)["steps"]["sync"] for l in open(sys.argv[1])]; print(s[0]["bytes_sent"]+s[0]["bytes_received"])' "$work/out.json"; }
@@ -101,6 +102,14 @@ dp_sync same0
 for i in $(seq 1 "$runs"); do time_cmd dp_sync "same$i" >>"$work/same.dp"; done
 for i in $(seq 1 "$runs"); do time_cmd dp_sync "same$runs" >>"$work/rerun.dp"; done
 printf '   new release id %.3f (target < 1)   same id again (no-op) %.3f\n' "$(median <"$work/same.dp")" "$(median <"$work/rerun.dp")"
+if [ -n "${BASELINE:-}" ]; then
+    for i in $(seq 1 "$runs"); do
+        time_cmd dp_sync "this$i" >>"$work/this.dp"
+        sync_bin=$BASELINE time_cmd dp_sync "base$i" >>"$work/base.dp"
+    done
+    this=$(median <"$work/this.dp") base=$(median <"$work/base.dp")
+    printf '   this build %.3f   baseline %.3f   ratio %sx\n' "$this" "$base" "$(ratio "$this" "$base")"
+fi
 
 fi
 want 5 || exit 0
