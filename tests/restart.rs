@@ -336,7 +336,14 @@ fn zero_downtime_rollout_behind_nginx() {
         "{}",
         e.message
     );
-    assert!(e.message.contains("h1") || recs[0].host == "h1");
+    // The first batch is h1 alone: it failed there, and the hosts after it were skipped.
+    assert_eq!((recs[0].host.as_str(), e.step.as_str()), ("h1", "restart"));
+    assert_eq!(e.kind, dp_core::ErrorKind::SwitchedBack, "{e:?}");
+    assert!(e.message.ends_with("switched back to v2"), "{e:?}");
+    for r in &recs[1..] {
+        let e = r.error.clone().unwrap();
+        assert_eq!(e.kind, dp_core::ErrorKind::Skipped, "{}: {e:?}", r.host);
+    }
     for root in &roots {
         assert_eq!(current(root), "releases/v2");
     }
