@@ -14,3 +14,4 @@ mod shellcheck;
 mod shells;
 mod sync;
 mod transport;
+mod workspace;
