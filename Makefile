@@ -33,6 +33,8 @@ test: test-env
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 	$(CARGO) test $(CARGO_FLAGS) --workspace
+	# The build without what only Linux has (cfg dp_linux off: the macOS/BSD code paths).
+	DP_PORTABLE_CHECK=1 $(CARGO) clippy $(CARGO_FLAGS) --workspace --all-targets -- -D warnings
 
 test-env:
 	scripts/test-env.sh

@@ -53,7 +53,7 @@ fn ssh_round_trips_stdin_stdout_and_exit_code() {
 
 /// In dp's programs (and this test binary) libssh2's ChaCha20 and Poly1305 are OpenSSL's,
 /// through the link flags in build.rs, and sshd accepts what they compute.
-#[cfg(target_os = "linux")]
+#[cfg(dp_linux)]
 #[test]
 fn ssh_encrypts_with_openssl_chacha20_poly1305() {
     use dp_core::transport::chachapoly;

@@ -60,12 +60,22 @@ impl std::fmt::Display for LockInfo {
 /// `user@machine` for this process.
 pub fn holder() -> String {
     let user = crate::transport::ssh::local_user();
-    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_string());
-    format!("{user}@{machine}")
+    format!(
+        "{user}@{}",
+        hostname().unwrap_or_else(|| "localhost".into())
+    )
+}
+
+/// This machine's name, from the C library (any Unix).
+fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).trim().to_string()).filter(|h| !h.is_empty())
 }
 
 /// When a step renews the lease of the lock its own deploy holds.
@@ -289,4 +299,16 @@ pub fn keep_renewed<T>(
         drop(stop);
         out
     })
+}
+
+#[cfg(all(test, dp_linux))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_holder_names_this_machine() {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(hostname().as_deref(), Some(name.trim()));
+        assert!(holder().ends_with(&format!("@{}", name.trim())));
+    }
 }

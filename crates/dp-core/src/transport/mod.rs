@@ -11,7 +11,7 @@
 //! [`crate::quote`]. Input is streamed from a reader and output to a writer, so memory does
 //! not grow with the size of what flows through.
 
-#[cfg(target_os = "linux")]
+#[cfg(dp_linux)]
 pub mod chachapoly;
 pub mod knownhosts;
 pub mod local;

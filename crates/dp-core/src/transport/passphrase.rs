@@ -138,7 +138,7 @@ fn open(path: &Path, passphrase: Secret) -> Result<Unlocked, Refused> {
 /// An opened key is in this process's memory from now on: keep it out of core dumps (and
 /// other users' debuggers), as ssh-agent does.
 fn keep_out_of_core_dumps() {
-    #[cfg(target_os = "linux")]
+    #[cfg(dp_linux)]
     // SAFETY: prctl with an integer option; it changes only this process's flags.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);

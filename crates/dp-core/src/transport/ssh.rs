@@ -43,7 +43,7 @@ pub const CIPHERS_ENV: &str = "DP_SSH_CIPHERS";
 /// compute it (see [`super::chachapoly::usable`]).
 fn cipher_preference() -> String {
     let ciphers = std::env::var(CIPHERS_ENV).unwrap_or_else(|_| CIPHERS.to_string());
-    #[cfg(target_os = "linux")]
+    #[cfg(dp_linux)]
     if !super::chachapoly::usable() {
         return ciphers
             .split(',')
@@ -455,6 +455,7 @@ impl Transport for SshTransport {
 /// for the ACK of the first; a delayed ACK here stalls it about 40 ms (measured: the first
 /// channel of a session took 45 ms instead of 3). Linux clears the flag as it goes, so it
 /// is set again before every wait.
+#[cfg(dp_linux)]
 fn quickack(fd: RawFd) {
     let one: libc::c_int = 1;
     // SAFETY: setsockopt on the session's own socket with a valid int option.
@@ -469,8 +470,12 @@ fn quickack(fd: RawFd) {
     }
 }
 
+/// Elsewhere there is no such option (macOS and the BSDs acknowledge sooner anyway).
+#[cfg(not(dp_linux))]
+fn quickack(_fd: RawFd) {}
+
 /// How long ago the socket last received data (not bare ACKs), from the kernel.
-#[cfg(target_os = "linux")]
+#[cfg(dp_linux)]
 fn since_data_received(fd: RawFd) -> Option<Duration> {
     // SAFETY: tcp_info is plain old data; getsockopt fills at most `len` bytes of it.
     unsafe {
@@ -488,7 +493,7 @@ fn since_data_received(fd: RawFd) -> Option<Duration> {
 }
 
 /// Elsewhere only what the pump itself saw counts.
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(dp_linux))]
 fn since_data_received(_fd: RawFd) -> Option<Duration> {
     None
 }
@@ -717,11 +722,22 @@ pub fn local_user() -> String {
     if let Some(u) = std::env::var_os("USER").filter(|u| !u.is_empty()) {
         return u.to_string_lossy().into_owned();
     }
-    // SAFETY: getpwuid returns a pointer into static storage or null; we copy at once.
+    // getpwuid_r, not getpwuid: hosts are handled on parallel threads.
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: passwd is plain old data; getpwuid_r writes it and the strings it points to
+    // into `buf` (of the given length), and `found` is null or points to `pw`.
     unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if !pw.is_null() && !(*pw).pw_name.is_null() {
-            return std::ffi::CStr::from_ptr((*pw).pw_name)
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(
+            libc::geteuid(),
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        );
+        if rc == 0 && !found.is_null() && !pw.pw_name.is_null() {
+            return std::ffi::CStr::from_ptr(pw.pw_name)
                 .to_string_lossy()
                 .into_owned();
         }
