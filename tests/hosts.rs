@@ -1,6 +1,6 @@
 //! dp-hosts: selection from deploy.toml and stdin, --check over real sshd hosts.
 
-use crate::util::{free_port, keygen_locked, Dir, Fleet, TestCommand};
+use crate::util::{free_port, keygen_locked, sh, Dir, Fleet, TestCommand};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
@@ -570,4 +570,55 @@ fn a_closed_stdout_is_not_an_error() {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// A PEM key (the older format, which libssh2 decrypts itself) opens with the askpass
+/// answer on every host, and a wrong answer is named as such.
+#[test]
+fn an_encrypted_pem_key_is_opened_with_its_passphrase() {
+    let fleet = Fleet::shared();
+    let dir = Dir::new("hosts-pem-passphrase");
+    let locked = dir.path().join("pem key");
+    sh(
+        "ssh-keygen",
+        &[
+            "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "pem pass", "-C", "dp-test", "-f",
+        ]
+        .into_iter()
+        .chain([locked.to_str().unwrap()])
+        .collect::<Vec<_>>(),
+    );
+    assert!(std::fs::read_to_string(&locked)
+        .unwrap()
+        .contains("ENCRYPTED"));
+    let public = std::fs::read_to_string(locked.with_extension("pub")).unwrap();
+    fleet.authorize(public.trim());
+    dir.write("deploy.toml", with_identity(fleet, &[0, 1], &locked));
+    let askpass = dir.write("askpass", "#!/bin/sh\nprintf '%s\\n' \"$PASS\"\n");
+    std::fs::set_permissions(
+        &askpass,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let check = |pass: &str| {
+        hosts(&dir)
+            .args(["--check"])
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("PASS", pass)
+            .without_terminal()
+            .run()
+    };
+    let out = check("pem pass");
+    out.code(0);
+    for r in out.records() {
+        assert_eq!(r.steps["hosts"]["reachable"], true, "{r:?}");
+    }
+    let out = check("not it");
+    out.code(1);
+    for r in out.records() {
+        let e = r.error.unwrap().message;
+        assert!(e.to_lowercase().contains("wrong passphrase"), "{e}");
+        assert!(!e.contains("not it"), "{e}");
+    }
 }

@@ -81,12 +81,11 @@ impl Sessions {
             }
             result
         };
-        let mut results: Vec<(usize, Result<T, String>)> = match rayon::ThreadPoolBuilder::new()
-            .num_threads(jobs.max(1))
-            .build()
-        {
-            Ok(pool) => pool.install(|| chosen.par_iter_mut().map(|c| (c.0, run_one(c))).collect()),
-            Err(_) => chosen.iter_mut().map(|c| (c.0, run_one(c))).collect(),
+        let mut results: Vec<(usize, Result<T, String>)> = match pool(jobs) {
+            Some(pool) => {
+                pool.install(|| chosen.par_iter_mut().map(|c| (c.0, run_one(c))).collect())
+            }
+            None => chosen.iter_mut().map(|c| (c.0, run_one(c))).collect(),
         };
         results.sort_by_key(|(i, _)| indices.iter().position(|j| j == i));
         results.into_iter().map(|(_, r)| r).collect()
@@ -132,14 +131,36 @@ impl Sessions {
             }
         };
         let pairs = records.iter_mut().zip(self.slots.iter_mut());
-        match rayon::ThreadPoolBuilder::new()
-            .num_threads(jobs.max(1))
-            .build()
-        {
-            Ok(pool) => pool.install(|| {
+        match pool(jobs) {
+            Some(pool) => pool.install(|| {
                 pairs.collect::<Vec<_>>().into_par_iter().for_each(run_one);
             }),
-            Err(_) => pairs.for_each(run_one),
+            None => pairs.for_each(run_one),
+        }
+    }
+}
+
+/// The thread pool that runs at most `jobs` hosts at once: made at the first call and
+/// kept for the process (every step of a deploy uses the same `--jobs`); a call with
+/// another size replaces it. None if no thread could be started (then hosts run one by
+/// one).
+pub fn pool(jobs: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> {
+    use std::sync::{Arc, Mutex};
+    static POOL: Mutex<Option<(usize, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+    let jobs = jobs.max(1);
+    let mut kept = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    match &*kept {
+        Some((n, pool)) if *n == jobs => Some(pool.clone()),
+        _ => {
+            let pool = Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(jobs)
+                    .thread_name(|i| format!("dp-host-{i}"))
+                    .build()
+                    .ok()?,
+            );
+            *kept = Some((jobs, pool.clone()));
+            Some(pool)
         }
     }
 }

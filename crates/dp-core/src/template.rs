@@ -151,17 +151,19 @@ pub fn check(template: &str, records: &[Record], escape: Escape, what: &str) -> 
     Ok(())
 }
 
+/// All but the unreserved characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`) and the `:`, `[`
+/// and `]` of a host and port.
+const URL_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b':')
+    .remove(b'[')
+    .remove(b']');
+
 fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(value, URL_KEEP).to_string()
 }
 
 #[cfg(test)]

@@ -74,13 +74,9 @@ pub struct CheckStats {
 /// Connects to every host not already failed, at most `jobs` at once, runs `true`, and
 /// records the result in `steps.hosts` (or `error`). Nothing on the hosts is changed.
 pub fn check(records: &mut [Record], jobs: usize) {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs.max(1))
-        .thread_name(|i| format!("dp-hosts-check-{i}"))
-        .build();
-    match pool {
-        Ok(pool) => pool.install(|| records.par_iter_mut().for_each(check_one)),
-        Err(_) => records.iter_mut().for_each(check_one),
+    match dp_core::parallel::pool(jobs) {
+        Some(pool) => pool.install(|| records.par_iter_mut().for_each(check_one)),
+        None => records.iter_mut().for_each(check_one),
     }
 }
 

@@ -54,15 +54,19 @@ pub fn describe(e: &sqlx::Error) -> String {
     }
 }
 
-/// `scheme://host:port/db` without user or password, for messages.
+/// The URL without user, password or query (where options such as a password may be),
+/// for messages: `postgres://host:port/db`. One that does not parse is `<database>`.
 pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
-            let rest = rest.split('?').next().unwrap_or(rest);
-            format!("{scheme}://{rest}")
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            // (A URL without a host has no user or password to remove.)
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.into()
         }
-        None => "<database>".to_string(),
+        Err(_) => "<database>".to_string(),
     }
 }
 
@@ -99,18 +103,7 @@ fn unsupported(url: &str) -> DbError {
 
 /// CRC-32 (IEEE), as sqlx uses for its lock id.
 fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    crc32fast::hash(bytes)
 }
 
 /// sqlx's advisory lock id for a PostgreSQL database name.
@@ -462,5 +455,10 @@ mod tests {
             super::redact("sqlite:///srv/app.db"),
             "sqlite:///srv/app.db"
         );
+        assert_eq!(
+            super::redact("postgresql://app:p@ss:w@[::1]/app?password=x"),
+            "postgresql://[::1]/app"
+        );
+        assert_eq!(super::redact("not a url"), "<database>");
     }
 }

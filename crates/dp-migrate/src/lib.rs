@@ -110,35 +110,22 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
-/// Splits a `postgres://` URL around its host and port:
-/// `(before host, host, port, after port)`.
-pub fn split_host(url: &str) -> Option<(String, String, u16, String)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (userinfo, hostport) = match authority.rsplit_once('@') {
-        Some((u, h)) => (format!("{u}@"), h),
-        None => (String::new(), authority),
+/// The host and port of a `postgres://` URL (port 5432 when it names none).
+pub fn host_port(url: &str) -> Option<(String, u16)> {
+    let u = url::Url::parse(url).ok()?;
+    let host = match u.host()? {
+        url::Host::Ipv6(a) => a.to_string(),
+        other => other.to_string(),
     };
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-        let (h, p) = v6.split_once(']')?;
-        (h.to_string(), p.strip_prefix(':').map(str::to_string))
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p.to_string())),
-            None => (hostport.to_string(), None),
-        }
-    };
-    let port = match port {
-        Some(p) => p.parse().ok()?,
-        None => 5432,
-    };
-    Some((
-        format!("{scheme}://{userinfo}"),
-        host,
-        port,
-        tail.to_string(),
-    ))
+    Some((host, u.port().unwrap_or(5432)))
+}
+
+/// The URL with its host and port replaced by 127.0.0.1:`port` (a tunnel's end).
+fn on_local_port(url: &str, port: u16) -> Option<String> {
+    let mut u = url::Url::parse(url).ok()?;
+    u.set_host(Some("127.0.0.1")).ok()?;
+    u.set_port(Some(port)).ok()?;
+    Some(u.into())
 }
 
 /// Opens the tunnel `opts.via` asks for and returns the URL to use through it.
@@ -155,16 +142,15 @@ fn through_via(
             "--via needs a network database; SQLite files are local".into(),
         ));
     }
-    let (before, host, port, after) = split_host(&opts.database_url)
+    let (host, port) = host_port(&opts.database_url)
         .ok_or_else(|| fail("cannot find the host in the URL".into()))?;
     match dp_core::transport::Connection::open(via) {
         Ok(dp_core::transport::Connection::Ssh(ssh)) => {
             let tunnel = dp_core::transport::tunnel::Tunnel::open(*ssh, &host, port)
                 .map_err(|e| fail(format!("tunnel through {}: {e}", via.host)))?;
-            Ok((
-                format!("{before}127.0.0.1:{}{after}", tunnel.port),
-                Some(tunnel),
-            ))
+            let url = on_local_port(&opts.database_url, tunnel.port)
+                .ok_or_else(|| fail("cannot put the tunnel's port in the URL".into()))?;
+            Ok((url, Some(tunnel)))
         }
         Ok(_) => Ok((opts.database_url.clone(), None)),
         Err(e) => Err(fail(format!("tunnel through {}: {e}", via.host))),
@@ -480,19 +466,19 @@ pub fn run_exec(records: &mut [Record], sessions: &mut Sessions, opts: &ExecOpti
 #[cfg(test)]
 mod tests {
     #[test]
-    fn split_host() {
-        let (a, h, p, z) =
-            super::split_host("postgres://u:p@db.internal:6543/app?sslmode=disable").unwrap();
+    fn host_port() {
+        let url = "postgres://u:p%40ss@db.internal:6543/app?sslmode=disable";
         assert_eq!(
-            (a.as_str(), h.as_str(), p, z.as_str()),
-            (
-                "postgres://u:p@",
-                "db.internal",
-                6543,
-                "/app?sslmode=disable"
-            )
+            super::host_port(url),
+            Some(("db.internal".to_string(), 6543))
         );
-        let (_, h, p, z) = super::split_host("postgresql://[::1]/app").unwrap();
-        assert_eq!((h.as_str(), p, z.as_str()), ("::1", 5432, "/app"));
+        assert_eq!(
+            super::on_local_port(url, 40001).as_deref(),
+            Some("postgres://u:p%40ss@127.0.0.1:40001/app?sslmode=disable")
+        );
+        assert_eq!(
+            super::host_port("postgresql://[::1]/app"),
+            Some(("::1".to_string(), 5432))
+        );
     }
 }

@@ -5,21 +5,25 @@
 //! terminal with echo off. A deploy to 20 hosts asks once. An OpenSSH-format key is
 //! decrypted once, here, and handed to libssh2 from memory for every host. The opened key
 //! and the passphrase stay in this process's memory (never in records, logs, argv or
-//! files); dp's own copies are overwritten when dropped.
+//! files). Every copy dp makes is wiped when dropped (zeroize): they are read a byte at a
+//! time into a buffer that never grows (so no buffered reader and no reallocation leaves
+//! one behind), and they reach libssh2 without the ssh2 crate's unwiped C-string copies
+//! ([`userauth`]). What libssh2 and OpenSSL do with the key inside is theirs.
 
 use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use zeroize::Zeroizing;
 
-/// A passphrase, overwritten when dropped.
-pub struct Secret(String);
+/// A passphrase, or an opened key: wiped when dropped.
+pub struct Secret(Zeroizing<String>);
 
 impl Secret {
     /// The passphrase.
@@ -28,13 +32,102 @@ impl Secret {
     }
 }
 
-impl Drop for Secret {
-    fn drop(&mut self) {
-        // SAFETY: zero bytes are valid UTF-8; the string is not used after this.
-        for b in unsafe { self.0.as_mut_vec() } {
-            // SAFETY: a valid, aligned pointer into the string's own buffer.
-            unsafe { std::ptr::write_volatile(b, 0) };
+/// The longest passphrase line read (OpenSSH reads 1023 bytes too).
+const MAX_LINE: usize = 1023;
+
+/// The first line of what `from` gives (without `\n` or `\r\n`; at most [`MAX_LINE`]
+/// bytes), read a byte at a time into a buffer that is never reallocated.
+fn read_line_secret(from: &mut impl Read) -> std::io::Result<Secret> {
+    let mut line = Zeroizing::new(Vec::with_capacity(MAX_LINE + 1));
+    let mut byte = Zeroizing::new([0u8; 1]);
+    while line.len() < MAX_LINE {
+        match from.read(&mut byte[..]) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    // from_utf8 takes the buffer as it is (no copy); an error hands it back to be wiped.
+    let bytes = std::mem::take(&mut *line);
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Secret(Zeroizing::new(text))),
+        Err(e) => {
+            drop(Zeroizing::new(e.into_bytes()));
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the passphrase is not UTF-8",
+            ))
+        }
+    }
+}
+
+/// Authenticates `user` with `key` as it was opened (a key file with or without a
+/// passphrase, or a key decrypted here), through libssh2 directly: the ssh2 crate's
+/// `userauth_pubkey_memory` and `userauth_pubkey_file` copy the key and the passphrase
+/// into C strings that they free without wiping, on every host.
+pub fn userauth(
+    session: &ssh2::Session,
+    user: &str,
+    key: &Path,
+    unlocked: Option<&Unlocked>,
+) -> Result<(), ssh2::Error> {
+    let mut raw = session.raw();
+    let raw: *mut libssh2_sys::LIBSSH2_SESSION = &mut *raw;
+    let rc = match unlocked {
+        Some(Unlocked::Key(plain)) => {
+            let plain = plain.expose().as_bytes();
+            // SAFETY: the session is locked (the guard lives to the end of this function);
+            // every pointer comes with its length.
+            unsafe {
+                libssh2_sys::libssh2_userauth_publickey_frommemory(
+                    raw,
+                    user.as_ptr().cast(),
+                    user.len(),
+                    std::ptr::null(),
+                    0,
+                    plain.as_ptr().cast(),
+                    plain.len(),
+                    std::ptr::null(),
+                )
+            }
+        }
+        _ => {
+            let path = std::ffi::CString::new(key.as_os_str().as_encoded_bytes())
+                .map_err(|_| ssh2::Error::new(ssh2::ErrorCode::Session(-1), "NUL in a key path"))?;
+            // The passphrase with its NUL, in a buffer wiped when dropped.
+            let passphrase = match unlocked {
+                Some(Unlocked::Passphrase(p)) => {
+                    let mut z = Zeroizing::new(Vec::with_capacity(p.expose().len() + 1));
+                    z.extend_from_slice(p.expose().as_bytes());
+                    z.push(0);
+                    Some(z)
+                }
+                _ => None,
+            };
+            // SAFETY: as above; the strings are NUL-terminated and outlive the call.
+            unsafe {
+                libssh2_sys::libssh2_userauth_publickey_fromfile_ex(
+                    raw,
+                    user.as_ptr().cast(),
+                    user.len() as std::ffi::c_uint,
+                    std::ptr::null(),
+                    path.as_ptr(),
+                    passphrase
+                        .as_ref()
+                        .map_or(std::ptr::null(), |p| p.as_ptr().cast()),
+                )
+            }
+        }
+    };
+    if rc >= 0 {
+        Ok(())
+    } else {
+        Err(ssh2::Error::from_session_error_raw(raw, rc))
     }
 }
 
@@ -129,10 +222,13 @@ fn open(path: &Path, passphrase: Secret) -> Result<Unlocked, Refused> {
     let plain = key
         .decrypt(passphrase.expose())
         .map_err(|_| Refused::Wrong)?;
-    let text = plain
+    let mut text = plain
         .to_openssh(ssh_key::LineEnding::LF)
         .map_err(|e| format!("could not re-encode the opened key: {e}"))?;
-    Ok(Unlocked::Key(Secret(text.to_string())))
+    // Moved out, not copied: the Zeroizing it came in is left empty.
+    Ok(Unlocked::Key(Secret(Zeroizing::new(std::mem::take(
+        &mut *text,
+    )))))
 }
 
 /// An opened key is in this process's memory from now on: keep it out of core dumps (and
@@ -166,11 +262,6 @@ fn ask(prompt: &str) -> Result<Secret, String> {
     }
 }
 
-/// The first line of `answer`, without its line end.
-fn first_line(answer: Secret) -> Secret {
-    Secret(answer.expose().lines().next().unwrap_or("").to_string())
-}
-
 fn run_askpass(program: &std::ffi::OsStr, prompt: &str) -> Result<Secret, String> {
     let name = Path::new(program).display().to_string();
     let mut child = Command::new(program)
@@ -179,19 +270,17 @@ fn run_askpass(program: &std::ffi::OsStr, prompt: &str) -> Result<Secret, String
         .stdout(Stdio::piped())
         .spawn()
         .map_err(|e| format!("SSH_ASKPASS {name} could not start: {e}"))?;
-    let mut out = Secret(String::new());
-    let read = child
-        .stdout
-        .take()
-        .expect("piped stdout")
-        .read_to_string(&mut out.0);
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let read = read_line_secret(&mut stdout);
+    // The rest of its output is not read: closing the pipe lets it end.
+    drop(stdout);
     let status = child
         .wait()
         .map_err(|e| format!("SSH_ASKPASS {name}: {e}"))?;
-    if read.is_err() || !status.success() {
-        return Err(format!("SSH_ASKPASS {name} gave no passphrase ({status})"));
+    match read {
+        Ok(line) if status.success() => Ok(line),
+        _ => Err(format!("SSH_ASKPASS {name} gave no passphrase ({status})")),
     }
-    Ok(first_line(out))
 }
 
 type Around = Box<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
@@ -275,11 +364,9 @@ fn prompt_on(tty: &std::fs::File, prompt: &str) -> Result<Secret, String> {
     let mut out = tty;
     let _ = out.write_all(prompt.as_bytes());
     let _ = out.flush();
-    let mut line = Secret(String::new());
-    let read = BufReader::new(tty).read_line(&mut line.0);
+    let read = read_line_secret(&mut out);
     put_back(fd, &saved, &before);
-    read.map_err(|e| format!("could not read the passphrase: {e}"))?;
-    Ok(first_line(line))
+    read.map_err(|e| format!("could not read the passphrase: {e}"))
 }
 
 /// Puts back the terminal's settings and the signal handlers from before the prompt.

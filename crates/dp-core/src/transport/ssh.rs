@@ -681,11 +681,8 @@ fn authenticate(
             Some(Unlocked::Passphrase(p)) => Some(p.expose()),
             _ => None,
         };
-        match nb(session, fd, timeout, || match unlocked.as_deref() {
-            Some(Unlocked::Key(plain)) => {
-                session.userauth_pubkey_memory(user, None, plain.expose(), None)
-            }
-            _ => session.userauth_pubkey_file(user, None, &key, passphrase),
+        match nb(session, fd, timeout, || {
+            passphrase::userauth(session, user, &key, unlocked.as_deref())
         }) {
             Ok(()) if session.authenticated() => return Ok(()),
             Ok(()) => tried.push(key.display().to_string()),
