@@ -51,22 +51,32 @@ fn ssh_round_trips_stdin_stdout_and_exit_code() {
     round_trip(&mut ssh());
 }
 
-/// In dp's programs (and this test binary) libssh2's ChaCha20 and Poly1305 are OpenSSL's,
-/// through the link flags in build.rs, and sshd accepts what they compute.
+/// In dp's programs (and this test binary) libssh2's ChaCha20 and Poly1305 are OpenSSL 3's
+/// or the RustCrypto crates', through the link flags in build.rs, and sshd accepts what
+/// each computes (a wrong byte or tag would end the session). One test, as the backend is
+/// the process's.
 #[cfg(dp_linux)]
 #[test]
-fn ssh_encrypts_with_openssl_chacha20_poly1305() {
-    use dp_core::transport::chachapoly;
-    let mut conn = ssh();
-    let cipher = conn.info().cipher.unwrap_or_default();
-    assert_eq!(cipher, "chacha20-poly1305@openssh.com");
-    let before = chachapoly::calls();
-    round_trip(&mut conn);
-    // At least one ChaCha20 and one Poly1305 call per packet of the 6 MiB round trip.
-    assert!(
-        chachapoly::calls() - before > 2 * 6 * 1024 * 1024 / 32768,
-        "libssh2 used its own ChaCha20"
-    );
+fn ssh_encrypts_with_the_fast_chacha20_poly1305_of_each_backend() {
+    use dp_core::transport::chachapoly::{self, Backend};
+    let mut backends = vec![Backend::RustCrypto];
+    if chachapoly::backend() == Some(Backend::OpenSsl3) {
+        backends.insert(0, Backend::OpenSsl3);
+    }
+    for b in backends {
+        chachapoly::set_backend(Some(b));
+        let mut conn = ssh();
+        let cipher = conn.info().cipher.unwrap_or_default();
+        assert_eq!(cipher, "chacha20-poly1305@openssh.com");
+        let before = chachapoly::calls();
+        round_trip(&mut conn);
+        // At least one ChaCha20 and one Poly1305 call per packet of the 6 MiB round trip.
+        assert!(
+            chachapoly::calls() - before > 2 * 6 * 1024 * 1024 / 32768,
+            "libssh2 used its own ChaCha20 ({b:?})"
+        );
+    }
+    chachapoly::set_backend(None);
 }
 
 #[test]

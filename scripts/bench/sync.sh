@@ -10,7 +10,7 @@
 #  4. no-change redeploy (new release id, same content) to 20 hosts (target < 1 s)
 #  5. a 2 GiB file to 1 host: dp-sync's peak RSS (target < 100 MiB)
 # SECTIONS="2 4" runs only those parts. With BASELINE=DIR (the bin directory of another
-# build), part 4 also times that build's dp-sync, alternating with this one's.
+# build), parts 3 and 4 also time that build's dp-sync.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
@@ -93,6 +93,14 @@ for i in $(seq 1 "$runs"); do
 done
 dp=$(median <"$work/fleet.dp") rs=$(median <"$work/fleet.rsync")
 printf '   dp-sync %.3f   xargs -P %s rsync %.3f   dp/rsync %s (target <= 0.6)\n' "$dp" "$n" "$rs" "$(ratio "$dp" "$rs")"
+if [ -n "${BASELINE:-}" ]; then
+    for i in $(seq 1 "$runs"); do
+        clean_all
+        sync_bin=$BASELINE time_cmd dp_sync "fleetb$i" >>"$work/fleet.base"
+    done
+    base=$(median <"$work/fleet.base")
+    printf '   baseline dp-sync %.3f   baseline/rsync %s   this/baseline %s\n' "$base" "$(ratio "$base" "$rs")" "$(ratio "$dp" "$base")"
+fi
 
 fi
 if want 4; then

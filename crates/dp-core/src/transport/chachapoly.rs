@@ -1,18 +1,29 @@
-//! OpenSSL's ChaCha20 and Poly1305 under libssh2's chacha20-poly1305@openssh.com.
+//! Fast ChaCha20 and Poly1305 under libssh2's chacha20-poly1305@openssh.com.
 //!
 //! libssh2 bundles the portable C ChaCha20 and Poly1305 from OpenSSH. They run at about
 //! 0.5 and 1.2 GB/s here, and in a 20-host upload they took 30% of all CPU on the machine.
-//! OpenSSL's (the ones sshd itself uses) run at several GB/s. libssh2 has no hook to swap
-//! them, so the `dp` package's build script links its programs with GNU ld's
-//! `--wrap=chacha_encrypt_bytes --wrap=poly1305_auth`: libssh2's calls to those two
-//! functions then land in [`__wrap_chacha_encrypt_bytes`] and [`__wrap_poly1305_auth`]
-//! below, which compute the same bytes with OpenSSL. Programs linked without those flags
-//! keep libssh2's own functions; the results are identical either way (the tests below
-//! check both against the reference implementation's known answers).
+//! libssh2 has no hook to swap them, so the `dp` package's build script links its
+//! programs with GNU ld's `--wrap=chacha_encrypt_bytes --wrap=poly1305_auth`: libssh2's
+//! calls to those two functions then land in [`__wrap_chacha_encrypt_bytes`] and
+//! [`__wrap_poly1305_auth`] below, which compute the same bytes with:
+//! - OpenSSL 3's (the ones sshd uses, several GB/s: [`openssl3`]) when dp-core is built
+//!   against OpenSSL 3;
+//! - otherwise (OpenSSL 1.1, LibreSSL) the RustCrypto crates' ([`rustcrypto`]: SIMD
+//!   picked at run time, 1.2 and 1.5 GB/s here). `DP_CHACHAPOLY=rustcrypto` picks them
+//!   where OpenSSL 3 is there too (the tests run both).
+//!
+//! Each is checked against known answers once, at the first call ([`backend`]); dp offers
+//! chacha20-poly1305 only when one passes. Programs linked without the flags keep
+//! libssh2's own functions; the results are identical either way. dp-core's build script
+//! checks the bundled libssh2's declarations of the two functions and of `struct
+//! chacha_ctx` against the ones assumed here, so a libssh2-sys update that changes them
+//! fails the build instead of corrupting memory, and one that renames them fails it
+//! instead of losing the speed-up.
 
-use openssl_sys as ffi;
-use std::ffi::c_int;
-use std::ptr;
+#[cfg(dp_openssl3)]
+pub mod openssl3;
+pub mod rustcrypto;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// libssh2's `struct chacha_ctx`: the 16-word ChaCha state (constants, key, 64-bit block
@@ -30,86 +41,38 @@ pub fn calls() -> u64 {
     CALLS.load(Ordering::Relaxed)
 }
 
-struct CipherCtx(*mut ffi::EVP_CIPHER_CTX);
+/// Where libssh2's ChaCha20 and Poly1305 calls go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// OpenSSL 3 ([`openssl3`]).
+    OpenSsl3,
+    /// The RustCrypto crates ([`rustcrypto`]).
+    RustCrypto,
+}
 
-impl CipherCtx {
-    /// A context set up with ChaCha20; every call then only loads a key and IV into it.
-    fn new() -> Option<CipherCtx> {
-        // SAFETY: plain OpenSSL calls; a context that failed to set up is freed by Drop.
-        unsafe {
-            let ctx = CipherCtx(ffi::EVP_CIPHER_CTX_new());
-            let cipher = ffi::EVP_chacha20();
-            (!ctx.0.is_null()
-                && !cipher.is_null()
-                && ffi::EVP_EncryptInit_ex(
-                    ctx.0,
-                    cipher,
-                    ptr::null_mut(),
-                    ptr::null(),
-                    ptr::null(),
-                ) == 1)
-                .then_some(ctx)
+/// ChaCha20 of `bytes` bytes from `m` into `c` under the state (advanced).
+pub type Chacha = unsafe fn(&mut [u32; 16], *const u8, *mut u8, usize) -> bool;
+/// Poly1305 of `inlen` bytes at `m` under the 32-byte key into 16 bytes at `out`.
+pub type Poly = unsafe fn(*mut u8, *const u8, usize, *const u8) -> bool;
+
+impl Backend {
+    /// Its ChaCha20 and Poly1305 (each as libssh2 calls them, but in place for ChaCha20's
+    /// state words).
+    pub fn functions(self) -> (Chacha, Poly) {
+        match self {
+            #[cfg(dp_openssl3)]
+            Backend::OpenSsl3 => (openssl3::chacha, openssl3::poly1305),
+            #[cfg(not(dp_openssl3))]
+            Backend::OpenSsl3 => unreachable!("not built against OpenSSL 3"),
+            Backend::RustCrypto => (rustcrypto::chacha, rustcrypto::poly1305),
         }
     }
-}
 
-impl Drop for CipherCtx {
-    fn drop(&mut self) {
-        // SAFETY: the context was made by EVP_CIPHER_CTX_new (or is null) and is freed once.
-        unsafe { ffi::EVP_CIPHER_CTX_free(self.0) }
-    }
-}
-
-struct MacCtx(*mut ffi::EVP_MAC_CTX);
-
-impl MacCtx {
-    fn new() -> Option<MacCtx> {
-        // SAFETY: plain OpenSSL calls. The fetched EVP_MAC is reference-counted by the
-        // context, so it is released right away.
-        unsafe {
-            let mac = ffi::EVP_MAC_fetch(ptr::null_mut(), c"POLY1305".as_ptr(), ptr::null());
-            if mac.is_null() {
-                return None;
-            }
-            let ctx = ffi::EVP_MAC_CTX_new(mac);
-            ffi::EVP_MAC_free(mac);
-            (!ctx.is_null()).then_some(MacCtx(ctx))
-        }
-    }
-}
-
-impl Drop for MacCtx {
-    fn drop(&mut self) {
-        // SAFETY: the context was made by EVP_MAC_CTX_new and is freed once.
-        unsafe { ffi::EVP_MAC_CTX_free(self.0) }
-    }
-}
-
-thread_local! {
-    static CIPHER: Option<CipherCtx> = CipherCtx::new();
-    static MAC: Option<MacCtx> = MacCtx::new();
-}
-
-/// Runs `f` with this thread's ChaCha20 context, or with one made for this call (while
-/// the thread is shutting down). False when OpenSSL has no ChaCha20 or `f` failed.
-fn with_cipher(f: impl Fn(*mut ffi::EVP_CIPHER_CTX) -> bool) -> bool {
-    match CIPHER.try_with(|c| c.as_ref().map(|c| f(c.0))) {
-        Ok(Some(ok)) => ok,
-        _ => CipherCtx::new().is_some_and(|c| f(c.0)),
-    }
-}
-
-fn fail(what: &str) -> ! {
-    eprintln!("dp: OpenSSL failed in {what} (out of memory?)");
-    std::process::abort()
-}
-
-/// Whether OpenSSL here computes ChaCha20 and Poly1305 (it may not, under a FIPS-only
-/// configuration): checked once against known answers. dp offers chacha20-poly1305 only
-/// when it does, since the calls below could not fall back.
-pub fn usable() -> bool {
-    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *USABLE.get_or_init(|| {
+    /// Whether this backend computes the known answers: ChaCha20 of zeros under an
+    /// all-zero key and nonce; RFC 8439's Poly1305 vector. (OpenSSL may lack them under a
+    /// FIPS-only configuration.)
+    pub fn passes(self) -> bool {
+        let (chacha, poly) = self.functions();
         let mut state = [0u32; 16];
         for (i, c) in b"expand 32-byte k".chunks(4).enumerate() {
             state[i] = u32::from_le_bytes(c.try_into().unwrap());
@@ -122,77 +85,59 @@ pub fn usable() -> bool {
         // SAFETY: buffers of the stated sizes.
         let ran = unsafe {
             chacha(&mut state, block.as_ptr(), block.as_mut_ptr(), 16)
-                && poly1305(tag.as_mut_ptr(), msg.as_ptr(), msg.len(), key.as_ptr())
+                && poly(tag.as_mut_ptr(), msg.as_ptr(), msg.len(), key.as_ptr())
         };
-        // ChaCha20 of zeros under an all-zero key and nonce; RFC 8439's Poly1305 vector.
         ran && block == *b"\x76\xb8\xe0\xad\xa0\xf1\x3d\x90\x40\x5d\x6a\xe5\x53\x86\xbd\x28"
             && tag == *b"\xa8\x06\x1d\xc1\x30\x51\x36\xc6\xc2\x2b\x8b\xaf\x0c\x01\x27\xa9"
+    }
+}
+
+/// The backend in use, chosen once: OpenSSL 3 where built with it (unless
+/// `DP_CHACHAPOLY=rustcrypto`), else RustCrypto; one that fails its known answers is not
+/// used. None when neither passes.
+pub fn backend() -> Option<Backend> {
+    static CHOSEN: std::sync::OnceLock<Option<Backend>> = std::sync::OnceLock::new();
+    match OVERRIDE.load(Ordering::Relaxed) {
+        1 => return Some(Backend::OpenSsl3),
+        2 => return Some(Backend::RustCrypto),
+        _ => {}
+    }
+    *CHOSEN.get_or_init(|| {
+        let rust = std::env::var("DP_CHACHAPOLY").is_ok_and(|v| v == "rustcrypto");
+        let mut order = Vec::new();
+        if cfg!(dp_openssl3) && !rust {
+            order.push(Backend::OpenSsl3);
+        }
+        order.push(Backend::RustCrypto);
+        order.into_iter().find(|b| b.passes())
     })
 }
 
-/// ChaCha20 of `bytes` bytes with OpenSSL, advancing the block counter in `state`.
-///
-/// # Safety
-/// `m` and `c` point to `bytes` bytes each (they may be the same buffer).
-unsafe fn chacha(state: &mut [u32; 16], m: *const u8, c: *mut u8, bytes: usize) -> bool {
-    if bytes == 0 {
-        return true;
+static OVERRIDE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// From now on, libssh2's calls go to `backend` (which must pass its known answers),
+/// or with None to the one [`backend`] chose. For tests of a backend that is not the
+/// default one, in a process that already runs.
+pub fn set_backend(backend: Option<Backend>) {
+    if let Some(b) = backend {
+        assert!(b.passes(), "{b:?} fails its known answers here");
     }
-    let mut key = [0u8; 32];
-    for (i, w) in state[4..12].iter().enumerate() {
-        key[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
-    }
-    // OpenSSL's IV is words 12-15 of the state: its 32-bit counter carries into word 13,
-    // so it counts blocks exactly as the 64-bit counter of the original does.
-    let mut iv = [0u8; 16];
-    for (i, w) in state[12..16].iter().enumerate() {
-        iv[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
-    }
-    let ok = with_cipher(|ctx| {
-        if ffi::EVP_EncryptInit_ex(ctx, ptr::null(), ptr::null_mut(), key.as_ptr(), iv.as_ptr())
-            != 1
-        {
-            return false;
-        }
-        // EVP_EncryptUpdate takes an int length; SSH packets are far below it, but keep
-        // to the contract for any length.
-        let mut done = 0usize;
-        while done < bytes {
-            let n = (bytes - done).min(1 << 30);
-            let mut out: c_int = 0;
-            if ffi::EVP_EncryptUpdate(ctx, c.add(done), &mut out, m.add(done), n as c_int) != 1
-                || out as usize != n
-            {
-                return false;
-            }
-            done += n;
-        }
-        true
-    });
-    std::ptr::write_volatile(&mut key, [0u8; 32]);
-    let counter =
-        (u64::from(state[13]) << 32 | u64::from(state[12])).wrapping_add(bytes.div_ceil(64) as u64);
-    state[12] = counter as u32;
-    state[13] = (counter >> 32) as u32;
-    ok
+    let code = match backend {
+        None => 0,
+        Some(Backend::OpenSsl3) => 1,
+        Some(Backend::RustCrypto) => 2,
+    };
+    OVERRIDE.store(code, Ordering::Relaxed);
 }
 
-/// Poly1305 with OpenSSL.
-///
-/// # Safety
-/// `out` points to 16 writable bytes, `m` to `inlen` bytes, `key` to 32 bytes.
-unsafe fn poly1305(out: *mut u8, m: *const u8, inlen: usize, key: *const u8) -> bool {
-    let run = |ctx: &MacCtx| {
-        let mut len = 0usize;
-        ffi::EVP_MAC_init(ctx.0, key, 32, ptr::null()) == 1
-            && (inlen == 0 || ffi::EVP_MAC_update(ctx.0, m, inlen) == 1)
-            && ffi::EVP_MAC_final(ctx.0, out, &mut len, 16) == 1
-            && len == 16
-    };
-    match MAC.try_with(|c| c.as_ref().map(run)) {
-        Ok(Some(ok)) => ok,
-        _ => MacCtx::new().as_ref().is_some_and(run),
-    }
+/// Whether libssh2's chacha20-poly1305 can run here (see [`backend`]).
+pub fn usable() -> bool {
+    backend().is_some()
+}
+
+fn fail(what: &str) -> ! {
+    eprintln!("dp: {what} failed (out of memory?)");
+    std::process::abort()
 }
 
 /// libssh2's `chacha_encrypt_bytes`: ChaCha20 (the original variant: 64-bit counter and
@@ -210,6 +155,7 @@ pub unsafe extern "C" fn __wrap_chacha_encrypt_bytes(
     bytes: usize,
 ) {
     CALLS.fetch_add(1, Ordering::Relaxed);
+    let (chacha, _) = backend().unwrap_or(Backend::RustCrypto).functions();
     if !chacha(&mut (*x).input, m, c, bytes) {
         fail("ChaCha20");
     }
@@ -228,7 +174,8 @@ pub unsafe extern "C" fn __wrap_poly1305_auth(
     key: *const u8,
 ) {
     CALLS.fetch_add(1, Ordering::Relaxed);
-    if !poly1305(out, m, inlen, key) {
+    let (_, poly) = backend().unwrap_or(Backend::RustCrypto).functions();
+    if !poly(out, m, inlen, key) {
         fail("Poly1305");
     }
 }
@@ -292,8 +239,35 @@ mod tests {
     }
 
     #[test]
-    fn openssl_here_passes_the_startup_check() {
+    fn every_backend_built_here_passes_the_startup_check() {
         assert!(usable());
+        assert!(Backend::RustCrypto.passes());
+        #[cfg(dp_openssl3)]
+        assert!(Backend::OpenSsl3.passes());
+    }
+
+    /// Both backends give the same bytes as each other over lengths around the block
+    /// size and a counter about to wrap.
+    #[test]
+    fn the_backends_agree() {
+        #[cfg(dp_openssl3)]
+        for len in [0usize, 1, 63, 64, 65, 1000, 32768 + 7] {
+            let msg: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let mut outs = Vec::new();
+            for b in [Backend::OpenSsl3, Backend::RustCrypto] {
+                let (chacha, poly) = b.functions();
+                let mut x = state(&[9u8; 32], u64::from(u32::MAX) - 1, &[5u8; 8]);
+                let mut out = vec![0u8; len];
+                let mut tag = [0u8; 16];
+                let key = [3u8; 32];
+                unsafe {
+                    assert!(chacha(&mut x.input, msg.as_ptr(), out.as_mut_ptr(), len));
+                    assert!(poly(tag.as_mut_ptr(), msg.as_ptr(), len, key.as_ptr()));
+                }
+                outs.push((out, tag, x.input[12], x.input[13]));
+            }
+            assert!(outs[0] == outs[1], "length {len}");
+        }
     }
 
     #[test]
