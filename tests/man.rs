@@ -37,3 +37,40 @@ fn man_pages_are_current() {
         );
     }
 }
+
+/// A default that several programs share is the same in each one's help (they read it
+/// from dp_core::defaults): --jobs and --lease wherever they are taken.
+#[test]
+fn shared_defaults_are_the_same_in_every_help() {
+    let commands = [
+        dp_cli::dp::Args::command(),
+        dp_cli::hosts::Args::command(),
+        dp_cli::sync::Args::command(),
+        dp_cli::deps::Args::command(),
+        dp_cli::migrate::Args::command(),
+        dp_cli::restart::Args::command(),
+    ];
+    let jobs = dp_core::defaults::JOBS.to_string();
+    for mut cmd in commands {
+        cmd.build();
+        let name = cmd.get_name().to_string();
+        let mut all = vec![cmd.clone()];
+        all.extend(cmd.get_subcommands().cloned());
+        for c in &all {
+            for arg in c.get_arguments() {
+                let defaults: Vec<String> = arg
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect();
+                match arg.get_id().as_str() {
+                    "jobs" => assert_eq!(defaults, std::slice::from_ref(&jobs), "{name} --jobs"),
+                    "lease" => {
+                        assert_eq!(defaults, [dp_core::defaults::LEASE_TEXT], "{name} --lease")
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

@@ -15,15 +15,35 @@ pub struct ConfigArg {
 impl ConfigArg {
     /// The config, if there is one; a missing file is an error only when it was named.
     pub fn load(&self) -> anyhow::Result<Option<dp_core::config::Config>> {
-        crate::sync::load_optional_config(&self.config, std::env::var_os("DP_CONFIG").is_some())
+        load_optional_config(&self.config, std::env::var_os("DP_CONFIG").is_some())
     }
+}
+
+/// Loads the config when it exists; a missing file is an error only when it was named
+/// (`named`, or a path other than the default deploy.toml).
+pub fn load_optional_config(
+    path: &std::path::Path,
+    named: bool,
+) -> anyhow::Result<Option<dp_core::config::Config>> {
+    let explicit = named || path != std::path::Path::new("deploy.toml");
+    if !explicit && !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(dp_core::config::Config::load(path)?))
+}
+
+/// "`what` (default: `key` in deploy.toml, else `value`)." for a flag whose default comes
+/// from the config, then from [`dp_core::defaults`]: the same value `--help` shows
+/// everywhere.
+pub fn or_default(what: &str, key: &str, value: impl std::fmt::Display) -> String {
+    format!("{what} (default: {key}, else {value})")
 }
 
 /// `--jobs`: how many hosts a tool works on at once.
 #[derive(Debug, Clone, Args)]
 pub struct JobsArg {
     /// How many hosts at once.
-    #[arg(long, short = 'j', default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, short = 'j', default_value_t = dp_core::defaults::JOBS, value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: u16,
 }
 
@@ -38,7 +58,7 @@ impl JobsArg {
 #[derive(Debug, Clone, Args)]
 pub struct LeaseArg {
     /// Deploy lock lease to take or renew, such as `15m`.
-    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_lease)]
+    #[arg(long, value_name = "DURATION", default_value = dp_core::defaults::LEASE_TEXT, value_parser = parse_lease)]
     pub lease: Duration,
 }
 

@@ -48,9 +48,10 @@ pub struct Args {
     /// How long to wait for another deploy building the same environment.
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = dp_core::config::parse_duration)]
     pub wait: std::time::Duration,
-    /// How long building an environment may take before it is stopped, with what the
-    /// installer started (default: `timeout` in [deps], else 30m).
-    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration,
+        help = crate::args::or_default("How long building an environment may take before it is \
+            stopped, with what the installer started",
+            "`timeout` in [deps]", dp_core::defaults::text(dp_core::defaults::BUILD_TIMEOUT)))]
     pub timeout: Option<std::time::Duration>,
     /// A host environment variable that pip or npm may see (repeatable; default: `env`
     /// in [deps]). Every other PIP_* and npm_config_* variable is cleared, so a
@@ -62,8 +63,9 @@ pub struct Args {
     /// in [build]); collectstatic, say. A failure fails the host before the switch.
     #[arg(long, value_name = "CMD")]
     pub build: Option<String>,
-    /// How long the build command may run (default: `timeout` in [build], else 30m).
-    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration,
+        help = crate::args::or_default("How long the build command may run",
+            "`timeout` in [build]", dp_core::defaults::text(dp_core::defaults::BUILD_TIMEOUT)))]
     pub build_timeout: Option<std::time::Duration>,
     /// The deploy lock lease.
     #[command(flatten)]

@@ -39,8 +39,8 @@ pub struct Args {
     #[arg(long, short = 's', env = "DP_STAGE", global = true)]
     pub stage: Option<String>,
     /// Hosts at once.
-    #[arg(long, short = 'j', global = true)]
-    pub jobs: Option<usize>,
+    #[arg(long, short = 'j', global = true, default_value_t = usize::from(dp_core::defaults::JOBS))]
+    pub jobs: usize,
     /// Print nothing on stderr but errors.
     #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -125,7 +125,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         return Ok(Exit::Ok);
     }
     let config = Config::load(&args.config)?;
-    let jobs = args.jobs.unwrap_or(16).max(1);
+    let jobs = args.jobs.max(1);
     let overrides = dp_flow::Overrides {
         stage: args.stage.clone(),
         release: None,

@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long)]
     pub check: bool,
     /// How many hosts to check at once.
-    #[arg(long, short = 'j', default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, short = 'j', default_value_t = dp_core::defaults::JOBS, value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: u16,
     /// Unknown host keys: `strict` (refuse) or `accept-new` (record in known_hosts).
     #[arg(long, value_name = "POLICY", env = "DP_HOST_KEY_POLICY")]

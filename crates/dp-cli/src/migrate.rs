@@ -1,7 +1,7 @@
 //! `dp-migrate`: apply database migrations once, at the right moment, for a deploy.
 
+use crate::args::load_optional_config;
 use crate::io::{read_input, write_output};
-use crate::sync::load_optional_config;
 use clap::{Parser, Subcommand};
 use dp_core::parallel::Sessions;
 use dp_core::Exit;
@@ -54,8 +54,9 @@ pub struct Args {
     /// Print the plan as JSON lines and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// How long to wait for another run's lock.
-    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration,
+        help = crate::args::or_default("How long to wait for another run's lock",
+            "`lock_timeout` in [migrate]", dp_core::defaults::text(dp_core::defaults::MIGRATE_LOCK_TIMEOUT)))]
     pub lock_timeout: Option<std::time::Duration>,
     /// Apply pending migrations older than applied ones.
     #[arg(long)]
@@ -73,9 +74,10 @@ pub struct Args {
     /// names; default: `env` in [migrate], else DATABASE_URL (when set).
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub env: Option<Vec<String>>,
-    /// How long the --exec command may run before it is stopped, with what it started
-    /// (default: `exec_timeout` in [migrate], else 30m).
-    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration,
+        help = crate::args::or_default("How long the --exec command may run before it is stopped, \
+            with what it started",
+            "`exec_timeout` in [migrate]", dp_core::defaults::text(dp_core::defaults::EXEC_TIMEOUT)))]
     pub exec_timeout: Option<std::time::Duration>,
     /// The deploy lock lease.
     #[command(flatten)]
@@ -236,7 +238,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                     &mut records,
                     &mut Sessions::new(),
                     lease,
-                    16,
+                    usize::from(dp_core::defaults::JOBS),
                     dp_core::lock::Renew::Always,
                     dp_migrate::STEP,
                     |r| dp_migrate::run_sql(r, &opts),
@@ -246,7 +248,12 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             }
         }
     }
-    dp_core::lock::release_if_interrupted(&mut records, &mut Sessions::new(), 16, dp_migrate::STEP);
+    dp_core::lock::release_if_interrupted(
+        &mut records,
+        &mut Sessions::new(),
+        usize::from(dp_core::defaults::JOBS),
+        dp_migrate::STEP,
+    );
     if let Some(first) = records
         .iter()
         .find(|r| r.error.as_ref().is_some_and(|e| e.step == dp_migrate::STEP))
@@ -293,7 +300,7 @@ fn sql_options(
         lock_timeout: args
             .lock_timeout
             .or(section.lock_timeout)
-            .unwrap_or(std::time::Duration::from_secs(60)),
+            .unwrap_or(dp_core::defaults::MIGRATE_LOCK_TIMEOUT),
         via: None,
         allow_unreachable: 0,
     }

@@ -51,21 +51,23 @@ pub struct Args {
     /// `health_expect` in [restart]).
     #[arg(long, value_name = "TEXT")]
     pub health_expect: Option<String>,
-    /// How long a host may take to become healthy.
-    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration,
+        help = crate::args::or_default("How long a host may take to become healthy",
+            "`health_timeout` in [restart]", dp_core::defaults::text(dp_core::defaults::HEALTH_TIMEOUT)))]
     pub health_timeout: Option<std::time::Duration>,
-    /// How long the restart command may run on a host before it is stopped, with what it
-    /// started that did not detach (default: `timeout` in [restart], else 5m).
-    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration,
+        help = crate::args::or_default("How long the restart command may run on a host before it is \
+            stopped, with what it started that did not detach",
+            "`timeout` in [restart]", dp_core::defaults::text(dp_core::defaults::RESTART_TIMEOUT)))]
     pub timeout: Option<std::time::Duration>,
     /// Host failures to let pass before the rollout stops.
     #[arg(long, default_value_t = 0)]
     pub max_fail: usize,
-    /// Complete releases to keep on each host (default: `keep` in the config, else 5).
-    #[arg(long)]
+    #[arg(long, help = crate::args::or_default("Complete releases to keep on each host",
+        "`keep` in the config", dp_core::defaults::KEEP))]
     pub keep: Option<usize>,
     /// Hosts at once within a batch.
-    #[arg(long, short = 'j', default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, short = 'j', default_value_t = dp_core::defaults::JOBS, value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: u16,
     /// Switch every host back to the release that was live before `current` (from each
     /// host's .dp/history.jsonl: never one that failed or never served).
@@ -118,7 +120,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         health_timeout: args
             .health_timeout
             .or(section.health_timeout)
-            .unwrap_or(std::time::Duration::from_secs(30)),
+            .unwrap_or(dp_core::defaults::HEALTH_TIMEOUT),
         health_expect: args.health_expect.clone().or(section.health_expect.clone()),
         timeout: args
             .timeout
@@ -128,7 +130,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         keep: args
             .keep
             .or(config.as_ref().and_then(|c| c.keep.map(|k| k as usize)))
-            .unwrap_or(5),
+            .unwrap_or(dp_core::defaults::KEEP),
         jobs: usize::from(args.jobs),
         rollback: args.rollback,
         rollback_to: args.to.clone(),

@@ -3,7 +3,6 @@
 use crate::io::{read_input, write_output};
 use anyhow::Context;
 use clap::Parser;
-use dp_core::config::Config;
 use dp_core::parallel::Sessions;
 use dp_core::Exit;
 use dp_sync::{ScanOptions, SyncOptions};
@@ -102,13 +101,4 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
     crate::report_warnings("dp-sync", dp_sync::STEP, &records);
     write_output(&records)?;
     Ok(Exit::for_records(&records))
-}
-
-/// Loads the config when it exists; a missing file is an error only when it was named.
-pub fn load_optional_config(path: &std::path::Path, named: bool) -> anyhow::Result<Option<Config>> {
-    let explicit = named || path != std::path::Path::new("deploy.toml");
-    if !explicit && !path.exists() {
-        return Ok(None);
-    }
-    Ok(Some(Config::load(path)?))
 }

@@ -10,6 +10,7 @@
 //! - [`parallel`]: running a step on many hosts at once, one session per host.
 
 pub mod config;
+pub mod defaults;
 pub mod exit;
 pub mod gate;
 pub mod interrupt;

@@ -18,7 +18,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 /// Default lease length.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_LEASE: Duration = crate::defaults::LEASE;
 
 /// Exit status of the lock script when another release holds the lock.
 pub const HELD_STATUS: i32 = 75;

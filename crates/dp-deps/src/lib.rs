@@ -78,7 +78,7 @@ impl Kind {
 }
 
 /// How long building an environment may take by default.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_TIMEOUT: Duration = dp_core::defaults::BUILD_TIMEOUT;
 
 /// How to make dependencies ready.
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@
 pub mod admin;
 
 use dp_core::config::{Config, Selection};
+use dp_core::defaults;
 use dp_core::lock::{self, Renew};
 use dp_core::parallel::Sessions;
 use dp_core::quote::quote_str;
@@ -78,8 +79,8 @@ pub struct Overrides {
 
 /// Resolves the plan; checks everything that can be checked without touching a host.
 pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, FlowError> {
-    let jobs = o.jobs.unwrap_or(16);
-    let lease = o.lease.unwrap_or(dp_core::lock::DEFAULT_LEASE);
+    let jobs = o.jobs.unwrap_or(usize::from(defaults::JOBS));
+    let lease = o.lease.unwrap_or(defaults::LEASE);
     let src = config.source_dir();
     let sync = SyncOptions {
         src: src.clone(),
@@ -173,7 +174,7 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
             dir: migrations_dir,
             phase: Phase::Pre,
             allow_out_of_order: false,
-            lock_timeout: m.lock_timeout.unwrap_or(Duration::from_secs(60)),
+            lock_timeout: m.lock_timeout.unwrap_or(defaults::MIGRATE_LOCK_TIMEOUT),
             via: None,
             allow_unreachable,
         })))
@@ -211,8 +212,8 @@ impl Plan {
 /// The restart step's options from deploy.toml and flags (what `dp rollback` needs too;
 /// it needs no database).
 pub fn restart_options(config: &Config, o: &Overrides) -> Result<RestartOptions, FlowError> {
-    let jobs = o.jobs.unwrap_or(16);
-    let lease = o.lease.unwrap_or(dp_core::lock::DEFAULT_LEASE);
+    let jobs = o.jobs.unwrap_or(usize::from(defaults::JOBS));
+    let lease = o.lease.unwrap_or(defaults::LEASE);
     let allow_unreachable = o
         .allow_unreachable
         .or(config.allow_unreachable)
@@ -231,11 +232,11 @@ pub fn restart_options(config: &Config, o: &Overrides) -> Result<RestartOptions,
             .health_url
             .map(Health::Url)
             .or(r.health_cmd.map(Health::Command)),
-        health_timeout: r.health_timeout.unwrap_or(Duration::from_secs(30)),
+        health_timeout: r.health_timeout.unwrap_or(defaults::HEALTH_TIMEOUT),
         health_expect: r.health_expect.clone(),
         timeout: r.timeout.unwrap_or(dp_restart::DEFAULT_TIMEOUT),
         max_fail: 0,
-        keep: config.keep.map(|k| k as usize).unwrap_or(5),
+        keep: config.keep.map(|k| k as usize).unwrap_or(defaults::KEEP),
         jobs,
         rollback: false,
         rollback_to: None,
@@ -369,13 +370,13 @@ pub fn pipeline(plan: &Plan) -> Result<String, FlowError> {
     }
     let force = if plan.sync.force { " --force" } else { "" };
     // The same parallelism as the one-line deploy, when it is not the tools' default.
-    let jobs = if plan.sync.jobs == 16 {
+    let jobs = if plan.sync.jobs == usize::from(defaults::JOBS) {
         String::new()
     } else {
         format!(" --jobs {}", plan.sync.jobs)
     };
     // The lease too, for every tool that takes or renews the lock.
-    let lease = if plan.sync.lease == lock::DEFAULT_LEASE {
+    let lease = if plan.sync.lease == defaults::LEASE {
         String::new()
     } else {
         format!(" --lease {}s", plan.sync.lease.as_secs())

@@ -86,7 +86,7 @@ pub struct ExecOptions {
 }
 
 /// How long the migration command may run by default.
-pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_EXEC_TIMEOUT: Duration = dp_core::defaults::EXEC_TIMEOUT;
 
 impl ExecOptions {
     /// Checks, before any host is touched, that the command renders for every record (it

@@ -26,7 +26,7 @@ pub use health::Health;
 pub const STEP: &str = "restart";
 
 /// How long a restart command may run by default.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_TIMEOUT: Duration = dp_core::defaults::RESTART_TIMEOUT;
 
 /// How many hosts per batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

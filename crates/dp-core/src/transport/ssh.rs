@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Default time allowed for TCP connect plus SSH handshake and authentication.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = crate::defaults::CONNECT_TIMEOUT;
 
 /// Ciphers in order of preference. chacha20-poly1305, with OpenSSL's ChaCha20 and Poly1305
 /// under libssh2 ([`super::chachapoly`]), moved 256 MiB through one channel 1.7x faster
