@@ -1,0 +1,321 @@
+//! One host's sync: the two scripts ([`crate::remote`]) and what their output says: the
+//! lock taken, the base and its manifest, then the upload and the build.
+
+use crate::delta::Delta;
+use crate::io::{Counting, MarkClock};
+use crate::then::{find, then_result, then_script, THEN_MARK};
+use crate::{
+    codec, manifest, remote, tarstream, Prepared, SyncOptions, SyncStats, Then, ThenOutput,
+};
+use dp_core::layout::{check_release_id, root_of};
+use dp_core::lock;
+use dp_core::transport::Transport;
+use dp_core::Record;
+use manifest::Manifest;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the first script found on a host.
+pub enum HostState {
+    /// The release is already complete there with this content: nothing to do.
+    Done(SyncStats),
+    /// Build the release on this base.
+    Build {
+        /// Stats so far.
+        stats: SyncStats,
+        /// The release to hard-link from.
+        base: Option<Base>,
+        /// The decompressors the host has.
+        codecs: codec::HostCodecs,
+    },
+}
+
+/// The release a new one is built on.
+pub struct Base {
+    /// Its id.
+    pub id: String,
+    /// The digest of its manifest.
+    pub digest: String,
+    /// Its manifest.
+    pub manifest: Arc<Manifest>,
+}
+
+/// Why a host cannot be synced.
+#[derive(Debug)]
+pub enum PrepareError {
+    /// Another release holds the deploy lock.
+    Held(String),
+    /// Anything else.
+    Failed(String),
+}
+
+/// Syncs one host over an open transport: [`prepare_host`], then [`build_host`].
+pub fn sync_host(
+    conn: &mut dyn Transport,
+    record: &Record,
+    p: &Prepared,
+    opts: &SyncOptions,
+) -> Result<SyncStats, String> {
+    match prepare_host(conn, record, p, opts) {
+        Ok(HostState::Done(stats)) => Ok(stats),
+        Ok(plan) => build_host(conn, record, p, opts, plan),
+        Err(PrepareError::Held(m)) | Err(PrepareError::Failed(m)) => Err(m),
+    }
+}
+
+/// The first script on a host: take the deploy lock, clean leftovers, find the base.
+pub fn prepare_host(
+    conn: &mut dyn Transport,
+    record: &Record,
+    p: &Prepared,
+    opts: &SyncOptions,
+) -> Result<HostState, PrepareError> {
+    let fail = PrepareError::Failed;
+    let root = root_of(record).map_err(fail)?;
+    let mut stats = SyncStats {
+        release: p.release.clone(),
+        entries: p.manifest.entries.len(),
+        ..SyncStats::default()
+    };
+    let script =
+        remote::prepare(root, &p.release, opts.lease, &p.offer).map_err(|e| fail(e.to_string()))?;
+    stats.bytes_sent += script.len() as u64;
+    let out = conn.run(&script).map_err(|e| fail(e.to_string()))?;
+    stats.bytes_received += (out.stdout.len() + out.status.stderr.len()) as u64;
+    if let Some(held) = lock::held(&out.status) {
+        return Err(PrepareError::Held(held));
+    }
+    out.status
+        .check("preparing the release")
+        .map_err(|e| fail(e.to_string()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (head, manifest_text) = text
+        .split_once(remote::MANIFEST_MARK)
+        .unwrap_or((&text, ""));
+    let manifest_text = manifest_text.strip_prefix('\n').unwrap_or(manifest_text);
+    let mut base = None;
+    let mut digest = None;
+    let mut self_complete = false;
+    let mut codecs = codec::HostCodecs::default();
+    for line in head.lines() {
+        if let Some(w) = lock::takeover_warning(line) {
+            stats.warnings.push(w);
+        } else if let Some(c) = line.strip_prefix("current ") {
+            stats.current = Some(c.to_string()).filter(|c| !c.is_empty());
+        } else if let Some(b) = line.strip_prefix("base ") {
+            base = Some(b.to_string()).filter(|b| check_release_id(b).is_ok());
+        } else if let Some(d) = line.strip_prefix("digest ") {
+            digest = Some(d.to_string());
+        } else if codecs.parse_line(line) {
+        } else if line == "self complete" {
+            self_complete = true;
+        } else if let Some(d) = line.strip_prefix("cleaned ") {
+            stats
+                .warnings
+                .push(format!("removed {d}, left by an interrupted sync"));
+        }
+    }
+    // The manifest the host reported: sent in full, or named by a digest we have cached.
+    let reported = |digest: &str| -> Option<Arc<Manifest>> {
+        p.bases.get_or(digest, || {
+            if manifest_text.is_empty() {
+                return p.cache.get(digest);
+            }
+            let m = Manifest::parse(manifest_text)?;
+            (m.digest() == digest).then(|| {
+                p.cache.put(&m, digest);
+                m
+            })
+        })
+    };
+    if self_complete {
+        return match digest {
+            Some(d) if d == p.digest => {
+                stats.noop = true;
+                stats.already_live = !opts.force && stats.current.as_deref() == Some(&p.release);
+                stats.linked = p.manifest.file_count();
+                Ok(HostState::Done(stats))
+            }
+            _ => Err(fail(format!(
+                "release {} already exists on the host with different content; choose another --release",
+                p.release
+            ))),
+        };
+    }
+    let base = match (base, digest) {
+        (Some(id), Some(digest)) => match reported(&digest) {
+            Some(manifest) => Some(Base {
+                id,
+                digest,
+                manifest,
+            }),
+            None => {
+                stats
+                    .warnings
+                    .push(format!("manifest of {id} unreadable: sending everything"));
+                None
+            }
+        },
+        (Some(id), None) => {
+            stats
+                .warnings
+                .push(format!("manifest of {id} missing: sending everything"));
+            None
+        }
+        (None, _) => None,
+    };
+    Ok(HostState::Build {
+        stats,
+        base,
+        codecs,
+    })
+}
+
+/// The second script on a host: build the release from its base and the tar of changes.
+pub fn build_host(
+    conn: &mut dyn Transport,
+    record: &Record,
+    p: &Prepared,
+    opts: &SyncOptions,
+    state: HostState,
+) -> Result<SyncStats, String> {
+    build_host_then(conn, record, p, opts, state, None).map(|(s, _)| s)
+}
+
+/// [`build_host`], then `then` in the same session when given.
+pub(crate) fn build_host_then(
+    conn: &mut dyn Transport,
+    record: &Record,
+    p: &Prepared,
+    opts: &SyncOptions,
+    state: HostState,
+    then: Option<Then>,
+) -> Result<(SyncStats, Option<ThenOutput>), String> {
+    let root = root_of(record)?;
+    let HostState::Build {
+        mut stats,
+        base,
+        codecs,
+    } = state
+    else {
+        return match state {
+            HostState::Done(stats) => Ok((stats, None)),
+            HostState::Build { .. } => unreachable!(),
+        };
+    };
+    stats.base = base.as_ref().map(|b| b.id.clone());
+    let key = base.as_ref().map(|b| b.digest.as_str()).unwrap_or("");
+    let delta = p
+        .deltas
+        .get_or(key, || {
+            Some(Delta::new(base.as_ref().map(|b| &*b.manifest), &p.manifest))
+        })
+        .expect("always made");
+    stats.files_sent = delta.files_sent;
+    stats.linked = delta.linked;
+    stats.removed = delta.removed;
+    let payload = delta.payload;
+    let choice = codec::choose(codecs, payload, opts.compress);
+    let plan = remote::BuildPlan {
+        root,
+        release: &p.release,
+        base: base.as_ref().map(|b| b.id.as_str()),
+        shared: &opts.scan.shared,
+        verify: opts.verify,
+        digest: &p.digest,
+        codec: choice.codec,
+    };
+    let mut script = remote::build(&plan).map_err(|e| e.to_string())?;
+    stats.bytes_sent += script.len() as u64;
+    let mut then_out = None;
+    match then.map(|f| f(record)) {
+        Some(Ok(s)) => script.push_str(&then_script(&s)),
+        Some(Err(e)) => {
+            then_out = Some(ThenOutput {
+                output: Err(e),
+                ms: 0,
+            })
+        }
+        None => {}
+    }
+    let chained = then_out.is_none() && then.is_some();
+    stats.compression = plan.codec;
+    // REVISION (Capistrano's convention): the release id, for the app. It travels as an
+    // entry of its own, so it replaces the base's link like any sent file (never writing
+    // through it), at no cost of a process on the host.
+    let revision = format!("{}\n", p.release);
+    let mut extra: Vec<(&str, &[u8])> = vec![
+        ("REVISION", revision.as_bytes()),
+        (".dp/remove", &delta.remove_list),
+        (".dp/manifest.drop", delta.drop_lines.as_bytes()),
+        (".dp/manifest.add", delta.add_lines.as_bytes()),
+    ];
+    if opts.verify {
+        extra.push((".dp/sha256sums", p.sha256sums.as_bytes()));
+    }
+    // Last: the host checks it arrived (see remote::build).
+    extra.push((".dp/end", b""));
+    let send: Vec<&manifest::Entry> = delta.send.iter().collect();
+    let tar = tarstream::TarReader::new(&p.src, &send, &extra);
+    let mut counted = Counting {
+        inner: choice.reader(tar),
+        count: 0,
+        error: None,
+    };
+    let mut stdout = MarkClock {
+        buf: Vec::new(),
+        seen: None,
+    };
+    let status = conn.exec(&script, Some(&mut counted), &mut stdout);
+    stats.bytes_sent += counted.count;
+    if let Some(e) = counted.error {
+        return Err(format!("reading the source: {e}"));
+    }
+    let ended = Instant::now();
+    let (mut stdout, built_at) = (stdout.buf, stdout.seen);
+    // The part after the mark is the then-script's; the build is done once it shows.
+    let then_part = built_at.map(|at| {
+        let start = find(&stdout, THEN_MARK).expect("seen") + THEN_MARK.len();
+        let part = stdout.split_off(start);
+        stdout.truncate(start - THEN_MARK.len());
+        (at, part)
+    });
+    let status = match (status, then_part) {
+        (Err(e), Some((at, _))) => {
+            stats.bytes_received += stdout.len() as u64;
+            p.remember_manifest();
+            let t = ThenOutput {
+                output: Err(e.to_string()),
+                ms: ended.duration_since(at).as_millis() as u64,
+            };
+            return Ok((stats, Some(t)));
+        }
+        (Err(e), None) => return Err(format!("sending the release: {e}")),
+        (Ok(status), Some((at, part))) if chained && status.success() => {
+            // Only the tail of stderr is kept: when the then-script wrote so much that
+            // the mark fell out of it, all of it is the then-script's.
+            let (build_err, then_err) = match find(&status.stderr, THEN_MARK) {
+                Some(i) => (
+                    status.stderr[..i].to_vec(),
+                    status.stderr[i + THEN_MARK.len()..].to_vec(),
+                ),
+                None => (Vec::new(), status.stderr.clone()),
+            };
+            stats.bytes_received += (stdout.len() + build_err.len()) as u64;
+            then_out = Some(ThenOutput {
+                output: then_result(part, then_err),
+                ms: ended.duration_since(at).as_millis() as u64,
+            });
+            status
+        }
+        (Ok(status), _) => {
+            stats.bytes_received += (stdout.len() + status.stderr.len()) as u64;
+            status
+        }
+    };
+    status
+        .check("building the release")
+        .map_err(|e| e.to_string())?;
+    p.remember_manifest();
+    Ok((stats, then_out))
+}
