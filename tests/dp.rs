@@ -1007,7 +1007,10 @@ fn setup_prepares_hosts_and_records_new_keys() {
     let refused = dp(&dir, &["setup"]);
     refused.code(1);
     assert!(refused.stderr.contains("is unknown"), "{}", refused.stderr);
-    let out = dp(&dir, &["setup", "--accept-new"]);
+    // What the message says to do works for dp setup as it is.
+    let fix = "--host-key-policy accept-new";
+    assert!(refused.stderr.contains(fix), "{}", refused.stderr);
+    let out = dp(&dir, &["setup", "--host-key-policy", "accept-new"]);
     out.code(0);
     let created = out.records()[0].steps["setup"]["created"]
         .as_array()
@@ -1187,4 +1190,121 @@ fn a_host_with_busybox_tools_first_on_its_path_is_refused_before_anything_change
     for root in &roots {
         assert_eq!(current(root), "releases/r1");
     }
+}
+
+/// What a person reads after a failed deploy: hosts of later batches say skipped, not
+/// failed; a step that ran on no host is not reported; records go to stdout only for
+/// pipes (the test's stdout is one) or with --json.
+#[test]
+fn a_failed_deploy_reports_skipped_hosts_and_only_the_steps_that_ran() {
+    let dir = Dir::new("dp-report");
+    let roots = fixture(&dir);
+    dp(&dir, &["deploy", "--release", "r1"]).code(0);
+    // r2's health check fails on the first batch (host a): b is never touched.
+    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
+    dir.write(
+        "deploy.toml",
+        config
+            .replace(
+                "health_cmd = \"test -f VERSION\"",
+                "health_cmd = \"test -f NOPE\"",
+            )
+            .replace("[restart]", "[restart]\nhealth_timeout = \"1s\""),
+    );
+    dir.write("site/VERSION", "2\n");
+    let out = dp(&dir, &["deploy", "--release", "r2"]);
+    out.code(1);
+    let line = |host: &str| {
+        out.stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("{host:<16} r2")))
+            .unwrap_or_else(|| panic!("no row for {host}:\n{}", out.stderr))
+            .to_string()
+    };
+    assert!(
+        line("a").ends_with("FAILED in restart, switched back"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        line("b").ends_with("skipped (an earlier batch failed)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.records().len(),
+        2,
+        "records on stdout when it is a pipe"
+    );
+    for root in &roots {
+        assert_eq!(current(root), "releases/r1");
+    }
+
+    // Refused before the switch (a migration fails): no line for the steps after it.
+    dir.write("deploy.toml", config);
+    dir.write(
+        "site/migrations/3_broken.sql",
+        "INSERT INTO nowhere VALUES (1);\n",
+    );
+    let out = dp(&dir, &["deploy", "--release", "r3"]);
+    out.code(1);
+    assert!(
+        out.stderr.contains("dp: sync: 2/2 hosts ok"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("dp: restart:"), "{}", out.stderr);
+    assert!(!out.stderr.contains("dp: migrate post:"), "{}", out.stderr);
+}
+
+/// Runs `program args` in `dir` on a pseudo-terminal (the environment of [`dp_on`]);
+/// what the terminal showed, ending with "exit code N".
+fn on_terminal(dir: &Dir, eof_after: Option<&str>, program: &str, args: &[&str]) -> String {
+    let harness = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/on_pty.py");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(harness);
+    if let Some(text) = eof_after {
+        cmd.args(["--eof-after", text]);
+    }
+    let out = cmd
+        .arg(bin(program))
+        .args(args)
+        .current_dir(dir.path())
+        .env("DATABASE_URL", sqlite_url(dir))
+        .env("DP_CACHE_DIR", dir.path().join("cache"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// On a terminal, `dp deploy` shows its summary, not the records (--json adds them); a
+/// step tool with nothing piped in says what it waits for.
+#[test]
+fn on_a_terminal_people_get_words_and_pipes_get_records() {
+    let dir = Dir::new("dp-terminal");
+    let roots = fixture(&dir);
+    let shown = on_terminal(&dir, None, "dp", &["deploy", "--release", "r1"]);
+    assert!(shown.ends_with("exit code 0\n"), "{shown}");
+    assert!(shown.contains("2 of 2 hosts ok"), "{shown}");
+    assert!(
+        !shown.contains("{\"host\""),
+        "no records on a terminal:\n{shown}"
+    );
+    assert_eq!(current(&roots[0]), "releases/r1");
+    dir.write("site/VERSION", "2\n");
+    let shown = on_terminal(&dir, None, "dp", &["deploy", "--release", "r2", "--json"]);
+    assert!(shown.contains("{\"host\":\"a\""), "{shown}");
+
+    let shown = on_terminal(&dir, Some("Ctrl-D"), "dp-restart", &[]);
+    assert!(
+        shown.contains("dp-restart: reading host records (JSON lines) from stdin"),
+        "{shown}"
+    );
+    assert!(shown.ends_with("exit code 0\n"), "{shown}");
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dp_core::config::Config;
 use dp_core::record::HostKeyPolicy;
-use dp_core::{Exit, Record};
+use dp_core::{ErrorKind, Exit, Record};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -38,12 +38,20 @@ pub struct Args {
     /// Stage (may be omitted when the config has exactly one).
     #[arg(long, short = 's', env = "DP_STAGE", global = true)]
     pub stage: Option<String>,
+    /// Unknown host keys: `strict` (refuse) or `accept-new` (record in known_hosts; a
+    /// changed key is still refused). Default: `host_key_policy` in the config, else strict.
+    #[arg(long, value_name = "POLICY", env = "DP_HOST_KEY_POLICY", global = true)]
+    pub host_key_policy: Option<HostKeyPolicy>,
     /// Hosts at once.
     #[arg(long, short = 'j', global = true, default_value_t = usize::from(dp_core::defaults::JOBS))]
     pub jobs: usize,
     /// Print nothing on stderr but errors.
     #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Print the records (JSON lines) on stdout even on a terminal (`dp deploy` prints
+    /// them only when stdout is not one).
+    #[arg(long, global = true)]
+    pub json: bool,
     /// Also print what each step did on each host.
     #[arg(long, short = 'v', global = true)]
     pub verbose: bool,
@@ -71,8 +79,8 @@ pub enum Command {
     },
     /// Prepare hosts for their first deploy: directories, prerequisites, host keys.
     Setup {
-        /// Record unknown host keys in known_hosts (a changed key is still refused).
-        #[arg(long)]
+        /// The same as --host-key-policy accept-new.
+        #[arg(long, hide = true)]
         accept_new: bool,
     },
     /// Switch every host back to the release that was live before its current one (from
@@ -159,7 +167,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 print!("{}", dp_flow::pipeline(&plan)?);
                 return Ok(Exit::Ok);
             }
-            let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
+            let mut records = hosts(&config, &args)?;
             plan.check(&records).map_err(anyhow::Error::msg)?;
             if matches!(plan.restart.health, Some(dp_restart::Health::Url(_)))
                 && plan.restart.health_expect.is_none()
@@ -196,11 +204,14 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             if !args.quiet {
                 summary(&records, started);
             }
-            write_output(&records)?;
+            // On a terminal the summary is the output; records are for pipes (or --json).
+            if args.json || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                write_output(&records)?;
+            }
             Ok(Exit::for_records(&records))
         }
         Command::Setup { accept_new } => {
-            let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
+            let mut records = hosts(&config, &args)?;
             if *accept_new {
                 for r in &mut records {
                     r.ssh.host_key_policy = Some(HostKeyPolicy::AcceptNew);
@@ -227,7 +238,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             finish(records, "setup")
         }
         Command::Rollback { to } => {
-            let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
+            let mut records = hosts(&config, &args)?;
             let opts = dp_restart::RestartOptions {
                 rollback: true,
                 rollback_to: to.clone(),
@@ -238,7 +249,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             finish(records, dp_restart::STEP)
         }
         Command::Status => {
-            let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
+            let mut records = hosts(&config, &args)?;
             dp_flow::admin::status(&mut records, jobs);
             if let Some(dir) = migrations_dir(&config) {
                 if let Ok(url) = std::env::var("DATABASE_URL") {
@@ -255,7 +266,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             finish(records, "status")
         }
         Command::Unlock => {
-            let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
+            let mut records = hosts(&config, &args)?;
             dp_flow::admin::unlock(&mut records, jobs);
             for r in &records {
                 if let Some(h) = r
@@ -271,7 +282,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         }
         Command::Completions { .. } => unreachable!("handled above"),
         Command::History { limit } => {
-            let mut records = dp_flow::hosts(&config, args.stage.as_deref())?;
+            let mut records = hosts(&config, &args)?;
             let lines = dp_flow::admin::history(&mut records, jobs, *limit);
             let mut out = std::io::stdout().lock();
             for l in lines {
@@ -306,7 +317,13 @@ fn summary(records: &[Record], started: Instant) {
         let result = match &r.error {
             None if dp_core::gate::already_live(r) => "ok (already live)".to_string(),
             None => "ok".to_string(),
-            Some(e) => format!("FAILED in {}", e.step),
+            Some(e) => match e.kind {
+                ErrorKind::Skipped => "skipped (an earlier batch failed)".to_string(),
+                ErrorKind::NotSwitched => "not switched (another host failed)".to_string(),
+                ErrorKind::SwitchedBack => format!("FAILED in {}, switched back", e.step),
+                ErrorKind::Unreachable => "UNREACHABLE".to_string(),
+                _ => format!("FAILED in {}", e.step),
+            },
         };
         eprintln!(
             "{:<16} {:<28} {:>8}  {result}",
@@ -329,4 +346,15 @@ fn summary(records: &[Record], started: Instant) {
         records.len() - failed,
         records.len()
     );
+}
+
+/// The stage's hosts, with --host-key-policy when given.
+fn hosts(config: &Config, args: &Args) -> anyhow::Result<Vec<dp_core::Record>> {
+    let mut records = dp_flow::hosts(config, args.stage.as_deref())?;
+    if let Some(policy) = args.host_key_policy {
+        for r in &mut records {
+            r.ssh.host_key_policy = Some(policy);
+        }
+    }
+    Ok(records)
 }

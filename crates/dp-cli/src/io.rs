@@ -10,6 +10,17 @@ use std::io::BufReader;
 pub fn read_input(path: &str) -> anyhow::Result<Vec<Record>> {
     if path == "-" {
         let stdin = std::io::stdin();
+        if std::io::IsTerminal::is_terminal(&stdin) {
+            // Nothing piped in: say what is awaited rather than wait silently.
+            let me = std::env::args()
+                .next()
+                .map(|a| a.rsplit('/').next().unwrap_or(&a).to_string())
+                .unwrap_or_else(|| "dp".into());
+            eprintln!(
+                "{me}: reading host records (JSON lines) from stdin: pipe dp-hosts into it \
+                 (dp-hosts | {me} ...), or type them and end with Ctrl-D"
+            );
+        }
         Ok(read_records(stdin.lock(), "stdin")?)
     } else {
         let file = std::fs::File::open(path).with_context(|| format!("cannot open {path}"))?;

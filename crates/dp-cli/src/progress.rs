@@ -78,6 +78,19 @@ impl Progress {
         let secs = self.last.elapsed().as_secs_f64();
         self.last = Instant::now();
         let failed = records.iter().filter(|r| r.failed()).count();
+        // Step names in records: "migrate pre" is `migrate`, "migrate post" is
+        // `migrate_post` (see dp_migrate's step names).
+        let key = match step {
+            "migrate post" => "migrate_post",
+            _ => step.split_whitespace().next().unwrap_or(step),
+        };
+        // A step that ran on no host (the deploy stopped before it) is not reported.
+        let ran = records
+            .iter()
+            .any(|r| r.steps.contains_key(key) || r.error.as_ref().is_some_and(|e| e.step == key));
+        if !ran {
+            return;
+        }
         match &self.live {
             Some((_, overall, hosts)) => {
                 overall.inc(1);
@@ -107,12 +120,6 @@ impl Progress {
             None => {}
         }
         if self.verbosity == Verbosity::Verbose {
-            // Step names in records: "migrate pre" is `migrate`, "migrate post" is
-            // `migrate_post` (see dp_migrate's step names).
-            let key = match step {
-                "migrate post" => "migrate_post",
-                _ => step.split_whitespace().next().unwrap_or(step),
-            };
             for r in records {
                 if let Some(stats) = r.steps.get(key) {
                     self.println(&format!("dp: {}: {step}: {stats}", r.host));

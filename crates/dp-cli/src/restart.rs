@@ -37,7 +37,11 @@ pub struct Args {
     /// Hosts per batch: a number (1) or a percentage (25%).
     #[arg(long, short = 'b', value_name = "N|P%")]
     pub batch: Option<Batch>,
-    /// Restart command, run in the new release on each host.
+    /// Restart command, run on each host as `/bin/sh -c CMD` in the new release's
+    /// directory, with DP_RELEASE, DP_PREVIOUS_RELEASE and DP_ROOT set and stdin from
+    /// /dev/null; not under `set -e` (its status is its last command's). A server it
+    /// starts must detach (setsid nohup ... &, or systemctl restart). See the README's
+    /// recipes (pid file, systemd, gunicorn HUP).
     #[arg(long, value_name = "CMD")]
     pub command: Option<String>,
     /// Health check URL, fetched from this machine until it answers 2xx (with the

@@ -218,8 +218,8 @@ pub struct MigrateConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartConfig {
-    /// Hosts per batch: `1`, `25%`.
-    #[serde(default)]
+    /// Hosts per batch: `1` (a number or a string), `25%`.
+    #[serde(default, deserialize_with = "number_or_text")]
     pub batch: Option<String>,
     /// Restart command template, run in the new release.
     #[serde(default)]
@@ -332,8 +332,13 @@ impl Config {
                 message,
             }
         };
-        let mut config: Config =
-            toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_string()))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim();
+            match e.span().and_then(|span| key_at(text, span.start)) {
+                Some(key) => at(e.span(), format!("{key}: {message}")),
+                None => at(e.span(), message.to_string()),
+            }
+        })?;
         config.dir = dir.to_path_buf();
         config.path = path.to_string();
         if config
@@ -543,6 +548,41 @@ fn toml_to_json(v: &toml::Value) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
+/// The key whose value starts at `offset`, with its table: "`batch` in [restart]".
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?.trim_end().strip_suffix('=')?.trim_end();
+    let start = before
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .map_or(0, |i| i + 1);
+    let key = &before[start..];
+    if key.is_empty() {
+        return None;
+    }
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
+    Some(match table {
+        Some(t) => format!("`{key}` in {t}"),
+        None => format!("`{key}`"),
+    })
+}
+
+/// A string, or a number written without quotes (`batch = 1`), as text.
+fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Number(i64),
+        Text(String),
+    }
+    Ok(Option::<Value>::deserialize(d)?.map(|v| match v {
+        Value::Number(n) => n.to_string(),
+        Value::Text(t) => t,
+    }))
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -625,6 +665,23 @@ hosts = [{ name = "web1", roles = ["web"] }, { name = "db", port = 22, user = "p
             .unwrap_err()
             .to_string();
         assert!(e.contains("no `root`"), "{e}");
+        // A number where the man page allows one; a type error names its key and table.
+        let ok = "root = \"/srv/app\"\n[restart]\nbatch = 1\n[stages.prod]\nhosts = [{ name = \"a\" }]\n";
+        let c = Config::parse(ok, "deploy.toml", Path::new(".")).unwrap();
+        assert_eq!(c.restart.unwrap().batch.as_deref(), Some("1"));
+        let bad = "root = \"/srv/app\"\nkeep = \"five\"\n[stages.prod]\nhosts = [{ name = \"a\", port = \"22\" }]\n";
+        let e = Config::parse(bad, "deploy.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("deploy.toml:2:8: `keep`: invalid type"),
+            "{e}"
+        );
+        let bad = "root = \"/srv/app\"\n[stages.prod]\nhosts = [{ name = \"a\", port = \"22\" }]\n";
+        let e = Config::parse(bad, "deploy.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`port` in [stages.prod]: invalid type"), "{e}");
         let e = parse("root = \"/\"\n[stages.p]\nhosts = [{ name = \"a\" }]\n")
             .unwrap_err()
             .to_string();
