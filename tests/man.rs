@@ -22,9 +22,20 @@ fn man_pages_are_current() {
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
     let bless = std::env::var_os("DP_BLESS").is_some();
+    // Each subcommand has a page of its own (`dp-deploy(1)`), as the parent's page says.
+    let mut all: Vec<(String, clap::Command)> = Vec::new();
     for (name, cmd) in pages {
+        let parent = name.trim_end_matches(".1").to_string();
+        for sub in cmd.get_subcommands() {
+            let full = format!("{parent}-{}", sub.get_name());
+            let page = format!("{full}.1");
+            all.push((page, sub.clone().name(&*Box::leak(full.into_boxed_str()))));
+        }
+        all.push((name.to_string(), cmd));
+    }
+    for (name, cmd) in all {
         let want = render(cmd);
-        let path = dir.join(name);
+        let path = dir.join(&name);
         if bless {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(&path, &want).unwrap();
@@ -35,6 +46,20 @@ fn man_pages_are_current() {
             have == want,
             "man/{name} is stale: run `make man` and commit the result"
         );
+    }
+    // Every page another page refers to exists.
+    for page in std::fs::read_dir(&dir).unwrap().flatten() {
+        let text = std::fs::read_to_string(page.path()).unwrap();
+        for word in text.split_whitespace() {
+            if let Some(name) = word.strip_suffix("(1)").filter(|n| n.starts_with("dp")) {
+                let file = format!("{}.1", name.replace("\\-", "-"));
+                assert!(
+                    dir.join(&file).exists(),
+                    "{} refers to {word}, which has no page",
+                    page.file_name().to_string_lossy()
+                );
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::Instant;
 /// Exit status: 0 all hosts ok; 1 at least one host failed (records say which); 2 usage,
 /// config or input error before any host was touched.
 #[derive(Debug, Parser)]
-#[command(name = "dp", version)]
+#[command(name = "dp", version, disable_help_subcommand = true)]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]

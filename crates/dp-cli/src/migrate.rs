@@ -27,7 +27,12 @@ use std::path::PathBuf;
 ///
 /// The database URL comes from DATABASE_URL and never appears in records, logs or errors.
 #[derive(Debug, Parser)]
-#[command(name = "dp-migrate", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "dp-migrate",
+    version,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
 pub struct Args {
     /// `status`: one JSON line per migration (version, name, phase, applied_at, checksum_ok).
     #[command(subcommand)]
