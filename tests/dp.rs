@@ -1209,7 +1209,15 @@ fn a_failed_deploy_reports_skipped_hosts_and_only_the_steps_that_ran() {
                 "health_cmd = \"test -f VERSION\"",
                 "health_cmd = \"test -f NOPE\"",
             )
-            .replace("[restart]", "[restart]\nhealth_timeout = \"1s\""),
+            // The app logs 25 lines per start; the record carries the last 20.
+            .replace(
+                "command = \"echo {release} > {root}/restarted\"",
+                "command = \"for i in $(seq 1 25); do echo {release} line $i; done >> {root}/app.log\"",
+            )
+            .replace(
+                "[restart]",
+                "[restart]\nhealth_timeout = \"1s\"\napp_log = \"{root}/app.log\"",
+            ),
     );
     dir.write("site/VERSION", "2\n");
     let out = dp(&dir, &["deploy", "--release", "r2"]);
@@ -1226,6 +1234,12 @@ fn a_failed_deploy_reports_skipped_hosts_and_only_the_steps_that_ran() {
         "{}",
         out.stderr
     );
+    let e = out.records()[0].error.clone().unwrap();
+    let details = e.details.expect("the app log's last lines");
+    assert!(details.contains("app.log:\nr2 line 6\n"), "{details}");
+    assert!(details.ends_with("r2 line 25"), "{details}");
+    assert!(!details.contains("r2 line 5\n"), "{details}");
+    assert!(out.stderr.contains("\n    r2 line 25\n"), "{}", out.stderr);
     assert!(
         line("b").ends_with("skipped (an earlier batch failed)"),
         "{}",

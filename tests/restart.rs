@@ -332,7 +332,9 @@ fn zero_downtime_rollout_behind_nginx() {
     let recs = out.records();
     let e = recs[0].error.clone().unwrap();
     assert!(
-        e.message.contains("health check http://127.0.0.1:") && e.message.contains("500"),
+        e.message.contains("health check http://127.0.0.1:")
+            && e.message
+                .contains("500 Internal Server Error: \"unhealthy\""),
         "{}",
         e.message
     );

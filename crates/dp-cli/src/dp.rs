@@ -198,7 +198,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             deployed.context("cannot deploy")?;
             for r in &records {
                 if let Some(e) = &r.error {
-                    eprintln!("dp: {}: {}: {}", r.host, e.step, e.message);
+                    crate::report_error("dp", r, e);
                 }
             }
             if !args.quiet {

@@ -52,8 +52,16 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 pub fn report_failures(tool: &str, step: &str, records: &[dp_core::Record]) {
     for r in records {
         if let Some(err) = r.error.as_ref().filter(|e| e.step == step) {
-            eprintln!("{tool}: {}: {}: {}", r.host, err.step, err.message);
+            report_error(tool, r, err);
         }
+    }
+}
+
+/// `tool: host: step: message`, then the error's details (evidence), indented.
+pub fn report_error(tool: &str, r: &dp_core::Record, err: &dp_core::record::HostError) {
+    eprintln!("{tool}: {}: {}: {}", r.host, err.step, err.message);
+    for line in err.details.iter().flat_map(|d| d.lines()) {
+        eprintln!("    {line}");
     }
 }
 

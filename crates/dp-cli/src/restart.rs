@@ -55,6 +55,11 @@ pub struct Args {
     /// `health_expect` in [restart]).
     #[arg(long, value_name = "TEXT")]
     pub health_expect: Option<String>,
+    /// The app's log file on each host, templated (`{root}/shared/log/app.log`): a failed
+    /// host's record carries its last 20 lines in `error.details` (default: `app_log` in
+    /// [restart]).
+    #[arg(long, value_name = "PATH")]
+    pub app_log: Option<String>,
     #[arg(long, value_name = "DURATION", value_parser = dp_core::config::parse_duration,
         help = crate::args::or_default("How long a host may take to become healthy",
             "`health_timeout` in [restart]", dp_core::defaults::text(dp_core::defaults::HEALTH_TIMEOUT)))]
@@ -126,6 +131,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             .or(section.health_timeout)
             .unwrap_or(dp_core::defaults::HEALTH_TIMEOUT),
         health_expect: args.health_expect.clone().or(section.health_expect.clone()),
+        app_log: args.app_log.clone().or(section.app_log.clone()),
         timeout: args
             .timeout
             .or(section.timeout)

@@ -237,6 +237,10 @@ pub struct RestartConfig {
     /// new release passes, not an old worker or another process on the port.
     #[serde(default)]
     pub health_expect: Option<String>,
+    /// The app's log file on each host, templated (`{root}/shared/log/app.log`): its last
+    /// lines go into a failed host's record (`error.details`) and `dp logs` shows it.
+    #[serde(default)]
+    pub app_log: Option<String>,
     /// How long the restart command may run before it is stopped, such as `5m`.
     #[serde(default, deserialize_with = "duration::option")]
     pub timeout: Option<Duration>,

@@ -140,6 +140,10 @@ pub struct HostError {
     pub kind: ErrorKind,
     /// The cause, in words.
     pub message: String,
+    /// The evidence, when there is some: the app log's last lines on a failed health
+    /// check, say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<String>,
 }
 
 impl std::fmt::Display for HostError {
@@ -230,7 +234,16 @@ impl Record {
                 step: step.to_string(),
                 kind,
                 message: message.into(),
+                details: None,
             });
+        }
+    }
+
+    /// Adds `details` (evidence: the app log's last lines, say) to this host's error.
+    pub fn add_details(&mut self, details: &str) {
+        if let Some(e) = &mut self.error {
+            let all = e.details.take().map_or(String::new(), |d| d + "\n");
+            e.details = Some(all + details);
         }
     }
 

@@ -21,6 +21,26 @@ pub enum Health {
     Command(String),
 }
 
+/// How much of a failed health check's last answer its error shows (characters).
+const BODY_SHOWN: usize = 200;
+
+/// "STATUS TEXT: BODY" for an answer that is not a pass, with the body's first
+/// [`BODY_SHOWN`] characters (what the app said about why).
+fn answer(code: u16, r: ureq::Response) -> String {
+    let status = format!("{code} {}", r.status_text());
+    let mut body = String::new();
+    let _ = std::io::Read::read_to_string(
+        &mut std::io::Read::take(r.into_reader(), BODY_SHOWN as u64 * 4),
+        &mut body,
+    );
+    let body: String = body.trim().chars().take(BODY_SHOWN).collect();
+    if body.is_empty() {
+        status
+    } else {
+        format!("{status}: {body:?}")
+    }
+}
+
 impl Health {
     /// Polls until healthy or `timeout`; the error names the check and the last answer.
     /// With `expect`, the answer (the body, or the command's output) must contain it.
@@ -44,7 +64,7 @@ impl Health {
         let lacks = |answer: &str| -> Option<String> {
             let want = expect.as_deref()?;
             (!answer.contains(want)).then(|| {
-                let shown: String = answer.trim().chars().take(80).collect();
+                let shown: String = answer.trim().chars().take(BODY_SHOWN).collect();
                 format!("the answer does not contain {want:?} (an old worker, or another process on the port?): {shown:?}")
             })
         };
@@ -74,10 +94,8 @@ impl Health {
                                 Err(e) => last = format!("{status}, but reading the body: {e}"),
                             }
                         }
-                        Ok(r) => last = format!("{} {}", r.status(), r.status_text()),
-                        Err(ureq::Error::Status(code, r)) => {
-                            last = format!("{code} {}", r.status_text())
-                        }
+                        Ok(r) => last = answer(r.status(), r),
+                        Err(ureq::Error::Status(code, r)) => last = answer(code, r),
                         Err(e) => last = e.to_string(),
                     }
                     if started.elapsed() >= timeout {

@@ -79,6 +79,9 @@ pub struct RestartOptions {
     /// Text the health check's answer must contain (templated: `ok {release}`), so that
     /// only the new release passes.
     pub health_expect: Option<String>,
+    /// The app's log file on each host, templated: its last lines go into a failed host's
+    /// record (`error.details`).
+    pub app_log: Option<String>,
     /// How long the restart command may run on a host before it is stopped (with what it
     /// started that did not detach) and the host counts as failed.
     pub timeout: Duration,
@@ -122,6 +125,9 @@ pub struct RestartStats {
     /// host was left alone, no switch, no restart, no health check.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub already_live: bool,
+    /// The evidence of a failure, for the record's `error.details` (not in the step).
+    #[serde(skip)]
+    pub evidence: Option<String>,
     /// Releases and environments removed by the cleanup.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
@@ -143,6 +149,9 @@ impl RestartOptions {
             if let Some(c) = &self.command {
                 render(c, r, release, Escape::Shell)
                     .map_err(|e| named("restart command", e.to_string()))?;
+            }
+            if let Some(t) = &self.app_log {
+                render(t, r, release, Escape::Text).map_err(|e| named("app_log", e.to_string()))?;
             }
             match &self.health {
                 Some(Health::Url(t)) => {
@@ -259,6 +268,9 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
             record.set_step(STEP, &stats);
             outcome.map_err(|(kind, message)| {
                 record.fail_as(STEP, kind, message.clone());
+                if let Some(evidence) = &stats.evidence {
+                    record.add_details(evidence);
+                }
                 message
             })
         });
@@ -440,6 +452,8 @@ fn roll_host(
     let Some(failure) = failure else {
         return Ok(());
     };
+    // While the failed release is still in place: what its app logged.
+    stats.evidence = app_log_tail(conn, record, opts, &stats.release);
     if !stats.switched {
         return Err(failed(failure));
     }
@@ -488,6 +502,30 @@ fn roll_host(
             .map(|e| e.to_string())
             .unwrap_or_default()
     )))
+}
+
+/// Lines of the app log a failed host's record carries.
+const APP_LOG_LINES: usize = 20;
+
+/// The last [`APP_LOG_LINES`] lines of `[restart] app_log` on the host, headed with its
+/// path; None without one (or when it cannot be read: said in the text).
+fn app_log_tail(
+    conn: &mut dyn Transport,
+    record: &Record,
+    opts: &RestartOptions,
+    release: &str,
+) -> Option<String> {
+    let template = opts.app_log.as_deref()?;
+    let path = render(template, record, release, Escape::Text).ok()?;
+    let script = format!(
+        "tail -n {APP_LOG_LINES} -- {} 2>&1\n",
+        dp_core::quote::quote_str(&path).ok()?
+    );
+    let text = match conn.run(&script) {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("cannot read it: {e}"),
+    };
+    Some(format!("last lines of {path}:\n{}", text.trim_end()))
 }
 
 /// The finish on every host that received the release.
