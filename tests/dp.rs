@@ -1322,3 +1322,71 @@ fn on_a_terminal_people_get_words_and_pipes_get_records() {
     );
     assert!(shown.ends_with("exit code 0\n"), "{shown}");
 }
+
+/// `dp logs` shows the app log's tail from every host, prefixed with the host; -f follows
+/// what the hosts append until Ctrl-C (exit 130), and leaves nothing running.
+#[test]
+fn logs_shows_and_follows_every_hosts_app_log() {
+    let dir = Dir::new("dp-logs");
+    let roots = fixture(&dir);
+    let config = std::fs::read_to_string(dir.path().join("deploy.toml")).unwrap();
+    let missing = dp(&dir, &["logs"]);
+    missing.code(2);
+    assert!(missing.stderr.contains("app_log"), "{}", missing.stderr);
+    dir.write(
+        "deploy.toml",
+        config.replace("[restart]", "[restart]\napp_log = \"{root}/app.log\""),
+    );
+    for (root, host) in roots.iter().zip(["a", "b"]) {
+        let lines: String = (1..=30).map(|i| format!("{host} says {i}\n")).collect();
+        std::fs::create_dir_all(root).unwrap();
+        std::fs::write(root.join("app.log"), lines).unwrap();
+    }
+    let out = dp(&dir, &["logs", "-n", "2"]);
+    out.code(0);
+    assert_eq!(
+        out.stdout,
+        "a | a says 29\na | a says 30\nb | b says 29\nb | b says 30\n"
+    );
+    let out = dp(&dir, &["logs", "--host", "b", "-n", "1"]);
+    out.code(0);
+    assert_eq!(out.stdout, "b | b says 30\n");
+
+    let (mut child, _home) = dp_on(&dir, &sqlite_url(&dir))
+        .args(["logs", "-f", "-n", "0"])
+        .spawn();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    use std::io::{BufRead, Write};
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(roots[1].join("app.log"))
+        .unwrap()
+        .write_all(b"b says new\n")
+        .unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "b | b says new\n");
+    let pid = child.id().to_string();
+    crate::util::sh("kill", &["-INT", &pid]);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "dp logs -f did not end on Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130));
+    let tails = std::process::Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("tail -n 0 -F -- {}", roots[0].join("app.log").display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(tails.stdout.is_empty(), "a tail is left running");
+}

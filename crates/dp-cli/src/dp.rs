@@ -101,6 +101,19 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// The tail of the app log (`app_log` in [restart]) from every host, each line prefixed
+    /// with its host; -f follows until Ctrl-C.
+    Logs {
+        /// Only these hosts (repeatable).
+        #[arg(long = "host", short = 'H', value_name = "HOST")]
+        hosts: Vec<String>,
+        /// Lines from each host.
+        #[arg(short = 'n', long = "lines", default_value_t = 20)]
+        lines: usize,
+        /// Keep printing what the hosts append, until Ctrl-C.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Print a shell completion script (for dp, or another tool with --bin).
     Completions {
         /// The shell.
@@ -281,6 +294,52 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             finish(records, "unlock")
         }
         Command::Completions { .. } => unreachable!("handled above"),
+        Command::Logs {
+            hosts: only,
+            lines,
+            follow,
+        } => {
+            let template = config
+                .restart
+                .as_ref()
+                .and_then(|r| r.app_log.clone())
+                .context("dp logs reads `app_log` in [restart] (such as \"{root}/shared/log/app.log\"); deploy.toml has none")?;
+            let mut records = hosts(&config, &args)?;
+            if let Some(unknown) = only.iter().find(|h| !records.iter().any(|r| &r.host == *h)) {
+                anyhow::bail!("no host {unknown:?} in the stage");
+            }
+            records.retain(|r| only.is_empty() || only.contains(&r.host));
+            let width = records.iter().map(|r| r.host.len()).max().unwrap_or(0);
+            let print = |host: &str, line: &str| {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{host:<width$} | {line}");
+                let _ = out.flush();
+            };
+            // Followed lines are shown as they come; a tail is shown host by host.
+            let kept = std::sync::Mutex::new(Vec::<(String, String)>::new());
+            let keep = |host: &str, line: &str| {
+                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                kept.push((host.to_string(), line.to_string()));
+            };
+            let show: &(dyn Fn(&str, &str) + Sync) = if *follow { &print } else { &keep };
+            dp_flow::admin::logs(&mut records, jobs, &template, *lines, *follow, show);
+            let kept = kept.into_inner().unwrap_or_else(|e| e.into_inner());
+            for r in &records {
+                for (_, line) in kept.iter().filter(|(h, _)| *h == r.host) {
+                    print(&r.host, line);
+                }
+            }
+            for r in &records {
+                if let Some(e) = &r.error {
+                    crate::report_error("dp", r, e);
+                }
+            }
+            if dp_core::interrupt::interrupted() {
+                return Ok(Exit::Interrupted);
+            }
+            Ok(Exit::for_records(&records))
+        }
         Command::History { limit } => {
             let mut records = hosts(&config, &args)?;
             let lines = dp_flow::admin::history(&mut records, jobs, *limit);

@@ -153,3 +153,78 @@ pub fn history(records: &mut [Record], jobs: usize, limit: usize) -> Vec<Value> 
     all.sort_by(|a, b| (&b.0, b.1).cmp(&(&a.0, a.1)));
     all.into_iter().take(limit).map(|(_, _, v)| v).collect()
 }
+
+/// `dp logs`: the last `lines` lines of the app log (`template`, rendered per host with
+/// `{release}` as `current`) on every host, each line passed to `show` with its host as it
+/// arrives; with `follow`, new lines too, until dp is interrupted (Ctrl-C). A host that
+/// cannot be read fails in step `logs`.
+pub fn logs(
+    records: &mut [Record],
+    jobs: usize,
+    template: &str,
+    lines: usize,
+    follow: bool,
+    show: &(dyn Fn(&str, &str) + Sync),
+) {
+    let all: Vec<usize> = (0..records.len()).collect();
+    let results = Sessions::new().run_indices(records, &all, jobs, |conn, record| {
+        let path =
+            dp_core::template::render(template, record, "current", dp_core::template::Escape::Text)
+                .map_err(|e| e.to_string())?;
+        let mut s = Script::new(root_of(record)?).map_err(|e| e.to_string())?;
+        s.set("log", &path)
+            .map_err(|e| e.to_string())?
+            .num("lines", lines)
+            .set("follow", if follow { "1" } else { "" })
+            .map_err(|e| e.to_string())?
+            .push(dp_core::sh_file!("sh/logs.sh"));
+        let mut out = Lines {
+            host: &record.host,
+            show,
+            partial: Vec::new(),
+        };
+        let status = conn
+            .exec_held(&s.into_string(), &mut out)
+            .map_err(|e| e.to_string())?;
+        out.flush_partial();
+        status
+            .check("reading the app log")
+            .map_err(|e| e.to_string())
+    });
+    for (r, res) in records.iter_mut().zip(results) {
+        if let Err(e) = res {
+            r.fail("logs", e);
+        }
+    }
+}
+
+/// Splits what a host sends into lines for `show`.
+struct Lines<'a> {
+    host: &'a str,
+    show: &'a (dyn Fn(&str, &str) + Sync),
+    partial: Vec<u8>,
+}
+
+impl Lines<'_> {
+    fn flush_partial(&mut self) {
+        if !self.partial.is_empty() {
+            (self.show)(self.host, &String::from_utf8_lossy(&self.partial));
+            self.partial.clear();
+        }
+    }
+}
+
+impl std::io::Write for Lines<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.partial.extend_from_slice(data);
+        while let Some(at) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=at).collect();
+            (self.show)(self.host, String::from_utf8_lossy(&line[..at]).as_ref());
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -56,6 +56,7 @@ impl Transport for LocalTransport {
         };
         let mut child_out = child.stdout.take().expect("piped stdout");
         let mut child_err = child.stderr.take().expect("piped stderr");
+        let done = std::sync::atomic::AtomicBool::new(false);
         let (fed, tail, copied) = std::thread::scope(|s| {
             let feeder = s.spawn(move || -> io::Result<Option<std::process::ChildStdin>> {
                 if let (Some(input), Some(mut pipe)) = (stdin, child_in) {
@@ -82,13 +83,31 @@ impl Transport for LocalTransport {
                 }
                 tail.into_inner()
             });
+            // A held stdin closes when dp is interrupted, as an SSH channel does: the
+            // script sees dp go (and `dp logs -f` ends on the first Ctrl-C).
+            let done = &done;
+            let watcher = held.map(|pipe| {
+                s.spawn(move || {
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        if crate::interrupt::should_stop() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    drop(pipe);
+                })
+            });
             let copied = io::copy(&mut child_out, stdout);
             drop(child_out);
             let fed = feeder.join().unwrap_or(Ok(None));
-            (fed, errors.join().unwrap_or_default(), copied)
+            let tail = errors.join().unwrap_or_default();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(w) = watcher {
+                let _ = w.join();
+            }
+            (fed, tail, copied)
         });
         let status = child.wait().map_err(io_err("wait for sh"))?;
-        drop(held);
         copied.map_err(io_err("write command output"))?;
         fed.map_err(io_err("read command input"))?;
         Ok(ExecStatus {
