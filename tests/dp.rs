@@ -1390,3 +1390,62 @@ fn logs_shows_and_follows_every_hosts_app_log() {
         .unwrap();
     assert!(tails.stdout.is_empty(), "a tail is left running");
 }
+
+/// On a terminal, status, history, rollback, unlock and setup print tables (NO_COLOR:
+/// plain); the same commands piped print JSON lines (the other tests).
+#[test]
+fn on_a_terminal_status_and_history_are_tables() {
+    let dir = Dir::new("dp-tables");
+    fixture(&dir);
+    dp(&dir, &["deploy", "--release", "r1"]).code(0);
+    dir.write("site/VERSION", "2\n");
+    dp(&dir, &["deploy", "--release", "r2"]).code(0);
+    let row = |shown: &str, first: &str| -> Vec<String> {
+        shown
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(first))
+            .unwrap_or_else(|| panic!("no row {first}:\n{shown}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let shown = on_terminal(&dir, None, "dp", &["status"]);
+    assert!(
+        shown.starts_with("host  current  live for  previous  drift  lock  releases  pending"),
+        "{shown}"
+    );
+    let a = row(&shown, "a");
+    assert_eq!(
+        (a[1].as_str(), a[3].as_str(), a[4].as_str()),
+        ("r2", "r1", "-"),
+        "{shown}"
+    );
+    assert!(a[2].ends_with('s'), "live for seconds: {shown}");
+    assert!(!shown.contains("{\"host\""), "{shown}");
+
+    let shown = on_terminal(&dir, None, "dp", &["history"]);
+    assert!(shown.starts_with("time (UTC)"), "{shown}");
+    let lines: Vec<&str> = shown.lines().filter(|l| l.contains("deploy")).collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "one row per deploy across both hosts:\n{shown}"
+    );
+    assert!(
+        lines[0].contains("r2") && lines[0].contains("r1") && lines[0].ends_with("2 ok"),
+        "{shown}"
+    );
+
+    let shown = on_terminal(&dir, None, "dp", &["rollback"]);
+    let a = row(&shown, "a");
+    assert_eq!(a[1], "ok", "{shown}");
+    assert!(a.contains(&"r1".to_string()), "{shown}");
+    let shown = on_terminal(&dir, None, "dp", &["unlock"]);
+    assert!(
+        shown.starts_with("host  result  removed  holder"),
+        "{shown}"
+    );
+    assert_eq!(row(&shown, "b")[1..], ["ok", "false", "-"], "{shown}");
+    let shown = on_terminal(&dir, None, "dp", &["status", "--json"]);
+    assert!(shown.contains("{\"host\":\"a\""), "{shown}");
+}

@@ -97,9 +97,12 @@ pub enum Command {
     Unlock,
     /// Deploys and rollbacks across hosts, newest first.
     History {
-        /// How many entries.
-        #[arg(long, default_value_t = 20)]
+        /// How many entries (per-host lines; on a terminal, deploys).
+        #[arg(long, short = 'n', default_value_t = 20)]
         limit: usize,
+        /// Only these hosts (repeatable).
+        #[arg(long = "host", short = 'H', value_name = "HOST")]
+        hosts: Vec<String>,
     },
     /// The tail of the app log (`app_log` in [restart]) from every host, each line prefixed
     /// with its host; -f follows until Ctrl-C.
@@ -248,7 +251,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 })
                 .collect();
             dp_flow::admin::setup(&mut records, jobs, &tools);
-            finish(records, "setup")
+            finish(records, "setup", args.json)
         }
         Command::Rollback { to } => {
             let mut records = hosts(&config, &args)?;
@@ -259,7 +262,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             };
             opts.check(&records).map_err(anyhow::Error::msg)?;
             dp_restart::run(&mut records, &mut dp_core::parallel::Sessions::new(), &opts);
-            finish(records, dp_restart::STEP)
+            finish(records, dp_restart::STEP, args.json)
         }
         Command::Status => {
             let mut records = hosts(&config, &args)?;
@@ -276,7 +279,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                     }
                 }
             }
-            finish(records, "status")
+            finish(records, "status", args.json)
         }
         Command::Unlock => {
             let mut records = hosts(&config, &args)?;
@@ -291,7 +294,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                     say(&format!("{}: removed lock held by {h}", r.host));
                 }
             }
-            finish(records, "unlock")
+            finish(records, "unlock", args.json)
         }
         Command::Completions { .. } => unreachable!("handled above"),
         Command::Logs {
@@ -340,13 +343,29 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             }
             Ok(Exit::for_records(&records))
         }
-        Command::History { limit } => {
+        Command::History { limit, hosts: only } => {
             let mut records = hosts(&config, &args)?;
-            let lines = dp_flow::admin::history(&mut records, jobs, *limit);
-            let mut out = std::io::stdout().lock();
-            for l in lines {
-                use std::io::Write;
-                writeln!(out, "{l}")?;
+            if let Some(unknown) = only.iter().find(|h| !records.iter().any(|r| &r.host == *h)) {
+                anyhow::bail!("no host {unknown:?} in the stage");
+            }
+            records.retain(|r| only.is_empty() || only.contains(&r.host));
+            let people = crate::table::for_people(args.json);
+            // A person's rows are deploys across hosts: read enough lines for `limit` of them.
+            let per_host = if people {
+                limit * records.len().max(1)
+            } else {
+                *limit
+            };
+            let lines = dp_flow::admin::history(&mut records, jobs, per_host);
+            crate::report_failures("dp", "history", &records);
+            if people {
+                history_table(&lines, *limit)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                for l in lines {
+                    use std::io::Write;
+                    writeln!(out, "{l}")?;
+                }
             }
             Ok(Exit::for_records(&records))
         }
@@ -357,10 +376,189 @@ fn migrations_dir(config: &Config) -> Option<PathBuf> {
     Some(config.migrations_dir()).filter(|d| d.is_dir())
 }
 
-fn finish(records: Vec<Record>, step: &str) -> anyhow::Result<Exit> {
+/// Failures on stderr; then, for a person (a terminal, no --json), a table of the
+/// step's results, else the records as JSON lines.
+fn finish(records: Vec<Record>, step: &str, json: bool) -> anyhow::Result<Exit> {
     crate::report_failures("dp", step, &records);
-    write_output(&records)?;
+    if crate::table::for_people(json) {
+        match step {
+            "status" => status_table(&records)?,
+            _ => step_table(&records, step)?,
+        }
+    } else {
+        write_output(&records)?;
+    }
     Ok(Exit::for_records(&records))
+}
+
+/// One cell for a JSON value: text as it is, a list as its length, null as `-`.
+fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) if s.is_empty() => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(a) => a.len().to_string(),
+        serde_json::Value::Object(o) => o
+            .get("holder")
+            .or_else(|| o.get("release"))
+            .map(cell)
+            .unwrap_or_else(|| v.to_string()),
+        other => other.to_string(),
+    }
+}
+
+/// host, result, and each field of `steps.<step>` (setup, unlock, rollback).
+fn step_table(records: &[Record], step: &str) -> std::io::Result<()> {
+    let mut keys: Vec<String> = Vec::new();
+    for r in records {
+        if let Some(serde_json::Value::Object(o)) = r.steps.get(step) {
+            for k in o.keys() {
+                if !keys.contains(k) && !matches!(k.as_str(), "ms" | "batch" | "switched_at_ms") {
+                    keys.push(k.clone());
+                }
+            }
+        }
+    }
+    let mut headers = vec!["host", "result"];
+    headers.extend(keys.iter().map(String::as_str));
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            let result = match &r.error {
+                None => "ok".to_string(),
+                Some(e) => format!("{}: {}", e.kind.as_str(), e.message),
+            };
+            let mut row = vec![r.host.clone(), result];
+            for k in &keys {
+                row.push(
+                    r.steps
+                        .get(step)
+                        .map_or("-".into(), |s| cell(&s[k.as_str()])),
+                );
+            }
+            row
+        })
+        .collect();
+    crate::table::print(&headers, &rows)
+}
+
+/// One row per deploy or rollback across hosts, newest first: the per-host lines of one
+/// run (same action, release, previous and user, within ten minutes) together.
+fn history_table(lines: &[serde_json::Value], limit: usize) -> std::io::Result<()> {
+    let secs = |v: &serde_json::Value| -> u64 {
+        v["time"]
+            .as_str()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs())
+    };
+    let key = |v: &serde_json::Value| {
+        ["action", "release", "previous", "user"].map(|k| v[k].as_str().unwrap_or("").to_string())
+    };
+    let mut groups: Vec<Vec<&serde_json::Value>> = Vec::new();
+    for l in lines {
+        match groups.last_mut() {
+            Some(g) if key(g[0]) == key(l) && secs(g[0]).abs_diff(secs(l)) < 600 => g.push(l),
+            _ => groups.push(vec![l]),
+        }
+    }
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .take(limit)
+        .map(|g| {
+            let ok = g
+                .iter()
+                .filter(|l| matches!(l["result"].as_str(), Some("ok" | "unchanged")))
+                .count();
+            let bad: Vec<&str> = g
+                .iter()
+                .filter_map(|l| l["result"].as_str())
+                .filter(|r| !matches!(*r, "ok" | "unchanged"))
+                .collect();
+            let result = bad.first().map_or_else(
+                || g[0]["result"].as_str().unwrap_or("ok").to_string(),
+                |b| b.to_string(),
+            );
+            let time = g[0]["time"].as_str().unwrap_or("-");
+            vec![
+                time.split('.').next().unwrap_or(time).replace('T', " "),
+                cell(&g[0]["action"]),
+                cell(&g[0]["release"]),
+                cell(&g[0]["previous"]),
+                cell(&g[0]["user"]),
+                result,
+                if bad.is_empty() {
+                    format!("{ok} ok")
+                } else {
+                    format!("{ok} ok, {} not", bad.len())
+                },
+            ]
+        })
+        .collect();
+    crate::table::print(
+        &[
+            "time (UTC)",
+            "action",
+            "release",
+            "previous",
+            "who",
+            "result",
+            "hosts",
+        ],
+        &rows,
+    )
+}
+
+/// One row per host: what runs there, since when, where a rollback goes, who holds the
+/// lock, what is on disk.
+fn status_table(records: &[Record]) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            let Some(s) = r.steps.get("status") else {
+                let why = r
+                    .error
+                    .as_ref()
+                    .map_or(String::new(), |e| e.message.clone());
+                return vec![r.host.clone(), format!("FAILED: {why}")];
+            };
+            let since = s["current_since"]
+                .as_u64()
+                .map_or("-".into(), crate::table::age);
+            let lock = match &s["lock"] {
+                serde_json::Value::Object(l) => format!(
+                    "{} ({}, {} ago)",
+                    l.get("holder").and_then(|h| h.as_str()).unwrap_or("?"),
+                    l.get("release").and_then(|h| h.as_str()).unwrap_or("?"),
+                    l.get("time")
+                        .and_then(|t| t.as_u64())
+                        .map_or("?".into(), crate::table::age)
+                ),
+                serde_json::Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            vec![
+                r.host.clone(),
+                cell(&s["current"]),
+                since,
+                cell(&s["previous"]),
+                if s["drift"] == true {
+                    "DRIFT".into()
+                } else {
+                    "-".into()
+                },
+                lock,
+                cell(&s["releases"]),
+                cell(&s["pending_migrations"]),
+            ]
+        })
+        .collect();
+    crate::table::print(
+        &[
+            "host", "current", "live for", "previous", "drift", "lock", "releases", "pending",
+        ],
+        &rows,
+    )
 }
 
 /// The table at the end of a deploy.

@@ -21,6 +21,7 @@ pub mod migrate;
 pub mod progress;
 pub mod restart;
 pub mod sync;
+pub mod table;
 
 use dp_core::Exit;
 

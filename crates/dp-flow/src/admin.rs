@@ -71,6 +71,9 @@ pub fn status(records: &mut [Record], jobs: usize) {
         for line in text.lines() {
             if let Some(c) = line.strip_prefix("current ") {
                 v["current"] = json!(Some(c).filter(|c| !c.is_empty()));
+            } else if let Some(t) = line.strip_prefix("since ") {
+                // When `current` was switched (seconds since the epoch, the host's clock).
+                v["current_since"] = json!(t.trim().parse::<u64>().ok());
             } else if let Some(l) = line.strip_prefix("lock ") {
                 v["lock"] = serde_json::from_str(l).unwrap_or(json!(l));
             } else if let Some(p) = line.strip_prefix("previous ") {
