@@ -1449,3 +1449,87 @@ fn on_a_terminal_status_and_history_are_tables() {
     let shown = on_terminal(&dir, None, "dp", &["status", "--json"]);
     assert!(shown.contains("{\"host\":\"a\""), "{shown}");
 }
+
+/// Every path under `root` with its type and content (or link target): to see that
+/// nothing changed.
+fn snapshot(root: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let what = if meta.file_type().is_symlink() {
+                format!("-> {}", std::fs::read_link(&p).unwrap().display())
+            } else if meta.is_dir() {
+                todo.push(p.clone());
+                "dir".to_string()
+            } else {
+                String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned()
+            };
+            out.push((p, what));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `dp deploy --plan` says what a deploy would do (one changed file, a changed
+/// lockfile, a new migration) and changes nothing on any host: no lock, no directory.
+#[test]
+fn the_plan_says_what_a_deploy_would_do_and_changes_nothing() {
+    let dir = Dir::new("dp-plan");
+    let roots = fixture(&dir);
+    dir.write("site/requirements.txt", "flask==3.0\n");
+    with_sections(
+        &dir,
+        "[deps]\nkind = \"command\"\nlockfiles = [\"requirements.txt\"]\ncommand = \"mkdir -p \\\"$DP_DEPS_DIR/bin\\\"\"",
+    );
+    dp(&dir, &["deploy", "--release", "r1"]).code(0);
+    let before: Vec<_> = roots.iter().map(|r| snapshot(r)).collect();
+    let plan = |expect: &[(&str, &str)]| {
+        let out = dp(&dir, &["deploy", "--plan"]);
+        out.code(0);
+        for r in out.records() {
+            let p = &r.steps["plan"];
+            assert_eq!(p["current"], "r1", "{p}");
+            for (k, v) in expect {
+                assert_eq!(p[*k].to_string(), *v, "{}: {k}: {p}", r.host);
+            }
+        }
+        for (root, snap) in roots.iter().zip(&before) {
+            assert!(!root.join(".dp/lock").exists());
+            assert_eq!(&snapshot(root), snap, "the plan changed the host");
+        }
+    };
+    plan(&[
+        ("send_files", "0"),
+        ("deps", "\"reuse\""),
+        ("pending_migrations", "[]"),
+    ]);
+    dir.write("site/app/views.py", "def index(): return 'changed'\n");
+    plan(&[("send_files", "1"), ("deps", "\"reuse\"")]);
+    dir.write("site/requirements.txt", "flask==3.1\n");
+    dir.write(
+        "site/migrations/3_more.sql",
+        "CREATE TABLE more (id INTEGER);\n",
+    );
+    plan(&[
+        ("send_files", "3"),
+        ("deps", "\"rebuild (requirements.txt changed)\""),
+        ("pending_migrations", "[\"3_more (pre)\"]"),
+    ]);
+    let out = dp(&dir, &["deploy", "--plan"]);
+    let batches: Vec<_> = out
+        .records()
+        .iter()
+        .map(|r| r.steps["plan"]["batch"].clone())
+        .collect();
+    assert_eq!(batches, [1, 2], "batch = 1: one host each");
+    let shown = on_terminal(&dir, None, "dp", &["deploy", "--plan"]);
+    assert!(shown.starts_with("host  current  base  send"), "{shown}");
+    assert!(
+        shown.contains("rebuild (requirements.txt changed)"),
+        "{shown}"
+    );
+}

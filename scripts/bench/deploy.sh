@@ -3,7 +3,8 @@
 # dependencies (pip, cache hit), no pending migrations (SQLite), to N loopback sshd hosts
 # (default 20) with --batch 25% and a health check that answers at once; `dp deploy`
 # against the same deploy as the printed pipeline of the five tools, alternating.
-# Targets: dp deploy under 3 s, and at least 1.5x faster than the pipeline.
+# Targets: dp deploy under 3 s, and at least 1.5x faster than the pipeline; dp deploy
+# --plan (before each deploy, the same change) under 0.5 s.
 # With BASELINE=DIR (the bin directory of another build, such as an older commit's
 # target/release), `dp deploy` of that build alternates with this one's on the same
 # fleet, and the ratio is printed; with ALIVE_OFF=1, this build also alternates with
@@ -54,6 +55,8 @@ dp --config deploy.toml --jobs "$n" deploy >/dev/null 2>"$work/first.log" || { c
 pipeline=$(dp --config deploy.toml --jobs "$n" deploy --print-pipeline)
 for i in $(seq 1 "$runs"); do
     python3 "$OLDPWD/scripts/bench/gen-site.py" "$site" --change 1 --seed "$((i * 2))"
+    # What the deploy would do (changes nothing), then the deploy itself.
+    time_cmd dp --config deploy.toml --jobs "$n" deploy --plan >>"$work/t.plan"
     time_cmd dp --config deploy.toml --jobs "$n" deploy >>"$work/t.dp"
     python3 "$OLDPWD/scripts/bench/gen-site.py" "$site" --change 1 --seed "$((i * 2 + 1))"
     time_cmd bash -o pipefail -c "$pipeline" >>"$work/t.pipe"
@@ -78,10 +81,11 @@ fi
 python3 "$OLDPWD/scripts/bench/gen-site.py" "$site" --change 1 --seed 999
 echo "one more dp deploy, its progress:"
 dp --config deploy.toml --jobs "$n" deploy 2>&1 >/dev/null | grep -v '^[a-z0-9]* *20[0-9]*T' | sed 's/^/  /'
-dpt=$(median <"$work/t.dp") pt=$(median <"$work/t.pipe")
+dpt=$(median <"$work/t.dp") pt=$(median <"$work/t.pipe") plt=$(median <"$work/t.plan")
 echo "redeploy with 1 changed file to $n hosts (batch 25%), median of $runs runs:"
 printf '  dp deploy %.3f s (target < 3 s)   the five tools piped %.3f s   speed-up %sx (target >= 1.5)\n' \
     "$dpt" "$pt" "$(ratio "$pt" "$dpt")"
+printf '  dp deploy --plan %.3f s (target < 0.5 s), %sx of the deploy\n' "$plt" "$(ratio "$plt" "$dpt")"
 if [ -n "${BASELINE:-}" ]; then
     nt=$(median <"$work/t.new") bt=$(median <"$work/t.base")
     printf '  this build %.3f s   baseline %.3f s   ratio %sx (target <= 1.10)\n' "$nt" "$bt" "$(ratio "$nt" "$bt")"

@@ -65,6 +65,11 @@ pub enum Command {
         /// Print the equivalent pipeline of the small tools instead of deploying.
         #[arg(long)]
         print_pipeline: bool,
+        /// Show what the deploy would do on each host, changing nothing (no lock, no
+        /// directory): files to send and bytes, files linked, dependencies reused or
+        /// rebuilt (which lockfile changed), pending migrations, batches, unreachable hosts.
+        #[arg(long, conflicts_with = "print_pipeline")]
+        plan: bool,
         /// Release id (default: UTC time plus a content hash).
         #[arg(long)]
         release: Option<String>,
@@ -166,6 +171,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
     match &args.command {
         Command::Deploy {
             print_pipeline,
+            plan: show_plan,
             release,
             force,
             lease,
@@ -185,6 +191,16 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             }
             let mut records = hosts(&config, &args)?;
             plan.check(&records).map_err(anyhow::Error::msg)?;
+            if *show_plan {
+                dp_flow::plan_deploy(&mut records, &plan)?;
+                crate::report_failures("dp", "plan", &records);
+                if crate::table::for_people(args.json) {
+                    plan_table(&records)?;
+                } else {
+                    write_output(&records)?;
+                }
+                return Ok(Exit::for_records(&records));
+            }
             if matches!(plan.restart.health, Some(dp_restart::Health::Url(_)))
                 && plan.restart.health_expect.is_none()
             {
@@ -507,6 +523,67 @@ fn history_table(lines: &[serde_json::Value], limit: usize) -> std::io::Result<(
         ],
         &rows,
     )
+}
+
+/// `dp deploy --plan` for a person: one row per host.
+fn plan_table(records: &[Record]) -> std::io::Result<()> {
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            let Some(p) = r.steps.get("plan") else {
+                let why = r
+                    .error
+                    .as_ref()
+                    .map_or(String::new(), |e| e.message.clone());
+                return vec![r.host.clone(), format!("UNREACHABLE: {why}")];
+            };
+            let send = if p["already_live"] == true {
+                "nothing (already live)".to_string()
+            } else {
+                let bytes = p["send_bytes"].as_u64().unwrap_or(0);
+                format!("{} files, {}", p["send_files"], human_bytes(bytes))
+            };
+            vec![
+                r.host.clone(),
+                cell(&p["current"]),
+                cell(&p["base"]),
+                send,
+                p["linked"].to_string(),
+                cell(&p["deps"]),
+                p["pending_migrations"]
+                    .as_array()
+                    .filter(|a| !a.is_empty())
+                    .map_or("-".into(), |a| {
+                        a.iter()
+                            .map(|m| m.as_str().unwrap_or("?"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }),
+                p["batch"].to_string(),
+            ]
+        })
+        .collect();
+    crate::table::print(
+        &[
+            "host",
+            "current",
+            "base",
+            "send",
+            "linked",
+            "deps",
+            "migrations",
+            "batch",
+        ],
+        &rows,
+    )
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..=9_999 => format!("{n} B"),
+        10_000..=9_999_999 => format!("{} kB", n / 1000),
+        _ => format!("{} MB", n / 1_000_000),
+    }
 }
 
 /// One row per host: what runs there, since when, where a rollback goes, who holds the

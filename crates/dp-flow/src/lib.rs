@@ -421,3 +421,70 @@ pub fn pipeline(plan: &Plan) -> Result<String, FlowError> {
     }
     Ok(parts.join(" \\\n  | ") + "\n")
 }
+
+/// `dp deploy --plan`: what a deploy would do on each host, changing nothing on any host
+/// (no lock, no directory): one round trip per host reads its current and newest complete
+/// release and that release's manifest. Each reachable record gets `steps.plan`: the
+/// files to send and their bytes, the files linked, the dependency environment (`reuse`,
+/// or `rebuild` with the lockfiles that changed), the migrations pending (with
+/// `DATABASE_URL`, by name and phase) and its batch. A host that cannot be reached fails
+/// in step `plan`.
+pub fn plan_deploy(records: &mut [Record], plan: &Plan) -> Result<(), FlowError> {
+    let prepared = dp_sync::prepare(&plan.sync).map_err(|e| FlowError(e.to_string()))?;
+    let lockfiles: Vec<String> = match &plan.deps {
+        None => Vec::new(),
+        Some(d) if !d.lockfiles.is_empty() => d.lockfiles.clone(),
+        Some(d) => {
+            let has = |p: &str| prepared.manifest.entries.iter().any(|e| e.path == p);
+            let pip = vec!["requirements.txt".to_string()];
+            let npm = vec!["package.json".to_string(), "package-lock.json".to_string()];
+            match &d.kind {
+                Kind::Pip => pip,
+                Kind::Npm => npm,
+                Kind::Auto if has("requirements.txt") => pip,
+                Kind::Auto if has("package-lock.json") => npm,
+                Kind::Auto | Kind::Command { .. } => Vec::new(),
+            }
+        }
+    };
+    let pending: Vec<String> = match &plan.migrate {
+        Some(MigrateStep::Sql(m)) => match dp_migrate::status(&m.database_url, &m.dir) {
+            Ok(lines) => lines
+                .into_iter()
+                .filter(|l| l.applied_at.is_none())
+                .map(|l| {
+                    let phase = l.phase.map_or("?", Phase::as_str);
+                    format!("{}_{} ({phase})", l.version, l.name)
+                })
+                .collect(),
+            Err(e) => vec![format!("unknown: {e}")],
+        },
+        _ => Vec::new(),
+    };
+    let deps = plan.deps.is_some();
+    Sessions::new().run(records, plan.sync.jobs, "plan", |conn, record| {
+        let hp = dp_sync::plan::plan_host(conn, record, &prepared, &lockfiles)?;
+        let mut v = serde_json::to_value(&hp).map_err(|e| e.to_string())?;
+        v["release"] = serde_json::json!(prepared.release);
+        v["deps"] = serde_json::json!(match (deps, hp.lockfiles_changed.is_empty()) {
+            (false, _) => "none".to_string(),
+            (true, true) if hp.deps_key.is_some() => "reuse".to_string(),
+            (true, true) => "build (no environment yet)".to_string(),
+            (true, false) => format!("rebuild ({} changed)", hp.lockfiles_changed.join(", ")),
+        });
+        v["pending_migrations"] = serde_json::json!(pending);
+        record.set_step("plan", v);
+        Ok(())
+    });
+    // The batches in order, over the hosts that would be deployed.
+    let live: Vec<usize> = (0..records.len())
+        .filter(|&i| !records[i].failed())
+        .collect();
+    let size = plan.restart.batch.size(live.len()).max(1);
+    for (n, &i) in live.iter().enumerate() {
+        if let Some(serde_json::Value::Object(s)) = records[i].steps.get_mut("plan") {
+            s.insert("batch".into(), serde_json::json!(n / size + 1));
+        }
+    }
+    Ok(())
+}

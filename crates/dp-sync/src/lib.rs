@@ -12,6 +12,7 @@ mod delta;
 mod host;
 mod io;
 pub mod manifest;
+pub mod plan;
 pub mod remote;
 pub mod scan;
 pub mod tarstream;

@@ -35,7 +35,20 @@ pub fn prepare(
         .set("rel", release)?
         .set("known", &known.join(" "))?
         .set("mark", MANIFEST_MARK)?
+        .push(dp_core::sh_file!("sh/manifest.sh"))
         .push(dp_core::sh_file!("sh/prepare.sh"));
+    Ok(s.into_string())
+}
+
+/// `dp deploy --plan`'s script (`sh/plan.sh`): reads the current and newest complete
+/// release, the latter's dependency key and manifest (unless its digest is `known`);
+/// changes nothing.
+pub fn plan(root: &str, known: &[String]) -> Result<String, QuoteError> {
+    let mut s = Script::new(root)?;
+    s.set("known", &known.join(" "))?
+        .set("mark", MANIFEST_MARK)?
+        .push(dp_core::sh_file!("sh/manifest.sh"))
+        .push(dp_core::sh_file!("sh/plan.sh"));
     Ok(s.into_string())
 }
 

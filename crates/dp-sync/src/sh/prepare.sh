@@ -5,21 +5,9 @@
 # Prints the leftovers it removed, the decompressors the host has, `current R`, then
 # either `self complete` (a re-run) or `base B` (the newest complete release, empty if
 # none), each followed by `digest D`, the mark and the manifest unless known.
+# dp_manifest comes with it (manifest.sh).
 # shellcheck disable=SC2154 # root, releases and the values above come before.
 
-# The digest is stored beside the manifest when the release is built (older releases:
-# computed here).
-dp_manifest() {
-  d=
-  IFS= read -r d 2>/dev/null < "$1.sha256" || true
-  case $d in
-    ????????????????????????????????????????????????????????????????) ;;
-    *) d=$(sha256sum < "$1"); d=${d%% *} ;;
-  esac
-  echo "digest $d"
-  printf '%s\n' "$mark"
-  case " $known " in *" $d "*) ;; *) cat -- "$1" ;; esac
-}
 for d in "$releases"/.tmp-* "$releases"/.incoming-*; do
   [ -e "$d" ] || continue
   rm -rf -- "$d" && echo "cleaned ${d##*/}"
