@@ -390,6 +390,19 @@ fn with_identity(fleet: &Fleet, which: &[usize], key: &Path) -> String {
     )
 }
 
+/// `dp-hosts --check` in `dir` with no terminal, the passphrase asked from `askpass` (an
+/// executable script; made so here) answering `pass` (its $PASS).
+fn check_with_askpass(dir: &Dir, askpass: &Path, pass: &str) -> crate::util::Outcome {
+    std::fs::set_permissions(askpass, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    hosts(dir)
+        .args(["--check"])
+        .env("SSH_ASKPASS", askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("PASS", pass)
+        .without_terminal()
+        .run()
+}
+
 /// `n` hosts that also let in a key locked with the passphrase "open sesame", and a new
 /// directory whose deploy.toml names that key for all of them.
 fn locked_key_fleet(n: usize, name: &str) -> (Fleet, Dir, PathBuf) {
@@ -413,20 +426,7 @@ fn an_encrypted_key_is_opened_with_one_askpass_answer_for_all_hosts() {
             asked.display()
         ),
     );
-    std::fs::set_permissions(
-        &askpass,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let check = |pass: &str| {
-        hosts(&dir)
-            .args(["--check"])
-            .env("SSH_ASKPASS", &askpass)
-            .env("SSH_ASKPASS_REQUIRE", "force")
-            .env("PASS", pass)
-            .without_terminal()
-            .run()
-    };
+    let check = |pass: &str| check_with_askpass(&dir, &askpass, pass);
 
     // One question for both hosts, naming the key; both hosts let us in.
     let out = check("open sesame");
@@ -595,20 +595,7 @@ fn an_encrypted_pem_key_is_opened_with_its_passphrase() {
     fleet.authorize(public.trim());
     dir.write("deploy.toml", with_identity(fleet, &[0, 1], &locked));
     let askpass = dir.write("askpass", "#!/bin/sh\nprintf '%s\\n' \"$PASS\"\n");
-    std::fs::set_permissions(
-        &askpass,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let check = |pass: &str| {
-        hosts(&dir)
-            .args(["--check"])
-            .env("SSH_ASKPASS", &askpass)
-            .env("SSH_ASKPASS_REQUIRE", "force")
-            .env("PASS", pass)
-            .without_terminal()
-            .run()
-    };
+    let check = |pass: &str| check_with_askpass(&dir, &askpass, pass);
     let out = check("pem pass");
     out.code(0);
     for r in out.records() {
