@@ -11,7 +11,7 @@
 mod health;
 mod script;
 
-use dp_core::layout::{check_release_id, release_of, root_of};
+use dp_core::layout::{check_release_id, release_of, root_of, Script};
 use dp_core::parallel::Sessions;
 use dp_core::template::{render, Escape};
 use dp_core::transport::{Connection, Transport};
@@ -517,11 +517,13 @@ fn app_log_tail(
 ) -> Option<String> {
     let template = opts.app_log.as_deref()?;
     let path = render(template, record, release, Escape::Text).ok()?;
-    let script = format!(
-        "tail -n {APP_LOG_LINES} -- {} 2>&1\n",
-        dp_core::quote::quote_str(&path).ok()?
-    );
-    let text = match conn.run(&script) {
+    let mut script = Script::new(root_of(record).ok()?).ok()?;
+    script
+        .set("log", &path)
+        .ok()?
+        .num("lines", APP_LOG_LINES)
+        .push(dp_core::sh_file!("sh/app_log.sh"));
+    let text = match conn.run(&script.into_string()) {
         Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
         Err(e) => format!("cannot read it: {e}"),
     };
