@@ -1533,3 +1533,36 @@ fn the_plan_says_what_a_deploy_would_do_and_changes_nothing() {
         "{shown}"
     );
 }
+
+/// `dp exec CMD` runs in the live release of every host (or --host), with its release in
+/// the environment, each line prefixed with the host; a host without a live release, or
+/// where the command fails, fails in step exec (exit 1).
+#[test]
+fn exec_runs_a_command_in_the_live_release_of_each_host() {
+    let dir = Dir::new("dp-exec");
+    let roots = fixture(&dir);
+    let out = dp(&dir, &["exec", "cat", "VERSION"]);
+    out.code(1);
+    assert!(out.stderr.contains("no release is live"), "{}", out.stderr);
+    dp(&dir, &["deploy", "--release", "r1"]).code(0);
+    let out = dp(
+        &dir,
+        &["exec", "echo $DP_RELEASE $(cat VERSION) {host}; pwd"],
+    );
+    out.code(0);
+    let a = roots[0].join("releases/r1").canonicalize().unwrap();
+    let b = roots[1].join("releases/r1").canonicalize().unwrap();
+    assert_eq!(
+        out.stdout,
+        format!(
+            "a | r1 1 a\na | {}\nb | r1 1 b\nb | {}\n",
+            a.display(),
+            b.display()
+        )
+    );
+    let out = dp(&dir, &["exec", "--host", "b", "exit 3"]);
+    out.code(1);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    assert!(out.stderr.contains("dp: b: exec:"), "{}", out.stderr);
+    assert!(!out.stderr.contains("dp: a:"), "{}", out.stderr);
+}

@@ -109,6 +109,20 @@ pub enum Command {
         #[arg(long = "host", short = 'H', value_name = "HOST")]
         hosts: Vec<String>,
     },
+    /// Run a command in the live release (`current`) on every host (or --host), with
+    /// DP_RELEASE and DP_ROOT set and the release's dependency programs first on PATH;
+    /// each output line prefixed with its host. Templates: {host}, {root}, host vars.
+    Exec {
+        /// Only these hosts (repeatable).
+        #[arg(long = "host", short = 'H', value_name = "HOST")]
+        hosts: Vec<String>,
+        /// How long the command may run on a host before it is stopped.
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = dp_core::config::parse_duration)]
+        timeout: std::time::Duration,
+        /// The command (a shell script, run with /bin/sh).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// The tail of the app log (`app_log` in [restart]) from every host, each line prefixed
     /// with its host; -f follows until Ctrl-C.
     Logs {
@@ -313,6 +327,36 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             finish(records, "unlock", args.json)
         }
         Command::Completions { .. } => unreachable!("handled above"),
+        Command::Exec {
+            hosts: only,
+            timeout,
+            command,
+        } => {
+            let mut records = selected(&config, &args, only)?;
+            let width = records.iter().map(|r| r.host.len()).max().unwrap_or(0);
+            let kept = std::sync::Mutex::new(Vec::<(String, String)>::new());
+            let keep = |host: &str, line: &str| {
+                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                kept.push((host.to_string(), line.to_string()));
+            };
+            dp_flow::admin::exec(&mut records, jobs, &command.join(" "), *timeout, &keep);
+            let kept = kept.into_inner().unwrap_or_else(|e| e.into_inner());
+            {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                for r in &records {
+                    for (_, line) in kept.iter().filter(|(h, _)| *h == r.host) {
+                        writeln!(out, "{:<width$} | {line}", r.host)?;
+                    }
+                }
+            }
+            for r in &records {
+                if let Some(e) = &r.error {
+                    crate::report_error("dp", r, e);
+                }
+            }
+            Ok(Exit::for_records(&records))
+        }
         Command::Logs {
             hosts: only,
             lines,
@@ -323,11 +367,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 .as_ref()
                 .and_then(|r| r.app_log.clone())
                 .context("dp logs reads `app_log` in [restart] (such as \"{root}/shared/log/app.log\"); deploy.toml has none")?;
-            let mut records = hosts(&config, &args)?;
-            if let Some(unknown) = only.iter().find(|h| !records.iter().any(|r| &r.host == *h)) {
-                anyhow::bail!("no host {unknown:?} in the stage");
-            }
-            records.retain(|r| only.is_empty() || only.contains(&r.host));
+            let mut records = selected(&config, &args, only)?;
             let width = records.iter().map(|r| r.host.len()).max().unwrap_or(0);
             let print = |host: &str, line: &str| {
                 use std::io::Write;
@@ -360,11 +400,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             Ok(Exit::for_records(&records))
         }
         Command::History { limit, hosts: only } => {
-            let mut records = hosts(&config, &args)?;
-            if let Some(unknown) = only.iter().find(|h| !records.iter().any(|r| &r.host == *h)) {
-                anyhow::bail!("no host {unknown:?} in the stage");
-            }
-            records.retain(|r| only.is_empty() || only.contains(&r.host));
+            let mut records = selected(&config, &args, only)?;
             let people = crate::table::for_people(args.json);
             // A person's rows are deploys across hosts: read enough lines for `limit` of them.
             let per_host = if people {
@@ -680,6 +716,16 @@ fn summary(records: &[Record], started: Instant) {
         records.len() - failed,
         records.len()
     );
+}
+
+/// The stage's hosts named in `only` (all when empty); an unknown name is an error.
+fn selected(config: &Config, args: &Args, only: &[String]) -> anyhow::Result<Vec<Record>> {
+    let mut records = hosts(config, args)?;
+    if let Some(unknown) = only.iter().find(|h| !records.iter().any(|r| &r.host == *h)) {
+        anyhow::bail!("no host {unknown:?} in the stage");
+    }
+    records.retain(|r| only.is_empty() || only.contains(&r.host));
+    Ok(records)
 }
 
 /// The stage's hosts, with --host-key-policy when given.

@@ -231,3 +231,59 @@ impl std::io::Write for Lines<'_> {
         Ok(())
     }
 }
+
+/// `dp exec CMD`: runs `command` (rendered per host: `{host}`, `{root}`, its vars, with
+/// `{release}` as `current`) in the release `current` points to on every host, at most
+/// `jobs` at once, under `timeout`; each line of its output goes to `show` with its host.
+/// `steps.exec.status` is the command's exit status; a host where it fails, or that has
+/// no live release, fails in step `exec`.
+pub fn exec(
+    records: &mut [Record],
+    jobs: usize,
+    command: &str,
+    timeout: std::time::Duration,
+    show: &(dyn Fn(&str, &str) + Sync),
+) {
+    let all: Vec<usize> = (0..records.len()).collect();
+    let results = Sessions::new().run_indices(records, &all, jobs, |conn, record| {
+        let cmd =
+            dp_core::template::render(command, record, "current", dp_core::template::Escape::Shell)
+                .map_err(|e| e.to_string())?;
+        let mut s = Script::new(root_of(record)?).map_err(|e| e.to_string())?;
+        s.set("cmd", &cmd)
+            .map_err(|e| e.to_string())?
+            .num("secs", timeout.as_secs().max(1))
+            .push(dp_core::sh_file!("sh/exec.sh"));
+        let mut out = Lines {
+            host: &record.host,
+            show,
+            partial: Vec::new(),
+        };
+        let status = conn
+            .exec_held(&s.into_string(), &mut out)
+            .map_err(|e| e.to_string())?;
+        out.flush_partial();
+        Ok(status)
+    });
+    for (r, res) in records.iter_mut().zip(results) {
+        match res {
+            Ok(status) => {
+                r.set_step("exec", json!({ "status": status.code }));
+                let stderr = String::from_utf8_lossy(&status.stderr).trim().to_string();
+                match status.code {
+                    Some(0) => {}
+                    Some(3) if stderr.contains("no release is live") => r.fail("exec", stderr),
+                    _ => r.fail(
+                        "exec",
+                        status
+                            .check("the command")
+                            .err()
+                            .map(|e| e.to_string())
+                            .unwrap_or_default(),
+                    ),
+                }
+            }
+            Err(e) => r.fail("exec", e),
+        }
+    }
+}
