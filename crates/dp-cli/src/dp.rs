@@ -333,28 +333,10 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             command,
         } => {
             let mut records = selected(&config, &args, only)?;
-            let width = records.iter().map(|r| r.host.len()).max().unwrap_or(0);
-            let kept = std::sync::Mutex::new(Vec::<(String, String)>::new());
-            let keep = |host: &str, line: &str| {
-                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
-                kept.push((host.to_string(), line.to_string()));
-            };
-            dp_flow::admin::exec(&mut records, jobs, &command.join(" "), *timeout, &keep);
-            let kept = kept.into_inner().unwrap_or_else(|e| e.into_inner());
-            {
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                for r in &records {
-                    for (_, line) in kept.iter().filter(|(h, _)| *h == r.host) {
-                        writeln!(out, "{:<width$} | {line}", r.host)?;
-                    }
-                }
-            }
-            for r in &records {
-                if let Some(e) = &r.error {
-                    crate::report_error("dp", r, e);
-                }
-            }
+            host_lines(&mut records, false, |records, show| {
+                dp_flow::admin::exec(records, jobs, &command.join(" "), *timeout, show)
+            });
+            crate::report_failures("dp", "exec", &records);
             Ok(Exit::for_records(&records))
         }
         Command::Logs {
@@ -368,32 +350,10 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 .and_then(|r| r.app_log.clone())
                 .context("dp logs reads `app_log` in [restart] (such as \"{root}/shared/log/app.log\"); deploy.toml has none")?;
             let mut records = selected(&config, &args, only)?;
-            let width = records.iter().map(|r| r.host.len()).max().unwrap_or(0);
-            let print = |host: &str, line: &str| {
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{host:<width$} | {line}");
-                let _ = out.flush();
-            };
-            // Followed lines are shown as they come; a tail is shown host by host.
-            let kept = std::sync::Mutex::new(Vec::<(String, String)>::new());
-            let keep = |host: &str, line: &str| {
-                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
-                kept.push((host.to_string(), line.to_string()));
-            };
-            let show: &(dyn Fn(&str, &str) + Sync) = if *follow { &print } else { &keep };
-            dp_flow::admin::logs(&mut records, jobs, &template, *lines, *follow, show);
-            let kept = kept.into_inner().unwrap_or_else(|e| e.into_inner());
-            for r in &records {
-                for (_, line) in kept.iter().filter(|(h, _)| *h == r.host) {
-                    print(&r.host, line);
-                }
-            }
-            for r in &records {
-                if let Some(e) = &r.error {
-                    crate::report_error("dp", r, e);
-                }
-            }
+            host_lines(&mut records, *follow, |records, show| {
+                dp_flow::admin::logs(records, jobs, &template, *lines, *follow, show)
+            });
+            crate::report_failures("dp", "logs", &records);
             if dp_core::interrupt::interrupted() {
                 return Ok(Exit::Interrupted);
             }
@@ -716,6 +676,34 @@ fn summary(records: &[Record], started: Instant) {
         records.len() - failed,
         records.len()
     );
+}
+
+/// Runs `run` with a sink for the hosts' output lines, printed as `host | line`: as they
+/// come when `live`, else host by host (in the records' order) once all are in.
+fn host_lines(
+    records: &mut [Record],
+    live: bool,
+    run: impl FnOnce(&mut [Record], &(dyn Fn(&str, &str) + Sync)),
+) {
+    let width = records.iter().map(|r| r.host.len()).max().unwrap_or(0);
+    let print = |host: &str, line: &str| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{host:<width$} | {line}");
+        let _ = out.flush();
+    };
+    let kept = std::sync::Mutex::new(Vec::<(String, String)>::new());
+    let keep = |host: &str, line: &str| {
+        let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+        kept.push((host.to_string(), line.to_string()));
+    };
+    run(records, if live { &print } else { &keep });
+    let kept = kept.into_inner().unwrap_or_else(|e| e.into_inner());
+    for r in records.iter() {
+        for (_, line) in kept.iter().filter(|(h, _)| *h == r.host) {
+            print(&r.host, line);
+        }
+    }
 }
 
 /// The stage's hosts named in `only` (all when empty); an unknown name is an error.

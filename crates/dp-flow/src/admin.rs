@@ -169,8 +169,7 @@ pub fn logs(
     follow: bool,
     show: &(dyn Fn(&str, &str) + Sync),
 ) {
-    let all: Vec<usize> = (0..records.len()).collect();
-    let results = Sessions::new().run_indices(records, &all, jobs, |conn, record| {
+    let results = run_streamed(records, jobs, show, |record| {
         let path =
             dp_core::template::render(template, record, "current", dp_core::template::Escape::Text)
                 .map_err(|e| e.to_string())?;
@@ -181,24 +180,43 @@ pub fn logs(
             .set("follow", if follow { "1" } else { "" })
             .map_err(|e| e.to_string())?
             .push(dp_core::sh_file!("sh/logs.sh"));
+        Ok(s.into_string())
+    });
+    for (r, res) in records.iter_mut().zip(results) {
+        let checked = res.and_then(|status| {
+            status
+                .check("reading the app log")
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = checked {
+            r.fail("logs", e);
+        }
+    }
+}
+
+/// Runs the script `script` makes for each host (all at once, at most `jobs`), with its
+/// stdin held (it ends when dp goes), passing each line of its stdout to `show` with the
+/// host as it arrives. The exit status of each, or why it could not run.
+fn run_streamed(
+    records: &mut [Record],
+    jobs: usize,
+    show: &(dyn Fn(&str, &str) + Sync),
+    script: impl Fn(&Record) -> Result<String, String> + Sync,
+) -> Vec<Result<dp_core::transport::ExecStatus, String>> {
+    let all: Vec<usize> = (0..records.len()).collect();
+    Sessions::new().run_indices(records, &all, jobs, |conn, record| {
+        let script = script(record)?;
         let mut out = Lines {
             host: &record.host,
             show,
             partial: Vec::new(),
         };
         let status = conn
-            .exec_held(&s.into_string(), &mut out)
+            .exec_held(&script, &mut out)
             .map_err(|e| e.to_string())?;
         out.flush_partial();
-        status
-            .check("reading the app log")
-            .map_err(|e| e.to_string())
-    });
-    for (r, res) in records.iter_mut().zip(results) {
-        if let Err(e) = res {
-            r.fail("logs", e);
-        }
-    }
+        Ok(status)
+    })
 }
 
 /// Splits what a host sends into lines for `show`.
@@ -244,8 +262,7 @@ pub fn exec(
     timeout: std::time::Duration,
     show: &(dyn Fn(&str, &str) + Sync),
 ) {
-    let all: Vec<usize> = (0..records.len()).collect();
-    let results = Sessions::new().run_indices(records, &all, jobs, |conn, record| {
+    let results = run_streamed(records, jobs, show, |record| {
         let cmd =
             dp_core::template::render(command, record, "current", dp_core::template::Escape::Shell)
                 .map_err(|e| e.to_string())?;
@@ -254,16 +271,7 @@ pub fn exec(
             .map_err(|e| e.to_string())?
             .num("secs", timeout.as_secs().max(1))
             .push(dp_core::sh_file!("sh/exec.sh"));
-        let mut out = Lines {
-            host: &record.host,
-            show,
-            partial: Vec::new(),
-        };
-        let status = conn
-            .exec_held(&s.into_string(), &mut out)
-            .map_err(|e| e.to_string())?;
-        out.flush_partial();
-        Ok(status)
+        Ok(s.into_string())
     });
     for (r, res) in records.iter_mut().zip(results) {
         match res {
