@@ -6,7 +6,8 @@
 
 [ -e "$log" ] || { echo "no app log at $log" >&2; exit 1; }
 if [ -z "$follow" ]; then
-  exec tail -n "$lines" -- "$log"
+  # Bounded, as every command dp runs on a host (a log on a hung mount, say).
+  exec timeout -k 2 30 tail -n "$lines" -- "$log"
 fi
 # Ends when dp's side of stdin closes (dp was interrupted or gave up on the host).
 tail -n "$lines" -F -- "$log" </dev/null &
