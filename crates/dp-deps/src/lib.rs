@@ -44,6 +44,22 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The lockfiles whose content keys this kind's environment when the config names
+    /// none, in a release whose files `has` tells: what `sh/kinds.sh` declares on the host
+    /// (`dp_kind_auto` picks pip for requirements.txt, else npm for package-lock.json; a
+    /// test checks the two agree). A command names its own; none for auto with neither.
+    pub fn default_lockfiles(&self, has: impl Fn(&str) -> bool) -> Vec<String> {
+        let pip = || vec!["requirements.txt".to_string()];
+        let npm = || vec!["package.json".to_string(), "package-lock.json".to_string()];
+        match self {
+            Kind::Pip => pip(),
+            Kind::Npm => npm(),
+            Kind::Auto if has("requirements.txt") => pip(),
+            Kind::Auto if has("package-lock.json") => npm(),
+            Kind::Auto | Kind::Command { .. } => Vec::new(),
+        }
+    }
+
     /// Parses `pip`, `npm`, `auto`, or `command` (with its command and link).
     pub fn parse(kind: &str, command: Option<&str>, link: Option<&str>) -> Result<Kind, String> {
         match kind {
@@ -252,4 +268,60 @@ pub fn interpret(out: dp_core::transport::Output) -> Result<DepsStats, String> {
         return Err(format!("unexpected output from the host: {}", text.trim()));
     }
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kind::default_lockfiles says what sh/kinds.sh does on a host (run here by /bin/sh,
+    /// with stub python3, node and npm on PATH).
+    #[test]
+    fn default_lockfiles_agree_with_the_host_side() {
+        let dir = std::env::temp_dir().join(format!("dp-kinds-{}", std::process::id()));
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for tool in ["python3", "node", "npm"] {
+            let p = bin.join(tool);
+            std::fs::write(&p, "#!/bin/sh\necho 1.0\n").unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        let host = |files: &[&str], kind: &str| -> String {
+            let rel = dir.join("rel");
+            let _ = std::fs::remove_dir_all(&rel);
+            std::fs::create_dir_all(&rel).unwrap();
+            for f in files {
+                std::fs::write(rel.join(f), "").unwrap();
+            }
+            let script = format!(
+                "{}python=python3 kind={kind}\n[ \"$kind\" != auto ] || dp_kind_auto\n\
+                 [ \"$kind\" = none ] || \"dp_kind_$kind\"\necho \"${{lockfiles:-}}\"\n",
+                dp_core::sh_file!("sh/kinds.sh")
+            );
+            let out = std::process::Command::new("sh")
+                .args(["-c", &script])
+                .current_dir(&rel)
+                .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        for (files, kind, name) in [
+            (
+                &["requirements.txt", "package-lock.json"][..],
+                Kind::Auto,
+                "auto",
+            ),
+            (&["package-lock.json"][..], Kind::Auto, "auto"),
+            (&[][..], Kind::Auto, "auto"),
+            (&[][..], Kind::Pip, "pip"),
+            (&[][..], Kind::Npm, "npm"),
+        ] {
+            let rust = kind.default_lockfiles(|f| files.contains(&f)).join(" ");
+            assert_eq!(rust, host(files, name), "{name} with {files:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -434,18 +434,9 @@ pub fn plan_deploy(records: &mut [Record], plan: &Plan) -> Result<(), FlowError>
     let lockfiles: Vec<String> = match &plan.deps {
         None => Vec::new(),
         Some(d) if !d.lockfiles.is_empty() => d.lockfiles.clone(),
-        Some(d) => {
-            let has = |p: &str| prepared.manifest.entries.iter().any(|e| e.path == p);
-            let pip = vec!["requirements.txt".to_string()];
-            let npm = vec!["package.json".to_string(), "package-lock.json".to_string()];
-            match &d.kind {
-                Kind::Pip => pip,
-                Kind::Npm => npm,
-                Kind::Auto if has("requirements.txt") => pip,
-                Kind::Auto if has("package-lock.json") => npm,
-                Kind::Auto | Kind::Command { .. } => Vec::new(),
-            }
-        }
+        Some(d) => d
+            .kind
+            .default_lockfiles(|p| prepared.manifest.entries.iter().any(|e| e.path == p)),
     };
     let pending: Vec<String> = match &plan.migrate {
         Some(MigrateStep::Sql(m)) => match dp_migrate::status(&m.database_url, &m.dir) {
