@@ -1566,3 +1566,211 @@ fn exec_runs_a_command_in_the_live_release_of_each_host() {
     assert!(out.stderr.contains("dp: b: exec:"), "{}", out.stderr);
     assert!(!out.stderr.contains("dp: a:"), "{}", out.stderr);
 }
+
+/// The operator's commands on two sshd hosts: status with the health check's answer now,
+/// logs, restart in place (live output with --verbose; a failing host stops it and
+/// switches nothing), a failed deploy's record with the app log's last lines, and the
+/// tables on a terminal (JSON lines when piped).
+#[test]
+fn operator_view_over_sshd() {
+    let fleet = crate::util::Fleet::shared();
+    let dir = Dir::new("dp-operator");
+    let (h1, h2) = (&fleet.hosts[1].name, &fleet.hosts[2].name);
+    let roots = [
+        fleet.root_for(1, "dp-operator"),
+        fleet.root_for(2, "dp-operator"),
+    ];
+    dir.write("site/VERSION", "1\n");
+    // Waits (20 s at most) for a `go` file when there is a `wait` file: to see that its
+    // output reaches dp's stderr while it runs.
+    dir.write(
+        "site/restart.sh",
+        "echo \"restart $DP_RELEASE\" >> \"$DP_ROOT/app.log\"\n\
+         if [ -f \"$DP_ROOT/wait\" ]; then\n\
+           echo waiting for go\n\
+           i=0; while [ ! -f \"$DP_ROOT/go\" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done\n\
+           [ -f \"$DP_ROOT/go\" ] || { echo no go; exit 1; }\n\
+         fi\n",
+    );
+    let hosts: String = [1usize, 2]
+        .iter()
+        .zip(&roots)
+        .map(|(&i, root)| {
+            format!(
+                "  {{ name = \"{}\", addr = \"127.0.0.1\", port = {}, root = \"{}\" }},\n",
+                fleet.hosts[i].name,
+                fleet.hosts[i].port,
+                root.display()
+            )
+        })
+        .collect();
+    dir.write(
+        "deploy.toml",
+        format!(
+            "source = \"site\"\nknown_hosts = \"{}\"\nidentity = \"{}\"\n[restart]\nbatch = \"1\"\n\
+             command = \"sh restart.sh\"\nhealth_cmd = \"cat VERSION && grep -qv broken VERSION\"\n\
+             health_timeout = \"1s\"\napp_log = \"{{root}}/app.log\"\n\
+             [stages.prod]\nuser = \"{}\"\nhosts = [\n{hosts}]\n",
+            fleet.known_hosts.display(),
+            fleet.client_key.display(),
+            fleet.user
+        ),
+    );
+    let run = |args: &[&str]| dp(&dir, args);
+    let restarts = |root: &Path| {
+        std::fs::read_to_string(root.join("app.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let row = |shown: &str, first: &str| -> String {
+        shown
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(first))
+            .unwrap_or_else(|| panic!("no row {first}:\n{shown}"))
+            .to_string()
+    };
+    run(&["deploy", "--release", "r1"]).code(0);
+    dir.write("site/VERSION", "2\n");
+    run(&["deploy", "--release", "r2"]).code(0);
+
+    // Status: the health check's answer now, in a column and in the records.
+    let shown = on_terminal(&dir, None, "dp", &["status"]);
+    assert!(shown.starts_with("host "), "{shown}");
+    assert!(
+        shown.lines().next().unwrap().ends_with("health now"),
+        "{shown}"
+    );
+    for h in [h1, h2] {
+        let r = row(&shown, h);
+        assert!(
+            r.contains(" r2 ") && r.contains(" r1 ") && r.ends_with("ok (exit 0: \"2\")"),
+            "{shown}"
+        );
+    }
+    let status = run(&["status"]);
+    status.code(0);
+    for r in status.records() {
+        assert_eq!(r.steps["status"]["health"]["ok"], true, "{}", status.stdout);
+        assert_eq!(r.steps["status"]["health"]["answer"], "exit 0: \"2\"");
+    }
+
+    // Logs: both hosts' lines, each with its host.
+    let logs = run(&["logs"]);
+    logs.code(0);
+    for h in [h1, h2] {
+        assert!(
+            logs.stdout.contains(&format!("{h} | restart r2")),
+            "{}",
+            logs.stdout
+        );
+    }
+
+    // Restart in place: the command runs again on each host, nothing switches.
+    let shown = on_terminal(&dir, None, "dp", &["restart"]);
+    for h in [h1, h2] {
+        assert!(row(&shown, h).contains(" ok "), "{shown}");
+    }
+    for root in &roots {
+        assert_eq!(current(root), "releases/r2");
+        assert_eq!(restarts(root), 3, "r1, r2 and the restart");
+        assert!(!root.join(".dp/lock").exists());
+    }
+    let shown = on_terminal(&dir, None, "dp", &["history"]);
+    let first = shown.lines().nth(1).unwrap_or_default();
+    assert!(
+        first.contains("restart") && first.ends_with("2 ok"),
+        "{shown}"
+    );
+
+    // --verbose: the restart command's output reaches stderr while it runs (it waits for
+    // `go`, which is written only once its first line was seen).
+    std::fs::write(roots[0].join("wait"), "").unwrap();
+    let mut child = std::process::Command::new(bin("dp"))
+        .args(["restart", "--verbose"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in std::io::BufRead::lines(stderr) {
+        let line = line.unwrap();
+        if line.starts_with(h1.as_str()) && line.ends_with("| waiting for go") {
+            std::fs::write(roots[0].join("go"), "").unwrap();
+        }
+        seen.push(line);
+    }
+    assert!(
+        child.wait().unwrap().success(),
+        "streamed live:\n{}",
+        seen.join("\n")
+    );
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with(h2.as_str()) && l.ends_with("| 2")),
+        "the health command's output too:\n{}",
+        seen.join("\n")
+    );
+    std::fs::remove_file(roots[0].join("wait")).unwrap();
+
+    // A restart that fails on the first host: it is not switched, the other is skipped.
+    let v = roots[0].join("releases/r2/VERSION");
+    std::fs::write(&v, "broken\n").unwrap();
+    let out = run(&["restart"]);
+    out.code(1);
+    let records = out.records();
+    assert!(
+        records[0]
+            .error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("health check"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(records[1].error.as_ref().unwrap().kind.as_str(), "skipped");
+    assert_eq!(restarts(&roots[0]), 5);
+    assert_eq!(restarts(&roots[1]), 4, "the skipped host was not restarted");
+    for root in &roots {
+        assert_eq!(current(root), "releases/r2");
+        assert!(!root.join(".dp/lock").exists());
+    }
+    std::fs::write(&v, "2\n").unwrap();
+
+    // A failed deploy: the record carries the health check's answer and the app log.
+    dir.write("site/VERSION", "broken\n");
+    let out = run(&["deploy", "--release", "r3"]);
+    out.code(1);
+    let e = out.records()[0].error.clone().unwrap();
+    assert!(
+        e.message.contains("broken"),
+        "the last answer: {}",
+        e.message
+    );
+    let details = e.details.unwrap_or_default();
+    assert!(details.contains("restart r3"), "the app log: {details}");
+    assert!(out.stderr.contains("restart r3"), "{}", out.stderr);
+    for root in &roots {
+        assert_eq!(current(root), "releases/r2");
+    }
+
+    // Rollback, unlock and setup as tables.
+    let shown = on_terminal(&dir, None, "dp", &["rollback"]);
+    for h in [h1, h2] {
+        assert!(row(&shown, h).contains(" ok "), "{shown}");
+    }
+    for root in &roots {
+        assert_eq!(current(root), "releases/r1");
+    }
+    let shown = on_terminal(&dir, None, "dp", &["unlock"]);
+    assert!(shown.starts_with("host "), "{shown}");
+    assert!(row(&shown, h2).contains("false"), "{shown}");
+    let shown = on_terminal(&dir, None, "dp", &["setup"]);
+    assert!(row(&shown, h1).contains(" ok "), "{shown}");
+    let setup = run(&["setup"]);
+    setup.code(0);
+    assert_eq!(setup.records()[1].steps["setup"]["ready"], true);
+}

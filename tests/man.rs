@@ -22,13 +22,19 @@ fn man_pages_are_current() {
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
     let bless = std::env::var_os("DP_BLESS").is_some();
-    // Each subcommand has a page of its own (`dp-deploy(1)`), as the parent's page says.
+    // Each subcommand has a page of its own (`dp-deploy(1)`), as the parent's page says,
+    // except where a tool has that name: `dp restart` is `dp-restart --in-place`, which
+    // the tool's page describes.
+    let tools: Vec<String> = pages.iter().map(|(n, _)| n.to_string()).collect();
     let mut all: Vec<(String, clap::Command)> = Vec::new();
     for (name, cmd) in pages {
         let parent = name.trim_end_matches(".1").to_string();
         for sub in cmd.get_subcommands() {
             let full = format!("{parent}-{}", sub.get_name());
             let page = format!("{full}.1");
+            if tools.contains(&page) {
+                continue;
+            }
             all.push((page, sub.clone().name(&*Box::leak(full.into_boxed_str()))));
         }
         all.push((name.to_string(), cmd));

@@ -52,7 +52,8 @@ pub struct Args {
     /// them only when stdout is not one).
     #[arg(long, global = true)]
     pub json: bool,
-    /// Also print what each step did on each host.
+    /// Also print what each step did on each host, and what the commands run there
+    /// (restart, build, dependencies, migrations, health checks) write, as they write it.
     #[arg(long, short = 'v', global = true)]
     pub verbose: bool,
 }
@@ -96,7 +97,16 @@ pub enum Command {
         #[arg(long, value_name = "RELEASE", value_parser = crate::args::release_id)]
         to: Option<String>,
     },
-    /// Current and previous release per host, drift, lock holder, releases on disk.
+    /// Run the restart command and the health check on the live release (`current`),
+    /// without deploying: in the rollout's batches, under the deploy lock; a host that
+    /// fails stops the rollout (later batches are skipped) and nothing is switched.
+    Restart {
+        /// Only these hosts (repeatable).
+        #[arg(long = "host", short = 'H', value_name = "HOST")]
+        hosts: Vec<String>,
+    },
+    /// Current and previous release per host, drift, lock holder, releases on disk, pending
+    /// migrations, and the health check's answer now (when one is configured).
     Status,
     /// Remove the deploy lock on every host (shows who held it).
     Unlock,
@@ -177,6 +187,11 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         allow_unreachable: None,
         force: false,
     };
+    if args.verbose {
+        // What the commands on the hosts write, as they write it (`dp deploy`'s display
+        // puts its own in place).
+        dp_core::transport::live::stream_to(|host, line| eprintln!("{host} | {line}"));
+    }
     let say = |msg: &str| {
         if !args.quiet {
             eprintln!("dp: {msg}");
@@ -286,17 +301,40 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         Command::Rollback { to } => {
             let mut records = hosts(&config, &args)?;
             let opts = dp_restart::RestartOptions {
-                rollback: true,
-                rollback_to: to.clone(),
+                action: dp_restart::Action::Rollback(to.clone()),
                 ..dp_flow::restart_options(&config, &overrides)?
             };
             opts.check(&records).map_err(anyhow::Error::msg)?;
             dp_restart::run(&mut records, &mut dp_core::parallel::Sessions::new(), &opts);
             finish(records, dp_restart::STEP, args.json)
         }
+        Command::Restart { hosts: only } => {
+            let mut records = selected(&config, &args, only)?;
+            let opts = dp_restart::RestartOptions {
+                action: dp_restart::Action::Restart,
+                ..dp_flow::restart_options(&config, &overrides)?
+            };
+            if opts.command.is_none() && opts.health.is_none() {
+                anyhow::bail!(
+                    "dp restart runs `command` and the health check of [restart]; deploy.toml has neither"
+                );
+            }
+            opts.check(&records).map_err(anyhow::Error::msg)?;
+            dp_restart::run(&mut records, &mut dp_core::parallel::Sessions::new(), &opts);
+            finish(records, dp_restart::STEP, args.json)
+        }
         Command::Status => {
             let mut records = hosts(&config, &args)?;
-            dp_flow::admin::status(&mut records, jobs);
+            let restart = dp_flow::restart_options(&config, &overrides)?;
+            restart.check(&records).map_err(anyhow::Error::msg)?;
+            let health = restart
+                .health
+                .as_ref()
+                .map(|health| dp_flow::admin::HealthNow {
+                    health,
+                    expect: restart.health_expect.as_deref(),
+                });
+            dp_flow::admin::status(&mut records, jobs, health);
             if let Some(dir) = migrations_dir(&config) {
                 if let Ok(url) = std::env::var("DATABASE_URL") {
                     if let Ok(lines) = dp_migrate::status(&url, &dir) {
@@ -454,8 +492,9 @@ fn step_table(records: &[Record], step: &str) -> std::io::Result<()> {
     crate::table::print(&headers, &rows)
 }
 
-/// One row per deploy or rollback across hosts, newest first: the per-host lines of one
-/// run (same action, release, previous and user, within ten minutes) together.
+/// One row per deploy, rollback or restart across hosts, newest first: the per-host lines
+/// of one run (the same `run`; lines written before it had one: the same action, release,
+/// previous and user, within ten minutes) together.
 fn history_table(lines: &[serde_json::Value], limit: usize) -> std::io::Result<()> {
     let secs = |v: &serde_json::Value| -> u64 {
         v["time"]
@@ -464,8 +503,10 @@ fn history_table(lines: &[serde_json::Value], limit: usize) -> std::io::Result<(
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs())
     };
+    // Lines with a run id (newer dp) group by it; older ones by what they say.
     let key = |v: &serde_json::Value| {
-        ["action", "release", "previous", "user"].map(|k| v[k].as_str().unwrap_or("").to_string())
+        ["action", "release", "previous", "user", "run"]
+            .map(|k| v[k].as_str().unwrap_or("").to_string())
     };
     let mut groups: Vec<Vec<&serde_json::Value>> = Vec::new();
     for l in lines {
@@ -623,12 +664,28 @@ fn status_table(records: &[Record]) -> std::io::Result<()> {
                 lock,
                 cell(&s["releases"]),
                 cell(&s["pending_migrations"]),
+                match s.get("health") {
+                    None => "-".into(),
+                    Some(h) => {
+                        let answer: String = cell(&h["answer"]).chars().take(60).collect();
+                        let verdict = if h["ok"] == true { "ok" } else { "FAILING" };
+                        format!("{verdict} ({answer})")
+                    }
+                },
             ]
         })
         .collect();
     crate::table::print(
         &[
-            "host", "current", "live for", "previous", "drift", "lock", "releases", "pending",
+            "host",
+            "current",
+            "live for",
+            "previous",
+            "drift",
+            "lock",
+            "releases",
+            "pending",
+            "health now",
         ],
         &rows,
     )

@@ -65,6 +65,20 @@ impl Progress {
             dp_core::transport::passphrase::around_prompt(move |ask| hidden.suspend(ask));
             (multi, overall, hosts)
         });
+        if verbosity == Verbosity::Verbose {
+            // What the commands on the hosts write, as they write it.
+            let width = records.iter().map(|r| r.host.len()).max().unwrap_or(0);
+            let multi = live.as_ref().map(|(m, _, _)| m.clone());
+            dp_core::transport::live::stream_to(move |host, line| {
+                let line = format!("{host:<width$} | {line}");
+                match &multi {
+                    Some(m) => {
+                        let _ = m.println(line);
+                    }
+                    None => eprintln!("{line}"),
+                }
+            });
+        }
         Progress {
             verbosity,
             live,

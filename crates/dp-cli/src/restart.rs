@@ -22,6 +22,10 @@ use dp_restart::{Batch, Health, RestartOptions};
 /// previous one), unused dependency environments and leftovers are removed, a line is
 /// appended to `<root>/.dp/history.jsonl`, and the deploy lock is released.
 ///
+/// With --in-place (what `dp restart` runs), nothing is switched: the restart command and
+/// the health check run on the release `current` points to, in the same batches, under a
+/// lock taken on every host first; a host that fails stops the rollout.
+///
 /// Templates (--command, --health-url, --health-cmd, --health-expect) take {host},
 /// {addr}, {ssh_port}, {release}, {root} and the host's `vars` ({name}, so {port} is a
 /// host var, never the SSH port); values are quoted for the shell and percent-encoded in
@@ -85,6 +89,10 @@ pub struct Args {
     /// With --rollback: the release to return to on every host.
     #[arg(long, value_name = "RELEASE", requires = "rollback", value_parser = crate::args::release_id)]
     pub to: Option<String>,
+    /// Switch nothing: run the restart command and the health check on the release
+    /// `current` points to, in batches (a host that fails stops the rollout).
+    #[arg(long, conflicts_with = "rollback")]
+    pub in_place: bool,
     /// The deploy lock lease.
     #[command(flatten)]
     pub lease: crate::args::LeaseArg,
@@ -142,8 +150,13 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
             .or(config.as_ref().and_then(|c| c.keep.map(|k| k as usize)))
             .unwrap_or(dp_core::defaults::KEEP),
         jobs: usize::from(args.jobs),
-        rollback: args.rollback,
-        rollback_to: args.to.clone(),
+        action: if args.rollback {
+            dp_restart::Action::Rollback(args.to.clone())
+        } else if args.in_place {
+            dp_restart::Action::Restart
+        } else {
+            dp_restart::Action::Deploy
+        },
         lease: args.lease.lease,
         renew: dp_core::lock::Renew::Always,
         allow_unreachable: args.allow_unreachable.get(config.as_ref()),

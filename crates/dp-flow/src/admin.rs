@@ -7,7 +7,9 @@ use dp_core::quote::QuoteError;
 
 use dp_core::transport::Transport;
 use dp_core::Record;
+use dp_restart::Health;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 fn run_script(
     records: &mut [Record],
@@ -15,6 +17,17 @@ fn run_script(
     step: &str,
     body: impl Fn(&mut Script) -> Result<(), QuoteError> + Sync,
 ) -> Vec<Result<String, String>> {
+    run_script_then(records, jobs, step, body, |_, _, text| Ok(text))
+}
+
+/// [`run_script`], then `then` in the same session with what the script printed.
+fn run_script_then<T: Send>(
+    records: &mut [Record],
+    jobs: usize,
+    step: &str,
+    body: impl Fn(&mut Script) -> Result<(), QuoteError> + Sync,
+    then: impl Fn(&mut dyn Transport, &Record, String) -> Result<T, String> + Sync,
+) -> Vec<Result<T, String>> {
     let all: Vec<usize> = (0..records.len()).collect();
     let results = Sessions::new().run_indices(records, &all, jobs, |conn, record| {
         let mut script = Script::new(root_of(record)?).map_err(|e| e.to_string())?;
@@ -22,7 +35,11 @@ fn run_script(
         let script = script.into_string();
         let out = conn.run(&script).map_err(|e| e.to_string())?;
         out.status.check(step).map_err(|e| e.to_string())?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        then(
+            conn,
+            record,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     });
     for (r, res) in records.iter_mut().zip(&results) {
         if let Err(e) = res {
@@ -58,15 +75,49 @@ pub fn setup(records: &mut [Record], jobs: usize, extra_tools: &[&str]) {
     }
 }
 
+/// A health check to try once per host (`dp status`), with its expected text.
+pub struct HealthNow<'a> {
+    /// The check.
+    pub health: &'a Health,
+    /// `health_expect`.
+    pub expect: Option<&'a str>,
+}
+
 /// `dp status`: current release, previous live release (where `dp rollback` would go),
-/// the lock holder, the releases on disk.
-pub fn status(records: &mut [Record], jobs: usize) {
-    let results = run_script(records, jobs, "status", |s| {
-        s.push(dp_core::sh_file!("sh/status.sh"));
-        Ok(())
-    });
+/// the lock holder, the releases on disk; with `health`, the health check's answer now
+/// (on hosts with a current release, in the same session).
+pub fn status(records: &mut [Record], jobs: usize, health: Option<HealthNow>) {
+    let results = run_script_then(
+        records,
+        jobs,
+        "status",
+        |s| {
+            s.push(dp_core::sh_file!("sh/status.sh"));
+            Ok(())
+        },
+        |conn, record, text| {
+            let current = text
+                .lines()
+                .find_map(|l| l.strip_prefix("current "))
+                .filter(|c| !c.is_empty());
+            let answer = match (&health, current) {
+                (Some(h), Some(current)) => {
+                    let (ok, answer) = h.health.probe(
+                        conn,
+                        record,
+                        (current, None),
+                        h.expect,
+                        Duration::from_secs(10),
+                    );
+                    Some(json!({ "ok": ok, "answer": answer }))
+                }
+                _ => None,
+            };
+            Ok((text, answer))
+        },
+    );
     for (r, res) in records.iter_mut().zip(results) {
-        let Ok(text) = res else { continue };
+        let Ok((text, health)) = res else { continue };
         let mut v = json!({ "current": null, "previous": null, "lock": null, "releases": [] });
         for line in text.lines() {
             if let Some(c) = line.strip_prefix("current ") {
@@ -85,6 +136,9 @@ pub fn status(records: &mut [Record], jobs: usize) {
                     .expect("array")
                     .push(json!(rel));
             }
+        }
+        if let Some(h) = health {
+            v["health"] = h;
         }
         r.set_step("status", v);
     }

@@ -132,6 +132,7 @@ fn exec_host(
     let mut reads = String::new();
     let mut input = String::new();
     for (name, value) in &opts.env.0 {
+        dp_core::transport::live::hide(value);
         reads.push_str(&format!("IFS= read -r {name} || true\nexport {name}\n"));
         input.push_str(value);
         input.push('\n');

@@ -91,11 +91,8 @@ pub struct RestartOptions {
     pub keep: usize,
     /// Hosts at once within a batch (and for the finish).
     pub jobs: usize,
-    /// Switch to each host's previous live release (or `rollback_to`) instead of the
-    /// record's.
-    pub rollback: bool,
-    /// With `rollback`: the release to return to on every host.
-    pub rollback_to: Option<String>,
+    /// Deploy the records' release, roll back, or restart in place.
+    pub action: Action,
     /// Deploy lock lease to renew.
     pub lease: Duration,
     /// When to renew a lease this deploy already holds.
@@ -103,6 +100,30 @@ pub struct RestartOptions {
     /// Hosts that could not be connected to at all that may be left out of the rollout
     /// (any other failure before the switch switches no host).
     pub allow_unreachable: usize,
+}
+
+/// What a rollout does on each host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Action {
+    /// Switch to the record's release.
+    #[default]
+    Deploy,
+    /// Switch back to each host's previous live release, or to this one on every host.
+    Rollback(Option<String>),
+    /// Switch nothing: run the restart command and the health check on the release
+    /// `current` points to (`dp restart`).
+    Restart,
+}
+
+impl Action {
+    /// The action as history.jsonl names it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Deploy => "deploy",
+            Action::Rollback(_) => "rollback",
+            Action::Restart => "restart",
+        }
+    }
 }
 
 /// What dp-restart did on one host (`steps.restart`).
@@ -201,19 +222,24 @@ fn utc_now() -> String {
 pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOptions) {
     let started_at = utc_now();
     let rollout_start = Instant::now();
-    let rollback_id = format!(
-        "rollback-{}",
+    // The lock id of a rollback or restart (a deploy's is its release).
+    let run_id = format!(
+        "{}-{}",
+        opts.action.as_str(),
         started_at.replace(['-', ':'], "").replace('.', "-")
     );
-    // A rollback to a named release checks first that every host has it.
-    let refused = if opts.rollback {
-        opts.rollback_to.is_some() && !ready_everywhere(records, sessions, opts, &rollback_id)
-    } else {
-        gate::hold_back(records, STEP, opts.allow_unreachable).is_err()
-            || !ready_everywhere(records, sessions, opts, &rollback_id)
+    // A rollback to a named release checks first that every host has it; a restart, that
+    // every host has a live release and none is being deployed to.
+    let refused = match &opts.action {
+        Action::Rollback(to) => to.is_some() && !ready_everywhere(records, sessions, opts, &run_id),
+        Action::Restart => !ready_everywhere(records, sessions, opts, &run_id),
+        Action::Deploy => {
+            gate::hold_back(records, STEP, opts.allow_unreachable).is_err()
+                || !ready_everywhere(records, sessions, opts, &run_id)
+        }
     };
     if refused {
-        finish_all(records, sessions, opts, &rollback_id);
+        finish_all(records, sessions, opts, &run_id);
         return;
     }
     let eligible: Vec<usize> = (0..records.len())
@@ -246,10 +272,10 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
             }
             continue;
         }
-        let lock_id = if opts.rollback {
-            rollback_id.as_str()
-        } else {
+        let lock_id = if opts.action == Action::Deploy {
             ""
+        } else {
+            run_id.as_str()
         };
         let results = sessions.run_indices(records, batch, opts.jobs, |conn, record| {
             let started = Instant::now();
@@ -262,7 +288,7 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
                 roll_host(conn, record, opts, lock_id, &mut stats, rollout_start)
             });
             stats.ms = started.elapsed().as_millis() as u64;
-            if opts.rollback && !stats.release.is_empty() {
+            if opts.action != Action::Deploy && !stats.release.is_empty() {
                 record.release = Some(stats.release.clone());
             }
             record.set_step(STEP, &stats);
@@ -284,7 +310,7 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
             stopped_after = Some(b + 1);
         }
     }
-    finish_all(records, sessions, opts, &rollback_id);
+    finish_all(records, sessions, opts, &run_id);
 }
 
 /// Before the first switch, on every host that is to switch, in parallel: the deploy lock
@@ -296,7 +322,7 @@ fn ready_everywhere(
     records: &mut [Record],
     sessions: &mut Sessions,
     opts: &RestartOptions,
-    rollback_id: &str,
+    run_id: &str,
 ) -> bool {
     // `dp deploy` checked every host's lock moments ago, in the same process, and holds a
     // lease a third of which has not yet passed: nobody else can hold those hosts now.
@@ -304,12 +330,17 @@ fn ready_everywhere(
         return true;
     }
     let hosts: Vec<usize> = (0..records.len())
-        .filter(|&i| !records[i].failed() && (opts.rollback || !gate::already_live(&records[i])))
+        .filter(|&i| {
+            !records[i].failed()
+                && (opts.action != Action::Deploy || !gate::already_live(&records[i]))
+        })
         .collect();
     let results = sessions.run_indices(records, &hosts, opts.jobs, |conn, record| {
-        let (lock_id, release) = match &opts.rollback_to {
-            Some(to) if opts.rollback => (rollback_id, to.as_str()),
-            _ => {
+        // An empty release: the one `current` points to.
+        let (lock_id, release) = match &opts.action {
+            Action::Rollback(Some(to)) => (run_id, to.as_str()),
+            Action::Restart => (run_id, ""),
+            Action::Rollback(None) | Action::Deploy => {
                 let release = release_of(record)?;
                 (release, release)
             }
@@ -338,12 +369,12 @@ fn roll_host(
     conn: &mut dyn Transport,
     record: &Record,
     opts: &RestartOptions,
-    rollback_id: &str,
+    run_id: &str,
     stats: &mut RestartStats,
     rollout_start: Instant,
 ) -> Result<(), (ErrorKind, String)> {
     let failed = |m: String| (ErrorKind::Failed, m);
-    if !opts.rollback && gate::already_live(record) {
+    if opts.action == Action::Deploy && gate::already_live(record) {
         let release = release_of(record).map_err(failed)?;
         stats.release = release.to_string();
         stats.previous = Some(release.to_string());
@@ -351,18 +382,19 @@ fn roll_host(
         return Ok(());
     }
     let root = root_of(record).map_err(failed)?.to_string();
-    let release = if opts.rollback {
-        opts.rollback_to.clone()
-    } else {
-        Some(release_of(record).map_err(failed)?.to_string())
+    let release = match &opts.action {
+        Action::Deploy => Some(release_of(record).map_err(failed)?.to_string()),
+        Action::Rollback(to) => to.clone(),
+        Action::Restart => None,
     };
-    let lock_id = if opts.rollback {
-        rollback_id.to_string()
-    } else {
+    let lock_id = if opts.action == Action::Deploy {
         release.clone().unwrap_or_default()
+    } else {
+        run_id.to_string()
     };
     // The restart template is rendered on the host's side of the switch: {release} is the
-    // target, which in rollback mode only the host may know; render with a marker first.
+    // target, which in a rollback or restart only the host may know; render with a marker
+    // first.
     let target_for_template = release.clone().unwrap_or_else(|| "${target}".to_string());
     let restart = match &opts.command {
         Some(t) => Some(
@@ -382,10 +414,10 @@ fn roll_host(
     let restart = restart
         .as_deref()
         .map(|command| script::Restart { command, timeout });
-    let target = if opts.rollback {
-        script::Target::Rollback(release.as_deref())
-    } else {
-        script::Target::Deploy(release.as_deref().unwrap_or_default())
+    let target = match &opts.action {
+        Action::Deploy => script::Target::Deploy(release.as_deref().unwrap_or_default()),
+        Action::Rollback(_) => script::Target::Rollback(release.as_deref()),
+        Action::Restart => script::Target::Current,
     };
     let s = script::switch(
         &root,
@@ -393,7 +425,7 @@ fn roll_host(
         &lock_id,
         opts.lease,
         // A deploy renewed the lease moments ago, before the first switch.
-        opts.rollback && opts.renew.due(),
+        opts.action != Action::Deploy && opts.renew.due(),
         restart,
     )
     .map_err(|e| failed(e.to_string()))?;
@@ -535,15 +567,18 @@ fn finish_all(
     records: &mut [Record],
     sessions: &mut Sessions,
     opts: &RestartOptions,
-    rollback_id: &str,
+    run_id: &str,
 ) {
     let user = lock::holder();
-    let action = if opts.rollback { "rollback" } else { "deploy" };
+    let action = opts.action.as_str();
     let targets: Vec<usize> = (0..records.len())
-        .filter(|&i| records[i].root.is_some() && (records[i].release.is_some() || opts.rollback))
+        .filter(|&i| {
+            records[i].root.is_some()
+                && (records[i].release.is_some() || opts.action != Action::Deploy)
+        })
         .collect();
     let results = sessions.run_indices(records, &targets, opts.jobs, |conn, record| {
-        interrupt::critical(|| finish_host(conn, record, opts, rollback_id, &user, action))
+        interrupt::critical(|| finish_host(conn, record, opts, run_id, &user, action))
     });
     for (&i, result) in targets.iter().zip(results) {
         match result {
@@ -569,7 +604,7 @@ fn finish_host(
     conn: &mut dyn Transport,
     record: &Record,
     opts: &RestartOptions,
-    rollback_id: &str,
+    run_id: &str,
     user: &str,
     action: &str,
 ) -> Result<Vec<String>, String> {
@@ -596,12 +631,14 @@ fn finish_host(
         "previous": previous,
         "user": user,
         "result": result,
+        // The same on every host of one rollout: `dp history` groups by it.
+        "run": run_id,
     })
     .to_string();
-    let lock_id = if opts.rollback {
-        rollback_id.to_string()
-    } else {
+    let lock_id = if opts.action == Action::Deploy {
         release.clone()
+    } else {
+        run_id.to_string()
     };
     if check_release_id(&lock_id).is_err() {
         return Ok(Vec::new());
@@ -612,7 +649,7 @@ fn finish_host(
         keep: opts.keep.max(1),
         previous: previous.as_deref(),
         history: &history,
-        rollback: opts.rollback,
+        rollback: matches!(opts.action, Action::Rollback(_)),
     };
     let out = conn
         .run(&script::finish(&f).map_err(|e| e.to_string())?)

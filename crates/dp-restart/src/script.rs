@@ -37,17 +37,19 @@ pub enum Target<'a> {
     /// A rollback: to the given release, or (`None`) to the release that was live before
     /// `current` (`dp_prev_live`). A host already on the target is left as it is.
     Rollback(Option<&'a str>),
+    /// No switch: the restart in the release `current` points to.
+    Current,
 }
 
 /// The switch's values and functions (`sh/switch.sh`).
 fn push_switch(
     s: &mut Script,
     target: Option<&str>,
-    rollback: bool,
+    mode: &str,
     restart: Option<Restart>,
 ) -> Result<(), QuoteError> {
     s.set("target", target.unwrap_or(""))?
-        .set("rollback", if rollback { "1" } else { "" })?
+        .set("mode", mode)?
         .set("restart", restart.map_or("", |r| r.command))?
         .num(
             "restart_secs",
@@ -58,7 +60,8 @@ fn push_switch(
 }
 
 /// Prints `previous <id>` and `target <id>`, then switches `current` to the target
-/// atomically (a new symlink renamed over the old one) and runs `restart` in it.
+/// atomically (a new symlink renamed over the old one) and runs `restart` in it
+/// ([`Target::Current`]: only runs `restart` in `current`).
 pub fn switch(
     root: &str,
     target: Target,
@@ -67,13 +70,14 @@ pub fn switch(
     renew: bool,
     restart: Option<Restart>,
 ) -> Result<String, QuoteError> {
-    let (release, rollback) = match target {
-        Target::Deploy(rel) => (Some(rel), false),
-        Target::Rollback(rel) => (rel, true),
+    let (release, mode) = match target {
+        Target::Deploy(rel) => (Some(rel), "deploy"),
+        Target::Rollback(rel) => (rel, "rollback"),
+        Target::Current => (None, "current"),
     };
     let mut s = Script::new(root)?;
     s.push(&dp_core::lock::acquire_script(lock_id, lease, renew)?);
-    push_switch(&mut s, release, rollback, restart)?;
+    push_switch(&mut s, release, mode, restart)?;
     s.push("dp_switch\n");
     Ok(s.into_string())
 }
@@ -86,7 +90,7 @@ pub fn switch_back(
     restart: Option<Restart>,
 ) -> Result<String, QuoteError> {
     let mut s = Script::new(root)?;
-    push_switch(&mut s, None, false, restart)?;
+    push_switch(&mut s, None, "deploy", restart)?;
     s.set("previous", previous.unwrap_or(""))?
         .push("dp_switch_back \"$previous\"\n");
     Ok(s.into_string())

@@ -38,7 +38,8 @@
 #   and WHAT is named in LOG. In a script run with its stdin held (Transport::exec_held,
 #   which sets dp_held), it is stopped the same way as soon as that stdin closes: dp died
 #   or gave up on the host. Its status is COMMAND's (124 or 137 when stopped at the
-#   deadline, 143 when dp went away).
+#   deadline, 143 when dp went away). With dp_live set (dp --verbose) and a tail that can
+#   follow a process (GNU), LOG is copied to stderr as it grows instead of at the end.
 #
 # The helpers set and use only names that start with dp_: the scripts' own variables are
 # theirs.
@@ -110,20 +111,35 @@ dp_deadline() {
   dp_secs=$1 dp_what=$2 dp_log=$3; shift 3
   command -v timeout >/dev/null 2>&1 || { echo "timeout (GNU coreutils) is not installed on this host: $dp_what cannot be bounded" >&2; return 127; }
   : > "$dp_log" || { echo "cannot write $dp_log, where the output of $dp_what goes" >&2; return 1; }
-  if [ -z "${dp_held:-}" ]; then
+  # Live (dp --verbose): LOG goes to stderr as it grows, where tail can follow a process.
+  dp_follow=
+  [ -z "${dp_live:-}" ] || ! tail --pid=$$ -n 0 -- "$dp_log" >/dev/null 2>&1 || dp_follow=1
+  if [ -z "${dp_held:-}" ] && [ -z "$dp_follow" ]; then
     dp_rc=0; timeout -k 5 "$dp_secs" "$@" </dev/null >>"$dp_log" 2>&1 || dp_rc=$?
   else
-    exec 3<&0
+    [ -z "${dp_held:-}" ] || exec 3<&0
     timeout -k 5 "$dp_secs" "$@" </dev/null >>"$dp_log" 2>&1 3<&- &
     dp_job=$!
-    # Ends when dp's side of this script's stdin closes; read is the shell's own.
-    ( while IFS= read -r _ <&3; do :; done; kill -TERM "$dp_job" 2>/dev/null ) &
-    dp_watch=$!
-    exec 3<&-
+    dp_watch=
+    if [ -n "${dp_held:-}" ]; then
+      # Ends when dp's side of this script's stdin closes; read is the shell's own.
+      ( while IFS= read -r _ <&3; do :; done; kill -TERM "$dp_job" 2>/dev/null ) &
+      dp_watch=$!
+      exec 3<&-
+    fi
+    dp_tail=
+    if [ -n "$dp_follow" ]; then
+      tail -n +1 -s 0.1 -f --pid="$dp_job" -- "$dp_log" >&2 3<&- &
+      dp_tail=$!
+    fi
     dp_rc=0; wait "$dp_job" || dp_rc=$?
-    kill "$dp_watch" 2>/dev/null || true
+    [ -z "$dp_watch" ] || kill "$dp_watch" 2>/dev/null || true
+    [ -z "$dp_tail" ] || wait "$dp_tail" || true
   fi
-  case $dp_rc in 124|137) echo "$dp_what did not finish within ${dp_secs}s: stopped, with what it started" >>"$dp_log" ;; esac
-  [ ! -s "$dp_log" ] || cat -- "$dp_log" >&2 || true
+  case $dp_rc in 124|137)
+    echo "$dp_what did not finish within ${dp_secs}s: stopped, with what it started" >>"$dp_log"
+    [ -z "$dp_follow" ] || tail -n 1 -- "$dp_log" >&2 ;;
+  esac
+  [ -n "$dp_follow" ] || [ ! -s "$dp_log" ] || cat -- "$dp_log" >&2 || true
   return "$dp_rc"
 }

@@ -7,12 +7,22 @@ use std::process::{Command, Stdio};
 
 /// Runs scripts on this machine.
 #[derive(Debug, Default)]
-pub struct LocalTransport;
+pub struct LocalTransport {
+    /// The host's name, for live output.
+    host: Option<String>,
+}
 
 impl LocalTransport {
     /// A local transport.
     pub fn new() -> Self {
-        LocalTransport
+        LocalTransport::default()
+    }
+
+    /// A local transport for the host named `host` (in live output).
+    pub fn for_host(host: &str) -> Self {
+        LocalTransport {
+            host: Some(host.to_string()),
+        }
     }
 }
 
@@ -37,7 +47,7 @@ impl Transport for LocalTransport {
         // what stops, not the script in the middle of a switch.
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(script)
+            .arg(&*super::live::script(script))
             .process_group(0)
             .stdin(if stdin.is_some() || hold_stdin {
                 Stdio::piped()
@@ -72,8 +82,9 @@ impl Transport for LocalTransport {
                 }
                 Ok(None)
             });
+            let host = self.host.as_deref();
             let errors = s.spawn(move || {
-                let mut tail = TailBuffer::new(STDERR_TAIL);
+                let mut tail = TailBuffer::new(STDERR_TAIL, host);
                 let mut buf = [0u8; 8192];
                 while let Ok(n) = child_err.read(&mut buf) {
                     if n == 0 {

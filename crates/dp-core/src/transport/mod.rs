@@ -14,6 +14,7 @@
 #[cfg(dp_linux)]
 pub mod chachapoly;
 pub mod knownhosts;
+pub mod live;
 pub mod local;
 pub mod passphrase;
 pub mod ssh;
@@ -356,7 +357,9 @@ impl Connection {
     /// Connects to the host of `record` with its transport.
     pub fn open(record: &Record) -> Result<Connection, TransportError> {
         match record.transport {
-            TransportKind::Local => Ok(Connection::Local(local::LocalTransport::new())),
+            TransportKind::Local => Ok(Connection::Local(local::LocalTransport::for_host(
+                &record.host,
+            ))),
             TransportKind::Ssh => Ok(Connection::Ssh(Box::new(ssh::SshTransport::connect(
                 record,
             )?))),
@@ -391,17 +394,24 @@ impl Transport for Connection {
 pub(crate) struct TailBuffer {
     cap: usize,
     buf: Vec<u8>,
+    /// Streamed too, when output is live (see [`live`]).
+    live: Option<live::Lines>,
 }
 
 impl TailBuffer {
-    pub(crate) fn new(cap: usize) -> Self {
+    /// Keeps the last `cap` bytes of `host`'s stderr (and streams it when output is live).
+    pub(crate) fn new(cap: usize, host: Option<&str>) -> Self {
         TailBuffer {
             cap,
             buf: Vec::new(),
+            live: live::Lines::of(host),
         }
     }
 
     pub(crate) fn push(&mut self, data: &[u8]) {
+        if let Some(live) = &mut self.live {
+            live.push(data);
+        }
         self.buf.extend_from_slice(data);
         if self.buf.len() > self.cap {
             let cut = self.buf.len() - self.cap;
@@ -409,7 +419,7 @@ impl TailBuffer {
         }
     }
 
-    pub(crate) fn into_inner(self) -> Vec<u8> {
-        self.buf
+    pub(crate) fn into_inner(mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
     }
 }

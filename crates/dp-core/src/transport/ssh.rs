@@ -59,6 +59,8 @@ pub struct SshTransport {
     session: Session,
     fd: RawFd,
     alive: Alive,
+    /// The host's name, for live output.
+    host: String,
     /// What connecting learned (host key state, cipher, time).
     pub info: ConnectInfo,
 }
@@ -239,6 +241,7 @@ impl SshTransport {
             session,
             fd,
             alive,
+            host: record.host.clone(),
             info: ConnectInfo {
                 host_key: Some(host_key),
                 cipher,
@@ -427,10 +430,10 @@ impl Transport for SshTransport {
         let mut channel = nb(session, fd, control, || session.channel_session())
             .map_err(self.control_err("open channel"))?;
         // The login shell only starts /bin/sh with the script (see quote::sh_command).
-        let command = crate::quote::sh_command(script);
+        let command = crate::quote::sh_command(&super::live::script(script));
         nb(session, fd, control, || channel.exec(&command))
             .map_err(self.control_err("start command"))?;
-        let mut tail = TailBuffer::new(STDERR_TAIL);
+        let mut tail = TailBuffer::new(STDERR_TAIL, Some(&self.host));
         if let Err(e) = self.pump(&mut channel, stdin, hold_stdin, stdout, &mut tail) {
             let _ = nb(session, fd, Duration::from_secs(2), || channel.close());
             return Err(e);

@@ -1,7 +1,8 @@
 # shellcheck shell=sh
 # dp-restart's switch on a host (see script.rs), after the lock. Set before this file:
 # target (the release to switch to; empty: the one a rollback returns to, dp_prev_live),
-# rollback (non-empty for a rollback: a host already on the target is left as it is),
+# mode (deploy; rollback: a host already on the target is left as it is; current: no
+# switch, the restart in the release current points to),
 # restart (the restart command; empty for none) and restart_secs (its deadline).
 # Defines dp_switch (prints `previous P`, `target T`, then switches and restarts) and
 # dp_switch_back PREVIOUS (switches back to PREVIOUS, or removes current when empty).
@@ -27,16 +28,21 @@ dp_restart() {
 dp_switch() {
   dp_current
   prev=$dp_cur_rel
-  if [ -z "$target" ]; then
+  if [ "$mode" = current ]; then
+    [ -n "$prev" ] || { echo "no live release on this host (no current): nothing to restart" >&2; exit 3; }
+    target=$prev
+  elif [ -z "$target" ]; then
     target=$(dp_prev_live "$prev")
     [ -n "$target" ] || { echo "no release to roll back to: none other than ${prev:-(none)} went live on this host and is still on disk (see .dp/history.jsonl; dp rollback --to RELEASE picks one)" >&2; exit 5; }
   fi
   echo "previous $prev"
   echo "target $target"
   [ -f "$releases/$target/.dp/complete" ] || { echo "release $target is not complete on this host; it cannot go live" >&2; exit 3; }
-  if [ -n "$rollback" ] && [ "$prev" = "$target" ]; then echo "already live"; exit 0; fi
-  [ "$prev" = "$target" ] || dp_link_current "$target"
-  echo "switched"
+  if [ "$mode" = rollback ] && [ "$prev" = "$target" ]; then echo "already live"; exit 0; fi
+  if [ "$mode" != current ]; then
+    [ "$prev" = "$target" ] || dp_link_current "$target"
+    echo "switched"
+  fi
   dp_restart "$prev"
 }
 dp_switch_back() {
