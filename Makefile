@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --locked
 
-.PHONY: all build release demo demo-stop demo-django demo-django-stop test test-env fmt man bench bench-hosts bench-sync bench-deps bench-migrate bench-restart bench-django clean
+.PHONY: all build release demo demo-stop demo-django demo-django-stop test test-env fmt man bench bench-hosts bench-sync bench-deps bench-migrate bench-restart bench-django bench-scale bench-wan clean
 
 all: build
 
@@ -47,7 +47,7 @@ man:
 	DP_BLESS=1 $(CARGO) test $(CARGO_FLAGS) --test integration -- man::
 
 ## Benchmarks (release build; numbers on stdout).
-bench: bench-hosts bench-sync bench-deps bench-migrate bench-restart bench-django
+bench: bench-hosts bench-sync bench-deps bench-migrate bench-restart bench-django bench-scale bench-wan
 
 bench-hosts: test-env release
 	scripts/bench/hosts.sh
@@ -66,6 +66,12 @@ bench-restart: test-env release
 
 bench-django: test-env release
 	scripts/bench/django.sh
+
+bench-scale: test-env release
+	scripts/bench/scale.sh
+
+bench-wan: test-env release
+	scripts/bench/wan.sh
 
 clean:
 	$(CARGO) clean

@@ -6,8 +6,10 @@
 #                                  ssh_config (Host h1..hN for the OpenSSH client), hosts.txt
 #   scripts/fleet.sh stop DIR      stop them
 #
-# Deploy roots are DIR/hN/root. Logins are as $FLEET_USER (default: the current user); when
-# run as root with FLEET_USER set to a user that does not exist, that user is created
+# Deploy roots are DIR/hN/root. With FLEET_SSHDS=M (fewer than N), M sshd processes serve
+# the N hosts (host i is served by the sshd of h((i-1)%M+1), so several hosts share a port
+# and a host key; each host still gets its own session and root). Logins are as
+# $FLEET_USER (default: the current user); when run as root with FLEET_USER set to a user that does not exist, that user is created
 # with /bin/sh as its shell (a deploy account without a heavy shell rc).
 set -euo pipefail
 
@@ -37,13 +39,18 @@ start)
     ssh-keygen -q -t ed25519 -N '' -C dp-bench -f "$dir/client_ed25519" <<<y >/dev/null 2>&1 || true
     : >"$dir/known_hosts"; : >"$dir/ssh_config"; : >"$dir/hosts.txt"
     hosts_toml=""
+    sshds=${FLEET_SSHDS:-$n}
+    [ "$sshds" -ge 1 ] && [ "$sshds" -le "$n" ] || sshds=$n
+    declare -a ports
     for i in $(seq 1 "$n"); do
         h="$dir/h$i"; mkdir -p "$h/root"
         [ "$user" = "$(id -un)" ] || chown "$user" "$h/root"
-        [ -f "$h/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C "h$i" -f "$h/host_ed25519"
-        cp "$dir/client_ed25519.pub" "$h/authorized_keys"
-        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-        cat >"$h/sshd_config" <<CFG
+        if [ "$i" -le "$sshds" ]; then
+            [ -f "$h/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C "h$i" -f "$h/host_ed25519"
+            cp "$dir/client_ed25519.pub" "$h/authorized_keys"
+            port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+            ports[i]=$port
+            cat >"$h/sshd_config" <<CFG
 Port $port
 ListenAddress 127.0.0.1
 HostKey $h/host_ed25519
@@ -55,11 +62,13 @@ UsePAM no
 StrictModes no
 PermitRootLogin yes
 PrintMotd no
-MaxStartups 200
+MaxStartups $((n > 200 ? n + 50 : 200))
 MaxSessions 100
 CFG
-        "$sshd" -f "$h/sshd_config" -E "$h/sshd.log"
-        echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$h/host_ed25519.pub")" >>"$dir/known_hosts"
+            "$sshd" -f "$h/sshd_config" -E "$h/sshd.log"
+            echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$h/host_ed25519.pub")" >>"$dir/known_hosts"
+        fi
+        port=${ports[$(( (i - 1) % sshds + 1 ))]}
         cat >>"$dir/ssh_config" <<CFG
 Host h$i
   HostName 127.0.0.1
@@ -87,12 +96,12 @@ hosts = [
 $hosts_toml]
 TOML
     # Wait until every sshd answers.
-    while read -r name port; do
+    sort -u -k2,2 "$dir/hosts.txt" | while read -r _ port; do
         for _ in $(seq 1 200); do
             (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
             sleep 0.02
         done
-    done <"$dir/hosts.txt"
+    done
     ;;
 stop)
     dir=$1

@@ -1774,3 +1774,30 @@ fn operator_view_over_sshd() {
     setup.code(0);
     assert_eq!(setup.records()[1].steps["setup"]["ready"], true);
 }
+
+/// dp raises its soft limit on open files to the hard one at start (a session per host
+/// for the whole deploy): started under a soft limit of 64, what it runs sees the hard one.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_one() {
+    let dir = Dir::new("dp-nofile");
+    fixture(&dir);
+    let hard = std::process::Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .unwrap();
+    let hard = String::from_utf8_lossy(&hard.stdout).trim().to_string();
+    dp(&dir, &["deploy", "--release", "r1"]).code(0);
+    let out = dp_on(&dir, &sqlite_url(&dir))
+        .program("sh")
+        .current_dir(dir.path())
+        .args([
+            "-c",
+            &format!(
+                "ulimit -Sn 64 && exec {} exec --host a 'ulimit -Sn'",
+                bin("dp").display()
+            ),
+        ])
+        .run();
+    out.code(0);
+    assert_eq!(out.stdout.trim(), format!("a | {hard}"), "{}", out.stderr);
+}

@@ -30,6 +30,7 @@ use dp_core::Exit;
 /// is how `dp-hosts | head -1` ends, not a failure).
 pub fn main_with(name: &str, run: impl FnOnce() -> anyhow::Result<Exit>) -> ! {
     dp_core::interrupt::install();
+    dp_core::parallel::raise_fd_limit();
     let code = match run() {
         Ok(exit) => exit.code(),
         Err(e) if is_broken_pipe(&e) => 0,

@@ -164,3 +164,27 @@ pub fn pool(jobs: usize) -> Option<std::sync::Arc<rayon::ThreadPool>> {
         }
     }
 }
+
+/// Raises the soft limit on open files to the hard one: each host holds a session (a
+/// socket, and with the local transport pipes) for the whole deploy, and a soft limit of
+/// 1024 would end a large fleet's deploy partway. Called once at start; a failure leaves
+/// the limit as it was (the hosts past it then fail with the OS error).
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let want = lim.rlim_max;
+        lim.rlim_cur = want;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            // Some systems cap the soft limit below an unlimited hard one (macOS: OPEN_MAX).
+            lim.rlim_cur = 10240.min(want);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

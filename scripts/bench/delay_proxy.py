@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""A TCP proxy that delays every byte by DELAY_MS in each direction (a round trip of twice
+that), for measuring round trips on loopback, where this kernel has no netem. Bandwidth
+is not limited; order is kept; each connection gets its own pair of queues.
+
+    delay_proxy.py DELAY_MS LISTEN_PORT:TARGET_PORT [...]
+
+Listens on 127.0.0.1:LISTEN_PORT for each pair and forwards to 127.0.0.1:TARGET_PORT.
+Prints "ready" once every port listens; runs until killed.
+"""
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+
+async def pipe(reader, writer, delay):
+    """Reads chunks as they come and writes each DELAY after it arrived."""
+    loop = asyncio.get_running_loop()
+    queue = asyncio.Queue()
+
+    async def read():
+        while True:
+            data = await reader.read(65536)
+            await queue.put((loop.time() + delay, data))
+            if not data:
+                return
+
+    async def write():
+        while True:
+            due, data = await queue.get()
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if not data:
+                if writer.can_write_eof():
+                    writer.write_eof()
+                return
+            writer.write(data)
+            await writer.drain()
+
+    try:
+        await asyncio.gather(read(), write())
+    except (ConnectionError, OSError):
+        pass
+
+
+async def serve(listen, target, delay):
+    async def handle(client_r, client_w):
+        try:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", target)
+        except OSError:
+            client_w.close()
+            return
+        for w in (client_w, server_w):
+            sock = w.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await asyncio.gather(
+                pipe(client_r, server_w, delay), pipe(server_r, client_w, delay)
+            )
+        except Exception:  # a connection torn down midway ends only itself
+            pass
+        for w in (client_w, server_w):
+            w.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", listen)
+
+
+async def main():
+    delay = float(sys.argv[1]) / 1000
+    servers = []
+    for pair in sys.argv[2:]:
+        listen, target = (int(p) for p in pair.split(":"))
+        servers.append(await serve(listen, target, delay))
+    print("ready", flush=True)
+    await asyncio.gather(*(s.serve_forever() for s in servers))
+
+
+if __name__ == "__main__":
+    # Killed at the end of a benchmark: go at once, mid-connection or not.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    asyncio.run(main())

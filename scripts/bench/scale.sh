@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The deploy at fleet sizes: N loopback hosts (default 50 100 200 500), served by at most
+# 25 sshd processes (scripts/fleet.sh, FLEET_SSHDS: each host its own session and root),
+# a generated 300-file site, batch 25%, restart command `true`, --jobs 64. For each N:
+# the connect check (dp-hosts --check), the first full deploy, the no-change redeploy (a
+# new release id with the same content: every file linked, the switch, the restart, the
+# finish) and a one-file redeploy. Each is
+# reported as wall time, client CPU (user + system), client peak memory, and the process
+# ids used per host (machine-wide, from /proc/loadavg's last pid: the hosts' processes,
+# plus dp's own threads, a fixed number), then the wall time per host and its slope
+# against the smallest N.
+# Usage: scripts/bench/scale.sh [N...]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/bench/lib.sh
+sizes=("$@")
+[ ${#sizes[@]} -gt 0 ] || sizes=(50 100 200 500)
+cargo build --release --locked --bin dp --bin dp-hosts >&2
+bin=$PWD/target/release
+work=$(mktemp -d -p /dev/shm dp-scale.XXXXXX)
+chmod 755 "$work"
+trap ''"$PWD"'/scripts/fleet.sh stop "$work/fleet" 2>/dev/null; rm -rf "$work"' EXIT
+export DP_CACHE_DIR=$work/cache
+python3 scripts/bench/gen-site.py "$work/site" --files 300 >/dev/null
+chmod -R a+rX "$work/site"
+
+# measure CMD...: "wall cpu peak_kib pids" of one run of CMD (which must succeed).
+measure() {
+    python3 - "$@" <<'PY'
+import resource, subprocess, sys, time
+def last_pid():
+    return int(open("/proc/loadavg").read().split()[-1])
+p0, t0 = last_pid(), time.time()
+r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+t1, p1 = time.time(), last_pid()
+if r.returncode != 0:
+    sys.stderr.write(r.stderr.decode(errors="replace")[-2000:])
+    sys.exit("scale: command failed: " + " ".join(sys.argv[1:]))
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+pid_max = int(open("/proc/sys/kernel/pid_max").read())
+print(f"{t1 - t0:.3f} {u.ru_utime + u.ru_stime:.3f} {u.ru_maxrss} {(p1 - p0) % pid_max}")
+PY
+}
+
+printf '%-5s %-16s %8s %8s %9s %9s %10s\n' hosts what wall_s cpu_s peak_MiB pids/host ms/host
+declare -A per_host
+for n in "${sizes[@]}"; do
+    "$PWD/scripts/fleet.sh" stop "$work/fleet" 2>/dev/null || true
+    rm -rf "$work/fleet" "$work/cache"
+    sshds=$(( n < 25 ? n : 25 ))
+    FLEET_USER=${BENCH_USER:-dp-bench} FLEET_SSHDS=$sshds "$PWD/scripts/fleet.sh" start "$n" "$work/fleet" >/dev/null
+    f=$work/fleet
+    {
+        echo "app = \"scale\""
+        echo "source = \"$work/site\""
+        echo "keep = 3"
+        sed -n '/^known_hosts/p; /^identity/p' "$f/deploy.toml"
+        echo '[restart]'
+        echo 'batch = "25%"'
+        echo 'command = "true"'
+        sed -n '/^\[stages/,$p' "$f/deploy.toml"
+    } >"$work/deploy.toml"
+    row() { # row WHAT CMD...
+        local what=$1; shift
+        read -r wall cpu kib pids < <(measure "$@")
+        local ms
+        ms=$(awk -v w="$wall" -v n="$n" 'BEGIN {printf "%.1f", w * 1000 / n}')
+        printf '%-5s %-16s %8s %8s %9s %9s %10s\n' "$n" "$what" "$wall" "$cpu" \
+            "$((kib / 1024))" "$(awk -v p="$pids" -v n="$n" 'BEGIN {printf "%.1f", p / n}')" "$ms"
+        per_host[$what,$n]=$ms
+    }
+    dp=("$bin/dp" --config "$work/deploy.toml" --jobs 64)
+    row check "$bin/dp-hosts" --config "$work/deploy.toml" --jobs 64 --check
+    row first "${dp[@]}" deploy
+    row no-change "${dp[@]}" deploy
+    python3 scripts/bench/gen-site.py "$work/site" --files 300 --change 1 --seed "$n" >/dev/null
+    row one-file "${dp[@]}" deploy
+done
+# Slope: how the time per host changes from the smallest fleet to the largest.
+first=${sizes[0]} last=${sizes[${#sizes[@]}-1]}
+for what in check first no-change one-file; do
+    echo "slope $what: ${per_host[$what,$first]} ms/host at $first hosts, ${per_host[$what,$last]} at $last ($(ratio "${per_host[$what,$last]}" "${per_host[$what,$first]}")x)"
+done
