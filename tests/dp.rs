@@ -903,27 +903,14 @@ fn end_to_end_over_sshd_and_postgresql() {
         "CREATE TABLE pages (id BIGINT PRIMARY KEY, title TEXT);\n",
     );
     let roots = [fleet.root_for(2, "dp-e2e"), fleet.root_for(3, "dp-e2e")];
-    let hosts: String = [2usize, 3]
-        .iter()
-        .zip(&roots)
-        .map(|(&i, root)| {
-            format!(
-                "  {{ name = \"{}\", addr = \"127.0.0.1\", port = {}, root = \"{}\", roles = [\"web\"] }},\n",
-                fleet.hosts[i].name,
-                fleet.hosts[i].port,
-                root.display()
-            )
-        })
-        .collect();
     dir.write(
         "deploy.toml",
-        format!(
-            "source = \"site\"\nknown_hosts = \"{}\"\nidentity = \"{}\"\n[restart]\nbatch = \"1\"\n\
-             command = \"echo {{release}} > {{root}}/restarted\"\nhealth_cmd = \"grep -qv broken VERSION\"\n\
-             health_timeout = \"1s\"\n[stages.prod]\nuser = \"{}\"\nhosts = [\n{hosts}]\n",
-            fleet.known_hosts.display(),
-            fleet.client_key.display(),
-            fleet.user
+        fleet.deploy_toml_roots(
+            &[2, 3],
+            &roots,
+            "source = \"site\"\n[restart]\nbatch = \"1\"\n\
+             command = \"echo {release} > {root}/restarted\"\nhealth_cmd = \"grep -qv broken VERSION\"\n\
+             health_timeout = \"1s\"",
         ),
     );
     let run = |args: &[&str]| dp_on(&dir, &url).args(args).run();
@@ -1592,28 +1579,14 @@ fn operator_view_over_sshd() {
            [ -f \"$DP_ROOT/go\" ] || { echo no go; exit 1; }\n\
          fi\n",
     );
-    let hosts: String = [1usize, 2]
-        .iter()
-        .zip(&roots)
-        .map(|(&i, root)| {
-            format!(
-                "  {{ name = \"{}\", addr = \"127.0.0.1\", port = {}, root = \"{}\" }},\n",
-                fleet.hosts[i].name,
-                fleet.hosts[i].port,
-                root.display()
-            )
-        })
-        .collect();
     dir.write(
         "deploy.toml",
-        format!(
-            "source = \"site\"\nknown_hosts = \"{}\"\nidentity = \"{}\"\n[restart]\nbatch = \"1\"\n\
-             command = \"sh restart.sh\"\nhealth_cmd = \"cat VERSION && grep -qv broken VERSION\"\n\
-             health_timeout = \"1s\"\napp_log = \"{{root}}/app.log\"\n\
-             [stages.prod]\nuser = \"{}\"\nhosts = [\n{hosts}]\n",
-            fleet.known_hosts.display(),
-            fleet.client_key.display(),
-            fleet.user
+        fleet.deploy_toml_roots(
+            &[1, 2],
+            &roots,
+            "source = \"site\"\n[restart]\nbatch = \"1\"\ncommand = \"sh restart.sh\"\n\
+             health_cmd = \"cat VERSION && grep -qv broken VERSION\"\nhealth_timeout = \"1s\"\n\
+             app_log = \"{root}/app.log\"",
         ),
     );
     let run = |args: &[&str]| dp(&dir, args);

@@ -629,18 +629,47 @@ impl Fleet {
 
     /// A `[stages.test]` deploy.toml for the hosts `which`, with `extra` top-level lines.
     pub fn deploy_toml(&self, which: &[usize], root: &str, extra: &str) -> String {
+        self.toml(
+            which,
+            &format!("root = \"{root}\"\n"),
+            |_| String::new(),
+            extra,
+        )
+    }
+
+    /// [`Fleet::deploy_toml`] with a deploy root of its own for each host (`roots`, in
+    /// the order of `which`).
+    pub fn deploy_toml_roots(&self, which: &[usize], roots: &[PathBuf], extra: &str) -> String {
+        self.toml(
+            which,
+            "",
+            |n| format!(", root = \"{}\"", roots[n].display()),
+            extra,
+        )
+    }
+
+    fn toml(
+        &self,
+        which: &[usize],
+        root: &str,
+        host_root: impl Fn(usize) -> String,
+        extra: &str,
+    ) -> String {
         let hosts: Vec<String> = which
             .iter()
-            .map(|&i| {
+            .enumerate()
+            .map(|(n, &i)| {
                 let h = &self.hosts[i];
                 format!(
-                    "  {{ name = \"{}\", addr = \"127.0.0.1\", port = {}, roles = [\"web\"] }},",
-                    h.name, h.port
+                    "  {{ name = \"{}\", addr = \"127.0.0.1\", port = {}, roles = [\"web\"]{} }},",
+                    h.name,
+                    h.port,
+                    host_root(n)
                 )
             })
             .collect();
         format!(
-            "app = \"test\"\nroot = \"{root}\"\nknown_hosts = \"{kh}\"\nidentity = \"{key}\"\n{extra}\n\
+            "app = \"test\"\n{root}known_hosts = \"{kh}\"\nidentity = \"{key}\"\n{extra}\n\
              [stages.test]\nuser = \"{user}\"\nhosts = [\n{hosts}\n]\n",
             kh = self.known_hosts.display(),
             key = self.client_key.display(),
