@@ -479,3 +479,61 @@ fn health_expect_tells_the_new_release_from_an_old_process_on_the_port() {
     );
     assert_eq!(current(&root), "releases/r3");
 }
+
+/// A health command's first try and the finish run in the switch's exchange: the
+/// expected text is checked there too (a host whose answer lacks it is polled, then
+/// switched back), and the history line written there names the release and the one
+/// before it, as the finish after the rollout does.
+#[test]
+fn a_health_command_with_expected_text_and_the_finish_in_the_switch() {
+    let dir = Dir::new("restart-cmd-expect");
+    let src = dir.path().join("src");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let input = lines(&[local_record("a", &a, None), local_record("b", &b, None)]);
+    let check = [
+        "--batch",
+        "1",
+        "--health-cmd",
+        "cat VERSION",
+        "--health-expect",
+        "ok {release}",
+        "--health-timeout",
+        "1s",
+    ];
+    dir.write("src/VERSION", "ok r1\n");
+    restart(&sync_release(&src, input.as_str(), "r1"), &check).code(0);
+    dir.write("src/VERSION", "ok r2\n");
+    restart(&sync_release(&src, input.as_str(), "r2"), &check).code(0);
+    for root in [&a, &b] {
+        assert_eq!(current(root), "releases/r2");
+        assert!(!root.join(".dp/lock").exists(), "the lock is given back");
+        let history = std::fs::read_to_string(root.join(".dp/history.jsonl")).unwrap();
+        let last: serde_json::Value =
+            serde_json::from_str(history.lines().last().unwrap()).unwrap();
+        assert_eq!(
+            (
+                &last["action"],
+                &last["release"],
+                &last["previous"],
+                &last["result"]
+            ),
+            (&"deploy".into(), &"r2".into(), &"r1".into(), &"ok".into()),
+            "{history}"
+        );
+        assert!(last["run"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("deploy-")));
+    }
+    // The answer lacks the expected text: switched back, the other host skipped.
+    dir.write("src/VERSION", "ok r2\n");
+    let out = restart(&sync_release(&src, input.as_str(), "r3"), &check);
+    out.code(1);
+    let records = out.records();
+    let e = records[0].error.clone().unwrap();
+    assert!(e.message.contains("does not contain \"ok r3\""), "{e:?}");
+    assert_eq!(records[1].error.clone().unwrap().kind.as_str(), "skipped");
+    for root in [&a, &b] {
+        assert_eq!(current(root), "releases/r2");
+        assert!(!root.join(".dp/lock").exists());
+    }
+}

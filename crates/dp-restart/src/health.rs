@@ -174,19 +174,19 @@ fn shown(status: String, body: &str) -> String {
 }
 
 impl Health {
-    /// Polls until healthy or `timeout`; the error names the check and the last answer.
-    /// With `expect`, the answer (the body, or the command's output) must contain it.
-    /// A health command gets `DP_RELEASE` (`release`), `DP_PREVIOUS_RELEASE` (`previous`)
-    /// and `DP_ROOT` in its environment.
+    /// Polls until healthy or `timeout` after `started` (the check may have had a first
+    /// try before); the error names the check and the last answer. With `expect`, the
+    /// answer (the body, or the command's output) must contain it. A health command gets
+    /// `DP_RELEASE` (`release`), `DP_PREVIOUS_RELEASE` (`previous`) and `DP_ROOT` in its
+    /// environment.
     pub fn wait(
         &self,
         conn: &mut dyn Transport,
         record: &Record,
         releases: (&str, Option<&str>),
-        timeout: Duration,
+        (started, timeout): (Instant, Duration),
         expect: Option<&str>,
     ) -> Result<(), String> {
-        let started = Instant::now();
         let check = Check::new(self, record, releases, expect)?;
         let pause = match self {
             Health::Url(_) => Duration::from_millis(100),

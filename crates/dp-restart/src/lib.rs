@@ -149,6 +149,10 @@ pub struct RestartStats {
     /// The evidence of a failure, for the record's `error.details` (not in the step).
     #[serde(skip)]
     pub evidence: Option<String>,
+    /// The finish (history, cleanup, unlock) ran in the switch's exchange: Ok, or how it
+    /// failed (not in the step).
+    #[serde(skip)]
+    pub finished: Option<Result<(), String>>,
     /// Releases and environments removed by the cleanup.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<String>,
@@ -239,7 +243,7 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
         }
     };
     if refused {
-        finish_all(records, sessions, opts, &run_id);
+        finish_all(records, sessions, opts, &run_id, &[]);
         return;
     }
     let eligible: Vec<usize> = (0..records.len())
@@ -247,6 +251,8 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
         .collect();
     let size = opts.batch.size(eligible.len());
     let mut failures: Vec<String> = Vec::new();
+    // Hosts whose switch's exchange ran the finish too.
+    let mut finished: Vec<usize> = Vec::new();
     let mut stopped_after: Option<usize> = None;
     for (b, batch) in eligible.chunks(size).enumerate() {
         if interrupt::interrupted() {
@@ -272,11 +278,6 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
             }
             continue;
         }
-        let lock_id = if opts.action == Action::Deploy {
-            ""
-        } else {
-            run_id.as_str()
-        };
         let results = sessions.run_indices(records, batch, opts.jobs, |conn, record| {
             let started = Instant::now();
             let mut stats = RestartStats {
@@ -285,32 +286,45 @@ pub fn run(records: &mut [Record], sessions: &mut Sessions, opts: &RestartOption
             };
             // A batch being switched is finished (or switched back) even after an interrupt.
             let outcome = interrupt::critical(|| {
-                roll_host(conn, record, opts, lock_id, &mut stats, rollout_start)
+                roll_host(conn, record, opts, &run_id, &mut stats, rollout_start)
             });
             stats.ms = started.elapsed().as_millis() as u64;
             if opts.action != Action::Deploy && !stats.release.is_empty() {
                 record.release = Some(stats.release.clone());
             }
             record.set_step(STEP, &stats);
-            outcome.map_err(|(kind, message)| {
-                record.fail_as(STEP, kind, message.clone());
-                if let Some(evidence) = &stats.evidence {
-                    record.add_details(evidence);
-                }
-                message
-            })
+            outcome
+                .map(|()| stats.finished.take())
+                .map_err(|(kind, message)| {
+                    record.fail_as(STEP, kind, message.clone());
+                    if let Some(evidence) = &stats.evidence {
+                        record.add_details(evidence);
+                    }
+                    message
+                })
         });
         for (&i, result) in batch.iter().zip(results) {
-            if let Err(message) = result {
-                records[i].fail(STEP, message);
-                failures.push(records[i].host.clone());
+            match result {
+                Err(message) => {
+                    records[i].fail(STEP, message);
+                    failures.push(records[i].host.clone());
+                }
+                Ok(Some(done)) => {
+                    finished.push(i);
+                    // As a finish after the rollout would: the host counts as failed,
+                    // but it did not fail its rollout.
+                    if let Err(message) = done {
+                        records[i].fail(STEP, message);
+                    }
+                }
+                Ok(None) => {}
             }
         }
         if failures.len() > opts.max_fail {
             stopped_after = Some(b + 1);
         }
     }
-    finish_all(records, sessions, opts, &run_id);
+    finish_all(records, sessions, opts, &run_id, &finished);
 }
 
 /// Before the first switch, on every host that is to switch, in parallel: the deploy lock
@@ -419,6 +433,38 @@ fn roll_host(
         Action::Rollback(_) => script::Target::Rollback(release.as_deref()),
         Action::Restart => script::Target::Current,
     };
+    // A health command's first try, and the finish when it passes (or when there is no
+    // health check), go in the switch's exchange: a host that comes up at once costs one
+    // exchange. A health URL is polled from here, so the finish waits for it.
+    let health_cmd = match &opts.health {
+        Some(Health::Command(t)) => Some(
+            render(t, record, &target_for_template, Escape::Shell)
+                .map_err(|e| failed(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let want = match (&opts.health_expect, &health_cmd) {
+        (Some(t), Some(_)) => Some(
+            render(t, record, &target_for_template, Escape::Text)
+                .map_err(|e| failed(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let finish_here = health_cmd.is_some() || opts.health.is_none();
+    let after = script::After {
+        health: health_cmd
+            .as_deref()
+            .map(|c| (c, opts.health_timeout.as_secs(), want.as_deref())),
+        finish: finish_here.then(|| {
+            let (history_head, history_tail) = history_parts(opts.action.as_str(), "ok", run_id);
+            script::FinishAfter {
+                keep: opts.keep.max(1),
+                history_head,
+                history_tail,
+                rollback: matches!(opts.action, Action::Rollback(_)),
+            }
+        }),
+    };
     let s = script::switch(
         &root,
         target,
@@ -427,12 +473,16 @@ fn roll_host(
         // A deploy renewed the lease moments ago, before the first switch.
         opts.action != Action::Deploy && opts.renew.due(),
         restart,
+        &after,
     )
     .map_err(|e| failed(e.to_string()))?;
     // What the script printed is read even when the session is lost midway: a host whose
     // `current` was switched before that must be put back.
     let mut printed = Vec::new();
     let ran = conn.exec_held(&s, &mut printed);
+    // The health timeout starts once the restart is done (a first try of a health
+    // command, in the exchange, comes before it).
+    let health_started = Instant::now();
     let text = String::from_utf8_lossy(&printed).into_owned();
     for line in text.lines() {
         if let Some(p) = line.strip_prefix("previous ") {
@@ -442,6 +492,17 @@ fn roll_host(
         } else if line == "switched" {
             stats.switched = true;
             stats.switched_at_ms = rollout_start.elapsed().as_millis() as u64;
+        } else if line == "healthy" {
+            stats.healthy = Some(true);
+        } else if line == "finished" {
+            stats.finished = Some(Ok(()));
+        } else if let Some(code) = line.strip_prefix("finish failed ") {
+            stats.finished = Some(Err(format!(
+                "cleanup and unlock failed (exit status {code}): {}",
+                tail_of(&ran)
+            )));
+        } else if let Some(r) = line.strip_prefix("removed ") {
+            stats.removed.push(r.to_string());
         }
     }
     let mut lost = false;
@@ -459,14 +520,14 @@ fn roll_host(
                 .map(|e| e.to_string()),
         },
     };
-    let failure = if failure.is_some() {
+    let failure = if failure.is_some() || stats.healthy == Some(true) {
         failure
     } else if let Some(health) = &opts.health {
         match health.wait(
             conn,
             record,
             (&stats.release, stats.previous.as_deref()),
-            opts.health_timeout,
+            (health_started, opts.health_timeout),
             opts.health_expect.as_deref(),
         ) {
             Ok(()) => {
@@ -562,23 +623,25 @@ fn app_log_tail(
     Some(format!("last lines of {path}:\n{}", text.trim_end()))
 }
 
-/// The finish on every host that received the release.
+/// The finish on every host that received the release, but those whose switch's exchange
+/// finished already (`finished`).
 fn finish_all(
     records: &mut [Record],
     sessions: &mut Sessions,
     opts: &RestartOptions,
     run_id: &str,
+    finished: &[usize],
 ) {
-    let user = lock::holder();
     let action = opts.action.as_str();
     let targets: Vec<usize> = (0..records.len())
         .filter(|&i| {
             records[i].root.is_some()
                 && (records[i].release.is_some() || opts.action != Action::Deploy)
+                && !finished.contains(&i)
         })
         .collect();
     let results = sessions.run_indices(records, &targets, opts.jobs, |conn, record| {
-        interrupt::critical(|| finish_host(conn, record, opts, run_id, &user, action))
+        interrupt::critical(|| finish_host(conn, record, opts, run_id, action))
     });
     for (&i, result) in targets.iter().zip(results) {
         match result {
@@ -599,13 +662,38 @@ fn finish_all(
     }
 }
 
+/// A history.jsonl line around its `release` and `previous` (which the host may be the
+/// one to know): `{"time":..,"action":..,` and `"user":..,"result":..,"run":..}`. The
+/// run id is the same on every host of one rollout: `dp history` groups by it.
+fn history_parts(action: &str, result: &str, run_id: &str) -> (String, String) {
+    let j = |v: &str| serde_json::to_string(v).unwrap_or_default();
+    (
+        format!("{{\"time\":{},\"action\":{},", j(&utc_now()), j(action)),
+        format!(
+            "\"user\":{},\"result\":{},\"run\":{}}}",
+            j(&lock::holder()),
+            j(result),
+            j(run_id)
+        ),
+    )
+}
+
+/// The last lines a command wrote to stderr, or why it could not be run.
+fn tail_of(
+    ran: &Result<dp_core::transport::ExecStatus, dp_core::transport::TransportError>,
+) -> String {
+    match ran {
+        Ok(status) => status.stderr_tail(12),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// The finish on one host: cleanup, history, unlock. Returns what the cleanup removed.
 fn finish_host(
     conn: &mut dyn Transport,
     record: &Record,
     opts: &RestartOptions,
     run_id: &str,
-    user: &str,
     action: &str,
 ) -> Result<Vec<String>, String> {
     let previous = record
@@ -624,17 +712,12 @@ fn finish_host(
         Some(e) if e.kind == ErrorKind::Failed => format!("failed in {}", e.step),
         Some(e) => e.kind.as_str().to_string(),
     };
-    let history = serde_json::json!({
-        "time": utc_now(),
-        "action": action,
-        "release": release,
-        "previous": previous,
-        "user": user,
-        "result": result,
-        // The same on every host of one rollout: `dp history` groups by it.
-        "run": run_id,
-    })
-    .to_string();
+    let (head, tail) = history_parts(action, &result, run_id);
+    let history = format!(
+        "{head}\"release\":{},\"previous\":{},{tail}",
+        serde_json::to_string(&release).unwrap_or_default(),
+        serde_json::to_string(&previous).unwrap_or_default()
+    );
     let lock_id = if opts.action == Action::Deploy {
         release.clone()
     } else {

@@ -69,6 +69,7 @@ pub fn switch(
     lease: Duration,
     renew: bool,
     restart: Option<Restart>,
+    after: &After,
 ) -> Result<String, QuoteError> {
     let (release, mode) = match target {
         Target::Deploy(rel) => (Some(rel), "deploy"),
@@ -79,7 +80,53 @@ pub fn switch(
     s.push(&dp_core::lock::acquire_script(lock_id, lease, renew)?);
     push_switch(&mut s, release, mode, restart)?;
     s.push("dp_switch\n");
+    if after.health.is_some() || after.finish.is_some() {
+        let (hcmd, hsecs, want) = after.health.unwrap_or(("", 1, None));
+        s.set("hcmd", hcmd)?
+            .num("hsecs", hsecs.max(1))
+            .set("want", want.unwrap_or(""))?;
+        match &after.finish {
+            Some(f) => {
+                s.set("finish", "1")?
+                    .num("keep", f.keep)
+                    .set("rel", lock_id)?
+                    .set("hist_head", &f.history_head)?
+                    .set("hist_tail", &f.history_tail)?
+                    .set("rollback", if f.rollback { "1" } else { "" })?
+                    .push(dp_core::layout::cleanup_sh())
+                    .push(dp_core::sh_file!("sh/finish.sh"));
+            }
+            None => {
+                s.set("finish", "")?;
+            }
+        }
+        s.push(dp_core::sh_file!("sh/after.sh"));
+    }
     Ok(s.into_string())
+}
+
+/// What the switch's exchange goes on to do when the switch and restart succeeded.
+#[derive(Debug, Default)]
+pub struct After<'a> {
+    /// One try of the health command: the rendered command, its deadline in seconds and
+    /// the text its output must contain.
+    pub health: Option<(&'a str, u64, Option<&'a str>)>,
+    /// The finish, when the host passed (no health check here, or its try passed).
+    pub finish: Option<FinishAfter>,
+}
+
+/// The finish inside the switch's exchange ([`After`]): the history line around its
+/// `release` and `previous`, which only the host may know then.
+#[derive(Debug)]
+pub struct FinishAfter {
+    /// Releases to keep.
+    pub keep: usize,
+    /// The history line up to `"release":` (`{"time":...,"action":"deploy",`).
+    pub history_head: String,
+    /// The history line after `"previous":P,` (`"user":...}`).
+    pub history_tail: String,
+    /// A rollback's finish.
+    pub rollback: bool,
 }
 
 /// Switches `current` back to `previous` (or removes it when there was none) and runs
@@ -124,6 +171,7 @@ pub fn finish(f: &Finish) -> Result<String, QuoteError> {
         .set("rollback", if f.rollback { "1" } else { "" })?
         .push(dp_core::layout::cleanup_sh())
         .push(dp_core::sh_file!("sh/finish.sh"))
+        .push("dp_finish\n")
         .push(&dp_core::lock::release_script(f.lock_id)?);
     Ok(s.into_string())
 }
