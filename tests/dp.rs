@@ -1774,3 +1774,89 @@ fn the_open_file_limit_is_raised_to_the_hard_one() {
     out.code(0);
     assert_eq!(out.stdout.trim(), format!("a | {hard}"), "{}", out.stderr);
 }
+
+/// A machine that built the hosts' newest release sends the next build with the lock in
+/// one exchange; after another machine deployed, its guess misses and the build takes the
+/// usual second exchange, with the same result; a host held by another deploy builds
+/// nothing.
+#[test]
+fn the_build_goes_with_the_lock_when_this_machine_built_the_base() {
+    let fleet = crate::util::Fleet::shared();
+    let dir = Dir::new("dp-guess");
+    let roots = [fleet.root_for(0, "dp-guess"), fleet.root_for(3, "dp-guess")];
+    dir.write("site/VERSION", "1\n");
+    dir.write("site/app/big.txt", "x".repeat(100_000));
+    dir.write(
+        "deploy.toml",
+        fleet.deploy_toml_roots(&[0, 3], &roots, "source = \"site\""),
+    );
+    let from = |machine: &str, release: &str| {
+        dp_on(&dir, "")
+            .env("DP_CACHE_DIR", dir.path().join(machine))
+            .args(["deploy", "--release", release])
+            .run()
+    };
+    let exchanges = |out: &Outcome| -> Vec<u64> {
+        out.records()
+            .iter()
+            .map(|r| r.steps["sync"]["exchanges"].as_u64().unwrap())
+            .collect()
+    };
+    let same_as_source = |release: &str| {
+        for root in &roots {
+            let rel = root.join("releases").join(release);
+            assert_eq!(
+                std::fs::read_to_string(rel.join("VERSION")).unwrap(),
+                std::fs::read_to_string(dir.path().join("site/VERSION")).unwrap()
+            );
+            assert_eq!(
+                std::fs::read(rel.join("app/big.txt")).unwrap().len(),
+                100_000
+            );
+            assert_eq!(current(root), format!("releases/{release}"));
+        }
+    };
+    let out = from("a", "r1");
+    out.code(0);
+    assert_eq!(exchanges(&out), [2, 2], "nothing remembered yet");
+    dir.write("site/VERSION", "2\n");
+    let out = from("a", "r2");
+    out.code(0);
+    assert_eq!(exchanges(&out), [1, 1]);
+    for r in out.records() {
+        assert_eq!(r.steps["sync"]["files_sent"], 1, "only the change travels");
+        assert_eq!(r.steps["sync"]["base"], "r1");
+    }
+    same_as_source("r2");
+    // Another machine deploys: this one's guess (r2) is no longer the hosts' newest.
+    dir.write("site/VERSION", "3\n");
+    from("b", "r3").code(0);
+    dir.write("site/VERSION", "4\n");
+    let out = from("a", "r4");
+    out.code(0);
+    assert_eq!(exchanges(&out), [2, 2], "the guess missed");
+    for r in out.records() {
+        assert_eq!(r.steps["sync"]["base"], "r3");
+        assert_eq!(r.steps["sync"]["files_sent"], 1);
+    }
+    same_as_source("r4");
+    // Another deploy holds the second host: the first took its lock and built first (it
+    // comes first by name), then gave the lock back; the second built nothing.
+    let lock = roots[1].join(".dp/lock");
+    let held = "{\"release\":\"other\",\"holder\":\"someone@elsewhere\",\"pid\":1,\"time\":1,\"expires\":9999999999}\n";
+    std::fs::write(&lock, held).unwrap();
+    dir.write("site/VERSION", "5\n");
+    let out = from("a", "r5");
+    out.code(1);
+    assert!(out.stderr.contains("someone@elsewhere"), "{}", out.stderr);
+    for root in &roots {
+        assert_eq!(current(root), "releases/r4");
+    }
+    assert!(!roots[0].join(".dp/lock").exists(), "the lock given back");
+    assert!(!roots[1].join("releases/r5").exists());
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), held);
+    std::fs::remove_file(&lock).unwrap();
+    let out = from("a", "r6");
+    out.code(0);
+    same_as_source("r6");
+}

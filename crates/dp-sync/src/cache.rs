@@ -127,3 +127,91 @@ fn is_digest(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
+
+/// What this machine built on a host last: the release, its manifest's digest and the
+/// decompressors the host had, under `hosts/` in [`cache_root`], one small file per host
+/// (named by a hash of its transport, address, port, user and root). A redeploy from here
+/// guesses that release is still the host's newest, and sends the build with the lock
+/// and base check in one exchange; the host checks the guess (`sh/guess.sh`). Only a
+/// hint: a wrong or missing one costs the second exchange.
+#[derive(Debug, Clone)]
+pub struct HostMemory {
+    dir: Option<PathBuf>,
+}
+
+/// A host's [`HostMemory`] entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    /// The release built there.
+    pub release: String,
+    /// Its manifest's digest.
+    pub digest: String,
+    /// The decompressors the host had.
+    pub codecs: crate::codec::HostCodecs,
+}
+
+impl HostMemory {
+    /// The memory at its default location (none when `enabled` is false).
+    pub fn open(enabled: bool) -> HostMemory {
+        HostMemory {
+            dir: enabled.then(cache_root).flatten().map(|d| d.join("hosts")),
+        }
+    }
+
+    fn path(&self, record: &dp_core::Record) -> Option<PathBuf> {
+        use sha2::Digest;
+        let key = format!(
+            "{:?}\0{}\0{}\0{}\0{}",
+            record.transport,
+            record.address(),
+            record.port.unwrap_or(22),
+            record.user.as_deref().unwrap_or(""),
+            record.root.as_deref()?
+        );
+        let name = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+        Some(self.dir.as_ref()?.join(&name[..32]))
+    }
+
+    /// What was built on the host last, if remembered.
+    pub fn get(&self, record: &dp_core::Record) -> Option<Built> {
+        let text = std::fs::read_to_string(self.path(record)?).ok()?;
+        let mut f = text.split_whitespace();
+        let (release, digest) = (f.next()?.to_string(), f.next()?.to_string());
+        dp_core::layout::check_release_id(&release).ok()?;
+        if !is_digest(&digest) {
+            return None;
+        }
+        let mut codecs = crate::codec::HostCodecs::default();
+        for c in f {
+            codecs.parse_line(&format!("has {c}"));
+        }
+        Some(Built {
+            release,
+            digest,
+            codecs,
+        })
+    }
+
+    /// Remembers what was built on the host. Errors are ignored.
+    pub fn put(&self, record: &dp_core::Record, built: &Built) {
+        let Some(path) = self.path(record) else {
+            return;
+        };
+        let mut line = format!("{} {}", built.release, built.digest);
+        if built.codecs.gzip {
+            line.push_str(" gzip");
+        }
+        if built.codecs.bzip2 {
+            line.push_str(" bzip2");
+        }
+        line.push('\n');
+        let Some(dir) = path.parent() else { return };
+        if std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        if std::fs::write(&tmp, line).is_err() || std::fs::rename(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}

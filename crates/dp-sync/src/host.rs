@@ -57,8 +57,13 @@ pub fn sync_host(
     opts: &SyncOptions,
 ) -> Result<SyncStats, String> {
     match prepare_host(conn, record, p, opts) {
-        Ok(HostState::Done(stats)) => Ok(stats),
-        Ok(plan) => build_host(conn, record, p, opts, plan),
+        Ok(HostState::Done(stats)) => Ok(SyncStats {
+            exchanges: 1,
+            ..stats
+        }),
+        Ok(plan) => {
+            build_host(conn, record, p, opts, plan).map(|s| SyncStats { exchanges: 2, ..s })
+        }
         Err(PrepareError::Held(m)) | Err(PrepareError::Failed(m)) => Err(m),
     }
 }
@@ -82,13 +87,45 @@ pub fn prepare_host(
     stats.bytes_sent += script.len() as u64;
     let out = conn.run(&script).map_err(|e| fail(e.to_string()))?;
     stats.bytes_received += (out.stdout.len() + out.status.stderr.len()) as u64;
-    if let Some(held) = lock::held(&out.status) {
+    read_prepared(&out.status, &out.stdout, p, opts, stats)
+}
+
+/// A line of the first script that goes into the stats as it is: a lock taken over, the
+/// current release, a leftover cleaned. False for any other line.
+fn note_line(line: &str, stats: &mut SyncStats) -> bool {
+    if let Some(w) = lock::takeover_warning(line) {
+        stats.warnings.push(w);
+    } else if let Some(c) = line.strip_prefix("current ") {
+        stats.current = Some(c.to_string()).filter(|c| !c.is_empty());
+    } else if let Some(d) = line.strip_prefix("cleaned ") {
+        stats
+            .warnings
+            .push(format!("removed {d}, left by an interrupted sync"));
+    } else {
+        return false;
+    }
+    true
+}
+
+/// What the first script printed: the lock taken (or held by another deploy), the
+/// leftovers cleaned, the host's decompressors, the current release, and the base with
+/// its manifest (or this release, complete already).
+fn read_prepared(
+    status: &dp_core::transport::ExecStatus,
+    stdout: &[u8],
+    p: &Prepared,
+    opts: &SyncOptions,
+    mut stats: SyncStats,
+) -> Result<HostState, PrepareError> {
+    let fail = PrepareError::Failed;
+    if let Some(held) = lock::held(status) {
         return Err(PrepareError::Held(held));
     }
-    out.status
+    status
+        .clone()
         .check("preparing the release")
         .map_err(|e| fail(e.to_string()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(stdout);
     let (head, manifest_text) = text
         .split_once(remote::MANIFEST_MARK)
         .unwrap_or((&text, ""));
@@ -98,10 +135,7 @@ pub fn prepare_host(
     let mut self_complete = false;
     let mut codecs = codec::HostCodecs::default();
     for line in head.lines() {
-        if let Some(w) = lock::takeover_warning(line) {
-            stats.warnings.push(w);
-        } else if let Some(c) = line.strip_prefix("current ") {
-            stats.current = Some(c.to_string()).filter(|c| !c.is_empty());
+        if note_line(line, &mut stats) {
         } else if let Some(b) = line.strip_prefix("base ") {
             base = Some(b.to_string()).filter(|b| check_release_id(b).is_ok());
         } else if let Some(d) = line.strip_prefix("digest ") {
@@ -109,10 +143,6 @@ pub fn prepare_host(
         } else if codecs.parse_line(line) {
         } else if line == "self complete" {
             self_complete = true;
-        } else if let Some(d) = line.strip_prefix("cleaned ") {
-            stats
-                .warnings
-                .push(format!("removed {d}, left by an interrupted sync"));
         }
     }
     // The manifest the host reported: sent in full, or named by a digest we have cached.
@@ -191,6 +221,81 @@ pub(crate) fn build_host_then(
     state: HostState,
     then: Option<Then>,
 ) -> Result<(SyncStats, Option<ThenOutput>), String> {
+    match build_exchange(conn, record, p, opts, state, then, false)? {
+        Built::Done(stats, then_out) => Ok((stats, then_out)),
+        Built::Missed(_) => Err("the host did not build the release".into()),
+    }
+}
+
+/// How big a payload may be to be sent on a guess ([`guess`]): a wrong guess sends it
+/// for nothing.
+const GUESS_MAX: u64 = 4 << 20;
+
+/// The state [`prepare_host`] would find on the host, guessed from what this machine
+/// built there last ([`crate::cache::HostMemory`]), when its manifest is at hand and the
+/// payload against it is small: the lock, the check and the build then go in one
+/// exchange ([`guess_host`]).
+pub(crate) fn guess(record: &Record, p: &Prepared) -> Option<HostState> {
+    let built = p.memory.get(record)?;
+    if built.release == p.release {
+        return None;
+    }
+    let manifest = p
+        .bases
+        .get_or(&built.digest, || p.cache.get(&built.digest))?;
+    let delta = p.deltas.get_or(&built.digest, || {
+        Some(Delta::new(Some(&*manifest), &p.manifest))
+    })?;
+    if delta.payload > GUESS_MAX {
+        return None;
+    }
+    Some(HostState::Build {
+        stats: SyncStats {
+            release: p.release.clone(),
+            entries: p.manifest.entries.len(),
+            ..SyncStats::default()
+        },
+        base: Some(Base {
+            id: built.release,
+            digest: built.digest,
+            manifest,
+        }),
+        codecs: built.codecs,
+    })
+}
+
+/// What one exchange of [`guess_host`] did.
+pub(crate) enum Built {
+    /// The release was built (and `then` ran, when given).
+    Done(SyncStats, Option<ThenOutput>),
+    /// The guess was wrong, or the host refused before the build: what it said, as
+    /// [`prepare_host`] would say it.
+    Missed(Result<HostState, PrepareError>),
+}
+
+/// The lock, the base check and the build (then `then`) in one exchange, on the base
+/// [`guess`] gave.
+pub(crate) fn guess_host(
+    conn: &mut dyn Transport,
+    record: &Record,
+    p: &Prepared,
+    opts: &SyncOptions,
+    state: HostState,
+    then: Option<Then>,
+) -> Result<Built, String> {
+    build_exchange(conn, record, p, opts, state, then, true)
+}
+
+/// The build's exchange; with `guessed`, [`remote::prepare_guess`] wraps it.
+fn build_exchange(
+    conn: &mut dyn Transport,
+    record: &Record,
+    p: &Prepared,
+    opts: &SyncOptions,
+    state: HostState,
+    then: Option<Then>,
+    guessed: bool,
+) -> Result<Built, String> {
     let root = root_of(record)?;
     let HostState::Build {
         mut stats,
@@ -199,7 +304,7 @@ pub(crate) fn build_host_then(
     } = state
     else {
         return match state {
-            HostState::Done(stats) => Ok((stats, None)),
+            HostState::Done(stats) => Ok(Built::Done(stats, None)),
             HostState::Build { .. } => unreachable!(),
         };
     };
@@ -239,6 +344,19 @@ pub(crate) fn build_host_then(
         None => {}
     }
     let chained = then_out.is_none() && then.is_some();
+    if guessed {
+        let b = base.as_ref().expect("a guess has a base");
+        script = remote::prepare_guess(
+            root,
+            &p.release,
+            opts.lease,
+            &p.offer,
+            (&b.id, &b.digest),
+            &script,
+        )
+        .map_err(|e| e.to_string())?;
+        stats.bytes_sent = script.len() as u64;
+    }
     stats.compression = plan.codec;
     // REVISION (Capistrano's convention): the release id, for the app. It travels as an
     // entry of its own, so it replaces the base's link like any sent file (never writing
@@ -273,6 +391,22 @@ pub(crate) fn build_host_then(
     }
     let ended = Instant::now();
     let (mut stdout, built_at) = (stdout.buf, stdout.seen);
+    if guessed {
+        const OK: &[u8] = b"guess ok\n";
+        let Some(at) = find(&stdout, OK) else {
+            // The host stopped before the build: what it said is the first script's.
+            let status = status.map_err(|e| e.to_string())?;
+            stats.bytes_received += (stdout.len() + status.stderr.len()) as u64;
+            let said = read_prepared(&status, &stdout, p, opts, stats);
+            return Ok(Built::Missed(said));
+        };
+        // Before the mark: what the first script says (the current release, warnings).
+        for line in String::from_utf8_lossy(&stdout[..at]).lines() {
+            note_line(line, &mut stats);
+        }
+        stats.bytes_received += at as u64;
+        stdout.drain(..at + OK.len());
+    }
     // The part after the mark is the then-script's; the build is done once it shows.
     let then_part = built_at.map(|at| {
         let start = find(&stdout, THEN_MARK).expect("seen") + THEN_MARK.len();
@@ -288,7 +422,8 @@ pub(crate) fn build_host_then(
                 output: Err(e.to_string()),
                 ms: ended.duration_since(at).as_millis() as u64,
             };
-            return Ok((stats, Some(t)));
+            p.remember_host(record, codecs);
+            return Ok(Built::Done(stats, Some(t)));
         }
         (Err(e), None) => return Err(format!("sending the release: {e}")),
         (Ok(status), Some((at, part))) if chained && status.success() => {
@@ -317,5 +452,6 @@ pub(crate) fn build_host_then(
         .check("building the release")
         .map_err(|e| e.to_string())?;
     p.remember_manifest();
-    Ok((stats, then_out))
+    p.remember_host(record, codecs);
+    Ok(Built::Done(stats, then_out))
 }

@@ -94,9 +94,23 @@ pub struct Prepared {
     deltas: OncePer<Delta>,
     /// The new manifest went into the local cache.
     cached: std::sync::Once,
+    /// What this machine built on each host last.
+    memory: cache::HostMemory,
 }
 
 impl Prepared {
+    /// Remembers that this release is built on the host (see [`cache::HostMemory`]).
+    fn remember_host(&self, record: &Record, codecs: codec::HostCodecs) {
+        self.memory.put(
+            record,
+            &cache::Built {
+                release: self.release.clone(),
+                digest: self.digest.clone(),
+                codecs,
+            },
+        );
+    }
+
     /// Puts the new manifest in the local cache, once: a host has it now.
     fn remember_manifest(&self) {
         self.cached
@@ -153,6 +167,7 @@ pub fn prepare(opts: &SyncOptions) -> Result<Prepared, SyncError> {
         bases: OncePer::default(),
         deltas: OncePer::default(),
         cached: std::sync::Once::new(),
+        memory: cache::HostMemory::open(opts.cache),
     })
 }
 
@@ -192,6 +207,10 @@ pub struct SyncStats {
     pub already_live: bool,
     /// How the upload was compressed.
     pub compression: codec::Codec,
+    /// Exchanges with the host: 2 (the lock and base, then the build), or 1 (a release
+    /// complete already; or the build sent with the lock on the base this machine built
+    /// there last, see [`cache::HostMemory`]).
+    pub exchanges: u8,
     /// Things the user should know (an expired lock taken over, leftovers cleaned).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -268,10 +287,19 @@ fn run_phased(
         records[i].release = Some(p.release.clone());
     }
     let started = Instant::now();
+    // Where this machine knows what it built last, the lock, the base check and the
+    // build go in one exchange (the lock is still taken first: a host held by another
+    // deploy builds nothing); elsewhere, or when the guess was wrong, in two.
     let prepare = |conn: &mut dp_core::transport::Connection, record: &mut Record| {
-        Ok(prepare_host(conn, record, p, opts))
+        if let Some(state) = host::guess(record, p) {
+            return match host::guess_host(conn, record, p, opts, state, then)? {
+                host::Built::Done(stats, then_out) => Ok(Ok(Stage::Built(stats, then_out))),
+                host::Built::Missed(said) => Ok(said.map(Stage::Prepared)),
+            };
+        }
+        Ok(prepare_host(conn, record, p, opts).map(Stage::Prepared))
     };
-    let mut states: Vec<(usize, Result<HostState, PrepareError>)> = Vec::new();
+    let mut states: Vec<(usize, Result<Stage, PrepareError>)> = Vec::new();
     let first = sessions.run_indices(records, &order[..1], 1, prepare);
     states.push((
         order[0],
@@ -310,16 +338,28 @@ fn run_phased(
     }
     let mut to_build: Vec<usize> = Vec::new();
     let mut plans: std::collections::HashMap<usize, HostState> = std::collections::HashMap::new();
+    let mut thens = HashMap::new();
     for (i, state) in states {
         match state {
-            Ok(HostState::Done(mut stats)) => {
+            Ok(Stage::Prepared(HostState::Done(mut stats))) => {
+                stats.exchanges = 1;
                 stats.ms = started.elapsed().as_millis() as u64;
                 stats.scan_ms = p.scan_ms;
                 records[i].set_step(STEP, stats);
             }
-            Ok(plan) => {
+            Ok(Stage::Prepared(plan)) => {
                 to_build.push(i);
                 plans.insert(i, plan);
+            }
+            Ok(Stage::Built(mut stats, then_out)) => {
+                stats.exchanges = 1;
+                stats.ms = (started.elapsed().as_millis() as u64)
+                    .saturating_sub(then_out.as_ref().map_or(0, |t| t.ms));
+                stats.scan_ms = p.scan_ms;
+                records[i].set_step(STEP, stats);
+                if let Some(t) = then_out {
+                    thens.insert(i, t);
+                }
             }
             Err(PrepareError::Failed(m)) | Err(PrepareError::Held(m)) => records[i].fail(STEP, m),
         }
@@ -337,12 +377,12 @@ fn run_phased(
             .remove(&i)
             .expect("planned");
         let (mut stats, then_out) = build_host_then(conn, record, p, opts, plan, then)?;
+        stats.exchanges = 2;
         stats.ms = (started.elapsed().as_millis() as u64)
             .saturating_sub(then_out.as_ref().map_or(0, |t| t.ms));
         stats.scan_ms = p.scan_ms;
         Ok((stats, then_out))
     });
-    let mut thens = HashMap::new();
     for (i, result) in to_build.into_iter().zip(results) {
         match result {
             Ok((stats, then_out)) => {
@@ -357,7 +397,15 @@ fn run_phased(
     thens
 }
 
-fn flatten(r: Result<Result<HostState, PrepareError>, String>) -> Result<HostState, PrepareError> {
+/// Where a host is after its first exchange.
+enum Stage {
+    /// Prepared: the build comes next (or nothing, the release being complete).
+    Prepared(HostState),
+    /// Built already, in the same exchange ([`host::guess_host`]).
+    Built(SyncStats, Option<ThenOutput>),
+}
+
+fn flatten(r: Result<Result<Stage, PrepareError>, String>) -> Result<Stage, PrepareError> {
     r.map_err(PrepareError::Failed).and_then(|x| x)
 }
 

@@ -18,15 +18,13 @@ use std::time::Duration;
 /// Marks the start of the manifest in [`prepare`]'s output.
 pub const MANIFEST_MARK: &str = "---dp-manifest---";
 
-/// Script 1 (`sh/prepare.sh`): check the host, lock, clean, report base and its
-/// manifest's digest, and the manifest itself unless its digest is one of `known`
-/// (manifests the caller has cached).
-pub fn prepare(
+/// [`prepare`]'s script, up to printing the base's manifest.
+fn prepare_script(
     root: &str,
     release: &str,
     lease: Duration,
     known: &[String],
-) -> Result<String, QuoteError> {
+) -> Result<Script, QuoteError> {
     let mut s = Script::new(root)?;
     // Before anything changes (the lock is taken below): a host without the tools the
     // scripts need is refused here, not halfway through the build.
@@ -37,6 +35,41 @@ pub fn prepare(
         .set("mark", MANIFEST_MARK)?
         .push(dp_core::sh_file!("sh/manifest.sh"))
         .push(dp_core::sh_file!("sh/prepare.sh"));
+    Ok(s)
+}
+
+/// Script 1 (`sh/prepare.sh`): check the host, lock, clean, report base and its
+/// manifest's digest, and the manifest itself unless its digest is one of `known`
+/// (manifests the caller has cached).
+pub fn prepare(
+    root: &str,
+    release: &str,
+    lease: Duration,
+    known: &[String],
+) -> Result<String, QuoteError> {
+    let mut s = prepare_script(root, release, lease, known)?;
+    s.push("dp_base_manifest\n");
+    Ok(s.into_string())
+}
+
+/// Scripts 1 and 2 in one exchange, when the client knows which release it built on the
+/// host last (`base`, whose manifest has `digest`): [`prepare`], then, when that release
+/// is still the newest complete one, the build (`then`: [`build`]'s script, and what
+/// follows it) from the tar stream on stdin (`sh/guess.sh`). Otherwise the script ends
+/// as [`prepare`] does, after `guess missed`, without reading its input.
+pub fn prepare_guess(
+    root: &str,
+    release: &str,
+    lease: Duration,
+    known: &[String],
+    (base, digest): (&str, &str),
+    then: &str,
+) -> Result<String, QuoteError> {
+    let mut s = prepare_script(root, release, lease, known)?;
+    s.set("guess_base", base)?
+        .set("guess_digest", digest)?
+        .push(dp_core::sh_file!("sh/guess.sh"))
+        .push(then);
     Ok(s.into_string())
 }
 

@@ -3,8 +3,9 @@
 # the lock. Set before this file: rel (the new release), known (digests of manifests
 # the client has cached, separated by spaces) and mark (the line before a manifest).
 # Prints the leftovers it removed, the decompressors the host has, `current R`, then
-# either `self complete` (a re-run) or `base B` (the newest complete release, empty if
-# none), each followed by `digest D`, the mark and the manifest unless known.
+# either `self complete` (a re-run; then `digest D`, the mark and the manifest unless
+# known) or `base B` (the newest complete release, empty if none), and defines
+# dp_base_manifest, which prints B's digest, the mark and its manifest unless known.
 # dp_manifest comes with it (manifest.sh).
 # shellcheck disable=SC2154 # root, releases and the values above come before.
 
@@ -28,4 +29,7 @@ if [ -e "$releases/$rel" ]; then
 fi
 dp_newest
 echo "base $dp_new"
-if [ -n "$dp_new" ] && [ -f "$releases/$dp_new/.dp/manifest" ]; then dp_manifest "$releases/$dp_new/.dp/manifest"; fi
+# Its digest, the mark and its manifest: next in the script (see remote.rs).
+dp_base_manifest() {
+  if [ -n "$dp_new" ] && [ -f "$releases/$dp_new/.dp/manifest" ]; then dp_manifest "$releases/$dp_new/.dp/manifest"; fi
+}
