@@ -8,8 +8,10 @@
 # reported as wall time, client CPU (user + system), client peak memory, and the process
 # ids used per host (machine-wide, from /proc/loadavg's last pid: the hosts' processes,
 # plus dp's own threads, a fixed number), then the wall time per host and its slope
-# against the smallest N.
-# Usage: scripts/bench/scale.sh [N...]
+# against the smallest N. With BASELINE=DIR (the bin directory of another build), that
+# build's no-change and one-file redeploys follow this one's at each N (with a cache of
+# its own), on the same hosts.
+# Usage: [BASELINE=DIR] scripts/bench/scale.sh [N...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
@@ -46,7 +48,7 @@ printf '%-5s %-16s %8s %8s %9s %9s %10s\n' hosts what wall_s cpu_s peak_MiB pids
 declare -A per_host
 for n in "${sizes[@]}"; do
     "$PWD/scripts/fleet.sh" stop "$work/fleet" 2>/dev/null || true
-    rm -rf "$work/fleet" "$work/cache"
+    rm -rf "$work/fleet" "$work/cache" "$work/cache-base"
     sshds=$(( n < 25 ? n : 25 ))
     FLEET_USER=${BENCH_USER:-dp-bench} FLEET_SSHDS=$sshds "$PWD/scripts/fleet.sh" start "$n" "$work/fleet" >/dev/null
     f=$work/fleet
@@ -73,11 +75,22 @@ for n in "${sizes[@]}"; do
     row check "$bin/dp-hosts" --config "$work/deploy.toml" --jobs 64 --check
     row first "${dp[@]}" deploy
     row no-change "${dp[@]}" deploy
+    if [ -n "${BASELINE:-}" ]; then
+        # Its first deploy here builds on this one's release: then its own no-change.
+        DP_CACHE_DIR=$work/cache-base "$BASELINE/dp" --config "$work/deploy.toml" --jobs 64 deploy >/dev/null 2>&1
+        row base-no-change env DP_CACHE_DIR="$work/cache-base" "$BASELINE/dp" --config "$work/deploy.toml" --jobs 64 deploy
+        # This build's memory is stale after that: a redeploy to make it current again.
+        "${dp[@]}" deploy >/dev/null 2>&1
+    fi
     python3 scripts/bench/gen-site.py "$work/site" --files 300 --change 1 --seed "$n" >/dev/null
     row one-file "${dp[@]}" deploy
+    if [ -n "${BASELINE:-}" ]; then
+        python3 scripts/bench/gen-site.py "$work/site" --files 300 --change 1 --seed "$((n + 7))" >/dev/null
+        row base-one-file env DP_CACHE_DIR="$work/cache-base" "$BASELINE/dp" --config "$work/deploy.toml" --jobs 64 deploy
+    fi
 done
 # Slope: how the time per host changes from the smallest fleet to the largest.
 first=${sizes[0]} last=${sizes[${#sizes[@]}-1]}
-for what in check first no-change one-file; do
+for what in check first no-change one-file ${BASELINE:+base-no-change base-one-file}; do
     echo "slope $what: ${per_host[$what,$first]} ms/host at $first hosts, ${per_host[$what,$last]} at $last ($(ratio "${per_host[$what,$last]}" "${per_host[$what,$first]}")x)"
 done

@@ -8,8 +8,9 @@
 #   - dp deploy to N hosts, one changed file;
 #   - a hand-scripted parallel `rsync -a --link-dest` + `ssh` switch to the N hosts,
 #     the same change (the baseline).
-# Each with its time in round trips (wall / RTT).
-# Usage: [RUNS=5] scripts/bench/wan.sh [N] [RTT_MS]
+# Each with its time in round trips (wall / RTT). With BASELINE=DIR (the bin directory of
+# another build), that build's dp deploys alternate with this one's on the same hosts.
+# Usage: [RUNS=5] [BASELINE=DIR] scripts/bench/wan.sh [N] [RTT_MS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
@@ -61,6 +62,8 @@ config() { # config FILE HOSTS: deploy.toml for the first HOSTS hosts
 config "$work/one.toml" 1
 config "$work/all.toml" "$n"
 dp() { "$bin/dp" --jobs 64 "$@"; }
+# The baseline build, with a cache of its own (what it remembers is its own).
+base() { DP_CACHE_DIR=$work/cache-base "$BASELINE/dp" --jobs 64 "$@"; }
 dp -c "$work/one.toml" deploy >/dev/null 2>&1
 dp -c "$work/all.toml" deploy >/dev/null 2>&1
 names=$(cut -d' ' -f1 "$f/hosts.txt")
@@ -86,6 +89,15 @@ for _ in $(seq 1 "$runs"); do
     change
     time_cmd dp -c "$work/one.toml" deploy >>"$work/t.one-file"
     time_cmd dp -c "$work/all.toml" deploy >>"$work/t.all-file"
+    if [ -n "${BASELINE:-}" ]; then
+        time_cmd base -c "$work/one.toml" deploy >>"$work/t.base-one-nochange"
+        change
+        time_cmd base -c "$work/one.toml" deploy >>"$work/t.base-one-file"
+        time_cmd base -c "$work/all.toml" deploy >>"$work/t.base-all-file"
+        # This build again after the baseline's deploy: what it remembers is stale once.
+        time_cmd dp -c "$work/one.toml" deploy >/dev/null
+        time_cmd dp -c "$work/all.toml" deploy >/dev/null
+    fi
     change
     time_cmd baseline >>"$work/t.baseline"
 done
@@ -101,3 +113,9 @@ report "dp deploy, 1 host, 1 file" t.one-file
 report "dp deploy, $n hosts, 1 file, batch 25%" t.all-file
 report "rsync --link-dest + ssh switch, $n hosts" t.baseline
 echo "dp / baseline ($n hosts): $(ratio "$(median <"$work/t.all-file")" "$(median <"$work/t.baseline")")"
+if [ -n "${BASELINE:-}" ]; then
+    report "BASELINE dp deploy, 1 host, no change" t.base-one-nochange
+    report "BASELINE dp deploy, 1 host, 1 file" t.base-one-file
+    report "BASELINE dp deploy, $n hosts, 1 file" t.base-all-file
+    echo "this / BASELINE: 1 host $(ratio "$(median <"$work/t.one-file")" "$(median <"$work/t.base-one-file")"), $n hosts $(ratio "$(median <"$work/t.all-file")" "$(median <"$work/t.base-all-file")")"
+fi

@@ -234,7 +234,7 @@ const GUESS_MAX: u64 = 4 << 20;
 /// The state [`prepare_host`] would find on the host, guessed from what this machine
 /// built there last ([`crate::cache::HostMemory`]), when its manifest is at hand and the
 /// payload against it is small: the lock, the check and the build then go in one
-/// exchange ([`guess_host`]).
+/// exchange ([`build_exchange`]).
 pub(crate) fn guess(record: &Record, p: &Prepared) -> Option<HostState> {
     let built = p.memory.get(record)?;
     if built.release == p.release {
@@ -264,7 +264,7 @@ pub(crate) fn guess(record: &Record, p: &Prepared) -> Option<HostState> {
     })
 }
 
-/// What one exchange of [`guess_host`] did.
+/// What one exchange of [`build_exchange`] did.
 pub(crate) enum Built {
     /// The release was built (and `then` ran, when given).
     Done(SyncStats, Option<ThenOutput>),
@@ -273,21 +273,9 @@ pub(crate) enum Built {
     Missed(Result<HostState, PrepareError>),
 }
 
-/// The lock, the base check and the build (then `then`) in one exchange, on the base
-/// [`guess`] gave.
-pub(crate) fn guess_host(
-    conn: &mut dyn Transport,
-    record: &Record,
-    p: &Prepared,
-    opts: &SyncOptions,
-    state: HostState,
-    then: Option<Then>,
-) -> Result<Built, String> {
-    build_exchange(conn, record, p, opts, state, then, true)
-}
-
-/// The build's exchange; with `guessed`, [`remote::prepare_guess`] wraps it.
-fn build_exchange(
+/// The build's exchange (then `then`'s script). With `guessed` (the base [`guess`] gave),
+/// the lock and the base check come first in it ([`remote::prepare_guess`]).
+pub(crate) fn build_exchange(
     conn: &mut dyn Transport,
     record: &Record,
     p: &Prepared,

@@ -292,7 +292,7 @@ fn run_phased(
     // deploy builds nothing); elsewhere, or when the guess was wrong, in two.
     let prepare = |conn: &mut dp_core::transport::Connection, record: &mut Record| {
         if let Some(state) = host::guess(record, p) {
-            return match host::guess_host(conn, record, p, opts, state, then)? {
+            return match host::build_exchange(conn, record, p, opts, state, then, true)? {
                 host::Built::Done(stats, then_out) => Ok(Ok(Stage::Built(stats, then_out))),
                 host::Built::Missed(said) => Ok(said.map(Stage::Prepared)),
             };
@@ -401,7 +401,7 @@ fn run_phased(
 enum Stage {
     /// Prepared: the build comes next (or nothing, the release being complete).
     Prepared(HostState),
-    /// Built already, in the same exchange ([`host::guess_host`]).
+    /// Built already, in the same exchange ([`host::build_exchange`]).
     Built(SyncStats, Option<ThenOutput>),
 }
 
