@@ -537,3 +537,30 @@ fn a_health_command_with_expected_text_and_the_finish_in_the_switch() {
         assert!(!root.join(".dp/lock").exists());
     }
 }
+
+/// A finish that fails in the switch's exchange (here: history.jsonl cannot be written)
+/// fails the host, which stays on the new release (it passed): not switched back, and
+/// its finish is not run a second time.
+#[test]
+fn a_failed_finish_in_the_switch_leaves_the_host_on_the_new_release() {
+    let dir = Dir::new("restart-finish-fails");
+    let src = dir.path().join("src");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let input = lines(&[local_record("a", &a, None), local_record("b", &b, None)]);
+    let check = ["--health-cmd", "test -f VERSION"];
+    dir.write("src/VERSION", "1\n");
+    restart(&sync_release(&src, input.as_str(), "r1"), &check).code(0);
+    std::fs::remove_file(b.join(".dp/history.jsonl")).unwrap();
+    std::fs::create_dir(b.join(".dp/history.jsonl")).unwrap();
+    dir.write("src/VERSION", "2\n");
+    let out = restart(&sync_release(&src, input.as_str(), "r2"), &check);
+    out.code(1);
+    let records = out.records();
+    assert!(records[0].error.is_none(), "{}", out.stdout);
+    let e = records[1].error.clone().unwrap();
+    assert!(e.message.contains("cleanup and unlock failed"), "{e:?}");
+    assert_eq!(records[1].steps["restart"]["switched_back"], false);
+    assert_eq!(current(&a), "releases/r2");
+    assert_eq!(current(&b), "releases/r2", "it passed: not switched back");
+    assert!(!a.join(".dp/lock").exists());
+}

@@ -436,10 +436,14 @@ fn roll_host(
     // A health command's first try, and the finish when it passes (or when there is no
     // health check), go in the switch's exchange: a host that comes up at once costs one
     // exchange. A health URL is polled from here, so the finish waits for it.
+    // Where only the host knows the release (a rollback to the previous one, a restart),
+    // {release} is the target's name there, as in the restart command; an expected text
+    // that names it is checked from here instead.
     let health_cmd = match &opts.health {
         Some(Health::Command(t)) => Some(
             render(t, record, &target_for_template, Escape::Shell)
-                .map_err(|e| failed(e.to_string()))?,
+                .map_err(|e| failed(e.to_string()))?
+                .replace("'${target}'", "\"$DP_RELEASE\""),
         ),
         _ => None,
     };
@@ -450,6 +454,8 @@ fn roll_host(
         ),
         _ => None,
     };
+    let health_cmd = health_cmd
+        .filter(|_| release.is_some() || !want.as_deref().is_some_and(|w| w.contains("${target}")));
     let finish_here = health_cmd.is_some() || opts.health.is_none();
     let after = script::After {
         health: health_cmd
@@ -478,12 +484,12 @@ fn roll_host(
     .map_err(|e| failed(e.to_string()))?;
     // What the script printed is read even when the session is lost midway: a host whose
     // `current` was switched before that must be put back.
-    let mut printed = Vec::new();
+    let mut printed = Clocked::new(b"checking\n");
     let ran = conn.exec_held(&s, &mut printed);
-    // The health timeout starts once the restart is done (a first try of a health
-    // command, in the exchange, comes before it).
-    let health_started = Instant::now();
-    let text = String::from_utf8_lossy(&printed).into_owned();
+    // The health timeout starts once the restart is done: at the first try in the
+    // exchange, else now.
+    let health_started = printed.seen.unwrap_or_else(Instant::now);
+    let text = String::from_utf8_lossy(&printed.buf).into_owned();
     for line in text.lines() {
         if let Some(p) = line.strip_prefix("previous ") {
             stats.previous = Some(p.to_string()).filter(|p| !p.is_empty());
@@ -504,6 +510,19 @@ fn roll_host(
         } else if let Some(r) = line.strip_prefix("removed ") {
             stats.removed.push(r.to_string());
         }
+    }
+    // The host passed and its finish began in the exchange: it serves the new release,
+    // whatever became of the session or of the finish (which then failed, and is not
+    // run again).
+    if text.lines().any(|l| l == "finishing") {
+        if stats.finished.is_none() {
+            let why = match &ran {
+                Ok(status) => tail_of(&Ok(status.clone())),
+                Err(e) => e.to_string(),
+            };
+            stats.finished = Some(Err(format!("cleanup and unlock failed: {why}")));
+        }
+        return Ok(());
     }
     let mut lost = false;
     let failure = match ran {
@@ -659,6 +678,42 @@ fn finish_all(
                 records[i].fail(STEP, message);
             }
         }
+    }
+}
+
+/// A command's stdout as it comes, with the moment a line (`needle`) first came.
+struct Clocked {
+    buf: Vec<u8>,
+    needle: &'static [u8],
+    seen: Option<Instant>,
+}
+
+impl Clocked {
+    fn new(needle: &'static [u8]) -> Clocked {
+        Clocked {
+            buf: Vec::new(),
+            needle,
+            seen: None,
+        }
+    }
+}
+
+impl std::io::Write for Clocked {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let from = self.buf.len().saturating_sub(self.needle.len());
+        self.buf.extend_from_slice(data);
+        if self.seen.is_none()
+            && self.buf[from..]
+                .windows(self.needle.len())
+                .any(|w| w == self.needle)
+        {
+            self.seen = Some(Instant::now());
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

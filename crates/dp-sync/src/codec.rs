@@ -41,6 +41,15 @@ impl Codec {
             Codec::Bzip2 => "-j ",
         }
     }
+
+    /// The program tar runs to unpack it, or nothing.
+    pub fn program(self) -> &'static str {
+        match self {
+            Codec::None => "",
+            Codec::Gzip => "gzip",
+            Codec::Bzip2 => "bzip2",
+        }
+    }
 }
 
 /// The decompressors a host has, as reported by the prepare script.

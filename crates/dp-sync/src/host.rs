@@ -339,7 +339,7 @@ pub(crate) fn build_exchange(
             &p.release,
             opts.lease,
             &p.offer,
-            (&b.id, &b.digest),
+            (&b.id, &b.digest, choice.codec.program()),
             &script,
         )
         .map_err(|e| e.to_string())?;
@@ -382,10 +382,17 @@ pub(crate) fn build_exchange(
     if guessed {
         const OK: &[u8] = b"guess ok\n";
         let Some(at) = find(&stdout, OK) else {
-            // The host stopped before the build: what it said is the first script's.
+            // The host stopped before the build: what it said is the first script's
+            // (the stats so far were the guess's, but for the bytes).
             let status = status.map_err(|e| e.to_string())?;
-            stats.bytes_received += (stdout.len() + status.stderr.len()) as u64;
-            let said = read_prepared(&status, &stdout, p, opts, stats);
+            let fresh = SyncStats {
+                release: p.release.clone(),
+                entries: p.manifest.entries.len(),
+                bytes_sent: stats.bytes_sent,
+                bytes_received: stats.bytes_received + (stdout.len() + status.stderr.len()) as u64,
+                ..SyncStats::default()
+            };
+            let said = read_prepared(&status, &stdout, p, opts, fresh);
             return Ok(Built::Missed(said));
         };
         // Before the mark: what the first script says (the current release, warnings).

@@ -262,11 +262,14 @@ pub fn scan_and_run_then(
 }
 
 /// Prepares every host (taking its deploy lock), the first host by name alone and then
-/// the others in parallel, and builds the releases only if no other deploy holds any of
-/// them. Two deploys of the same hosts thus meet on the first host and exactly one goes
-/// on; a deploy refused anywhere gives back the locks it took and fails every record: a
-/// deploy goes to all its hosts or to none. It costs no extra round trip: the lock is
-/// taken by the same script that reads the host's base release.
+/// the others in parallel. Two deploys of the same hosts thus meet on the first host and
+/// exactly one goes on; a deploy refused anywhere gives back the locks it took and fails
+/// every record: a deploy goes to all its hosts or to none (a release may have been built
+/// on a host that was free, unused). It costs no extra round trip: the lock is taken by
+/// the same script that reads the host's base release, and where this machine knows the
+/// base ([`host::guess`]), by the script that builds. The first host's own build runs
+/// beside the others' first exchange; it is guessed only when it is the only host, so
+/// that the others wait for its lock, not for its build.
 fn run_phased(
     records: &mut [Record],
     sessions: &mut Sessions,
@@ -290,29 +293,54 @@ fn run_phased(
     // Where this machine knows what it built last, the lock, the base check and the
     // build go in one exchange (the lock is still taken first: a host held by another
     // deploy builds nothing); elsewhere, or when the guess was wrong, in two.
-    let prepare = |conn: &mut dp_core::transport::Connection, record: &mut Record| {
-        if let Some(state) = host::guess(record, p) {
-            return match host::build_exchange(conn, record, p, opts, state, then, true)? {
-                host::Built::Done(stats, then_out) => Ok(Ok(Stage::Built(stats, then_out))),
-                host::Built::Missed(said) => Ok(said.map(Stage::Prepared)),
-            };
+    let alone = order.len() == 1;
+    let first_host = records[order[0]].host.clone();
+    let first_plan: std::sync::Mutex<Option<HostState>> = std::sync::Mutex::new(None);
+    let exchange = |conn: &mut dp_core::transport::Connection, record: &mut Record| {
+        let first = record.host == first_host;
+        if first {
+            // Its lock is taken: now its build, beside the others' first exchange.
+            if let Some(plan) = first_plan.lock().expect("not poisoned").take() {
+                return Ok(
+                    match host::build_host_then(conn, record, p, opts, plan, then) {
+                        Ok((mut stats, then_out)) => {
+                            stats.exchanges = 2;
+                            Ok(Stage::Built(stats, then_out))
+                        }
+                        Err(m) => Err(PrepareError::Failed(m)),
+                    },
+                );
+            }
+        }
+        if !first || alone {
+            if let Some(state) = host::guess(record, p) {
+                return match host::build_exchange(conn, record, p, opts, state, then, true)? {
+                    host::Built::Done(mut stats, then_out) => {
+                        stats.exchanges = 1;
+                        Ok(Ok(Stage::Built(stats, then_out)))
+                    }
+                    host::Built::Missed(said) => Ok(said.map(Stage::Prepared)),
+                };
+            }
         }
         Ok(prepare_host(conn, record, p, opts).map(Stage::Prepared))
     };
     let mut states: Vec<(usize, Result<Stage, PrepareError>)> = Vec::new();
-    let first = sessions.run_indices(records, &order[..1], 1, prepare);
-    states.push((
-        order[0],
-        flatten(first.into_iter().next().expect("one result")),
-    ));
-    if !matches!(states[0].1, Err(PrepareError::Held(_))) {
-        let rest = sessions.run_indices(records, &order[1..], opts.jobs, prepare);
-        states.extend(
-            order[1..]
-                .iter()
-                .copied()
-                .zip(rest.into_iter().map(flatten)),
-        );
+    let first = sessions.run_indices(records, &order[..1], 1, exchange);
+    let first = flatten(first.into_iter().next().expect("one result"));
+    if !matches!(first, Err(PrepareError::Held(_))) {
+        let mut next: Vec<usize> = order[1..].to_vec();
+        match first {
+            Ok(Stage::Prepared(plan @ HostState::Build { .. })) if !alone => {
+                *first_plan.lock().expect("not poisoned") = Some(plan);
+                next.insert(0, order[0]);
+            }
+            other => states.push((order[0], other)),
+        }
+        let rest = sessions.run_indices(records, &next, opts.jobs, exchange);
+        states.extend(next.iter().copied().zip(rest.into_iter().map(flatten)));
+    } else {
+        states.push((order[0], first));
     }
     let held = states.iter().find_map(|(i, s)| match s {
         Err(PrepareError::Held(m)) => Some((records[*i].host.clone(), m.clone())),
@@ -352,7 +380,6 @@ fn run_phased(
                 plans.insert(i, plan);
             }
             Ok(Stage::Built(mut stats, then_out)) => {
-                stats.exchanges = 1;
                 stats.ms = (started.elapsed().as_millis() as u64)
                     .saturating_sub(then_out.as_ref().map_or(0, |t| t.ms));
                 stats.scan_ms = p.scan_ms;

@@ -54,20 +54,22 @@ pub fn prepare(
 
 /// Scripts 1 and 2 in one exchange, when the client knows which release it built on the
 /// host last (`base`, whose manifest has `digest`): [`prepare`], then, when that release
-/// is still the newest complete one, the build (`then`: [`build`]'s script, and what
-/// follows it) from the tar stream on stdin (`sh/guess.sh`). Otherwise the script ends
-/// as [`prepare`] does, after `guess missed`, without reading its input.
+/// is still the newest complete one and the host still has the decompressor `program`
+/// (empty: none), the build (`then`: [`build`]'s script, and what follows it) from the
+/// tar stream on stdin (`sh/guess.sh`). Otherwise the script ends as [`prepare`] does,
+/// after `guess missed`, without reading its input.
 pub fn prepare_guess(
     root: &str,
     release: &str,
     lease: Duration,
     known: &[String],
-    (base, digest): (&str, &str),
+    (base, digest, program): (&str, &str, &str),
     then: &str,
 ) -> Result<String, QuoteError> {
     let mut s = prepare_script(root, release, lease, known)?;
     s.set("guess_base", base)?
         .set("guess_digest", digest)?
+        .set("guess_needs", program)?
         .push(dp_core::sh_file!("sh/guess.sh"))
         .push(then);
     Ok(s.into_string())
