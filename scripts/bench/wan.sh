@@ -10,7 +10,8 @@
 #     the same change (the baseline).
 # Each with its time in round trips (wall / RTT). With BASELINE=DIR (the bin directory of
 # another build), that build's dp deploys alternate with this one's on the same hosts.
-# Usage: [RUNS=5] [BASELINE=DIR] scripts/bench/wan.sh [N] [RTT_MS]
+# JOBS sets dp's --jobs (64).
+# Usage: [RUNS=5] [JOBS=64] [BASELINE=DIR] scripts/bench/wan.sh [N] [RTT_MS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
@@ -61,7 +62,7 @@ config() { # config FILE HOSTS: deploy.toml for the first HOSTS hosts
 }
 config "$work/one.toml" 1
 config "$work/all.toml" "$n"
-dp() { "$bin/dp" --jobs 64 "$@"; }
+dp() { "$bin/dp" --jobs "${JOBS:-64}" "$@"; }
 # The baseline build, with a cache of its own (what it remembers is its own).
 base() { DP_CACHE_DIR=$work/cache-base "$BASELINE/dp" --jobs 64 "$@"; }
 dp -c "$work/one.toml" deploy >/dev/null 2>&1
