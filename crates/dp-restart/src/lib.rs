@@ -410,20 +410,18 @@ fn roll_host(
     // target, which in a rollback or restart only the host may know; render with a marker
     // first.
     let target_for_template = release.clone().unwrap_or_else(|| "${target}".to_string());
-    let restart = match &opts.command {
-        Some(t) => Some(
-            render(t, record, &target_for_template, Escape::Shell)
-                .map_err(|e| failed(e.to_string()))?,
-        ),
-        None => None,
-    };
-    let restart = restart.map(|r| {
-        if release.is_none() {
+    // A command template (the restart command, a health command) as the host runs it in
+    // the target: where only the host knows the target, {release} is "$DP_RELEASE" there.
+    let on_host = |t: &str| -> Result<String, (ErrorKind, String)> {
+        let r = render(t, record, &target_for_template, Escape::Shell)
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(if release.is_none() {
             r.replace("'${target}'", "\"$DP_RELEASE\"")
         } else {
             r
-        }
-    });
+        })
+    };
+    let restart = opts.command.as_deref().map(on_host).transpose()?;
     let timeout = opts.timeout;
     let restart = restart
         .as_deref()
@@ -437,14 +435,9 @@ fn roll_host(
     // health check), go in the switch's exchange: a host that comes up at once costs one
     // exchange. A health URL is polled from here, so the finish waits for it.
     // Where only the host knows the release (a rollback to the previous one, a restart),
-    // {release} is the target's name there, as in the restart command; an expected text
-    // that names it is checked from here instead.
+    // an expected text that names it is checked from here instead.
     let health_cmd = match &opts.health {
-        Some(Health::Command(t)) => Some(
-            render(t, record, &target_for_template, Escape::Shell)
-                .map_err(|e| failed(e.to_string()))?
-                .replace("'${target}'", "\"$DP_RELEASE\""),
-        ),
+        Some(Health::Command(t)) => Some(on_host(t)?),
         _ => None,
     };
     let want = match (&opts.health_expect, &health_cmd) {
