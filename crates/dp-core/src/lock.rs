@@ -59,11 +59,17 @@ impl std::fmt::Display for LockInfo {
 
 /// `user@machine` for this process.
 pub fn holder() -> String {
-    let user = crate::transport::ssh::local_user();
-    format!(
-        "{user}@{}",
-        hostname().unwrap_or_else(|| "localhost".into())
-    )
+    // Asked for by every host's lock and history line: looked up once per process.
+    static HOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOLDER
+        .get_or_init(|| {
+            let user = crate::transport::ssh::local_user();
+            format!(
+                "{user}@{}",
+                hostname().unwrap_or_else(|| "localhost".into())
+            )
+        })
+        .clone()
 }
 
 /// This machine's name, from the C library (any Unix).
