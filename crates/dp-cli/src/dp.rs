@@ -568,11 +568,7 @@ fn plan_table(records: &[Record]) -> std::io::Result<()> {
         .iter()
         .map(|r| {
             let Some(p) = r.steps.get("plan") else {
-                let why = r
-                    .error
-                    .as_ref()
-                    .map_or(String::new(), |e| e.message.clone());
-                return vec![r.host.clone(), format!("UNREACHABLE: {why}")];
+                return failed_row(r, "UNREACHABLE");
             };
             let send = if p["already_live"] == true {
                 "nothing (already live)".to_string()
@@ -615,6 +611,12 @@ fn plan_table(records: &[Record]) -> std::io::Result<()> {
     )
 }
 
+/// The row of a host the step did not reach: its name, then `what: why`.
+fn failed_row(r: &Record, what: &str) -> Vec<String> {
+    let why = r.error.as_ref().map_or("", |e| e.message.as_str());
+    vec![r.host.clone(), format!("{what}: {why}")]
+}
+
 fn human_bytes(n: u64) -> String {
     match n {
         0..=9_999 => format!("{n} B"),
@@ -630,11 +632,7 @@ fn status_table(records: &[Record]) -> std::io::Result<()> {
         .iter()
         .map(|r| {
             let Some(s) = r.steps.get("status") else {
-                let why = r
-                    .error
-                    .as_ref()
-                    .map_or(String::new(), |e| e.message.clone());
-                return vec![r.host.clone(), format!("FAILED: {why}")];
+                return failed_row(r, "FAILED");
             };
             let since = s["current_since"]
                 .as_u64()
