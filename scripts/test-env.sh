@@ -16,8 +16,10 @@ command -v cc >/dev/null 2>&1 || need="$need gcc"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need="$need python3-venv"
 command -v npm >/dev/null 2>&1 || need="$need nodejs npm"
-# dp-sync tests: bzip2 on the hosts, for compressed uploads.
+# dp-sync tests: bzip2 on the hosts, for compressed uploads; curl, with which they fetch
+# payloads from the artifact store.
 command -v bzip2 >/dev/null 2>&1 || need="$need bzip2"
+command -v curl >/dev/null 2>&1 || need="$need curl"
 # dp-migrate tests: a PostgreSQL server (the tests run their own cluster with initdb).
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     need="$need postgresql"
@@ -60,6 +62,15 @@ if [ "$(id -u)" = 0 ]; then
         # No password, but not locked: sshd (without PAM) refuses locked accounts.
         usermod -p '*' "dp-$shell"
     done
+fi
+
+# The artifact store tests: Garage, an S3-compatible server, built once per machine (about
+# 11 minutes on 2 cores); a test service only, nothing of dp links it.
+if ! command -v garage >/dev/null 2>&1 && ! [ -x "$HOME/.cargo/bin/garage" ]; then
+    echo "test-env: installing garage (cargo install, once per machine)" >&2
+    cargo install --quiet --locked garage --version 2.5.0 --no-default-features \
+        --features bundled-libs,sqlite --target-dir "${TMPDIR:-/tmp}/dp-garage-build" >&2
+    rm -rf "${TMPDIR:-/tmp}/dp-garage-build"
 fi
 
 # The Django example's test installs Django and gunicorn offline, from wheels that this

@@ -12,6 +12,7 @@ mod migrate;
 mod restart;
 mod shellcheck;
 mod shells;
+mod store;
 mod sync;
 mod transport;
 mod workspace;

@@ -123,6 +123,9 @@ pub struct Config {
     /// How the rollout goes (`[restart]`).
     #[serde(default)]
     pub restart: Option<RestartConfig>,
+    /// Large uploads through an S3-compatible object store (`[artifacts]`).
+    #[serde(default)]
+    pub artifacts: Option<ArtifactsConfig>,
     /// Stages by name.
     #[serde(default)]
     pub stages: BTreeMap<String, Spanned<Stage>>,
@@ -244,6 +247,50 @@ pub struct RestartConfig {
     /// How long the restart command may run before it is stopped, such as `5m`.
     #[serde(default, deserialize_with = "duration::option")]
     pub timeout: Option<Duration>,
+}
+
+/// `[artifacts]`: large payloads go through an S3-compatible object store, uploaded once
+/// and fetched by each host, instead of streamed to every host over SSH. Credentials are
+/// never here: they come from the standard AWS environment variables or a profile in
+/// `~/.aws/credentials`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    /// `s3://bucket/prefix`.
+    pub store: String,
+    /// The store's URL, for S3-compatible servers (default: `AWS_ENDPOINT_URL`, else AWS).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The store's region (default: `AWS_REGION`, else `us-east-1`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The profile in `~/.aws/credentials` (default: `AWS_PROFILE`, else `default`),
+    /// used when `AWS_ACCESS_KEY_ID` is not set.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Payloads smaller than this stream over SSH as before (default `1MiB`).
+    #[serde(default, deserialize_with = "size::option")]
+    pub threshold: Option<u64>,
+    /// `direct`: a host that cannot fetch from the store is sent the payload over SSH
+    /// instead of failing (default: it fails, and so does the deploy).
+    #[serde(default)]
+    pub fallback: Option<Fallback>,
+    /// How long the hosts' presigned URLs stay valid (default `15m`).
+    #[serde(default, deserialize_with = "duration::option")]
+    pub url_ttl: Option<Duration>,
+    /// Releases whose payloads dp keeps in the store; older ones are deleted when a new
+    /// one is uploaded (default: the top-level `keep`; `0`: dp deletes nothing and the
+    /// store's lifecycle rules do it).
+    #[serde(default)]
+    pub keep: Option<u32>,
+}
+
+/// `[artifacts] fallback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    /// Stream over SSH to a host that cannot fetch from the store.
+    Direct,
 }
 
 /// A stage: defaults for its hosts, and the hosts.
@@ -602,6 +649,48 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// Parses a duration such as `10s`, `500ms` or `2m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+/// Parses a size such as `1MiB`, `512KiB`, `2MB` or `1048576` (bytes).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        _ => return Err(format!("invalid size {text:?}: use bytes, KiB, MiB or GiB")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("invalid size {text:?}: use bytes, KiB, MiB or GiB"))
+}
+
+mod size {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Value {
+            Number(u64),
+            Text(String),
+        }
+        match Value::deserialize(d)? {
+            Value::Number(n) => Ok(Some(n)),
+            Value::Text(t) => super::parse_size(&t)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 mod duration {

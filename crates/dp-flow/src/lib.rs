@@ -96,6 +96,12 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
         cache: true,
         compress: true,
         force: o.force,
+        store: config.artifacts.as_ref().map(|a| {
+            dp_sync::store::StoreOptions::from_config(
+                a,
+                config.keep.map(|k| k as usize).unwrap_or(defaults::KEEP),
+            )
+        }),
     };
     let deps = config.deps.clone().unwrap_or_default();
     let kind = Kind::parse(

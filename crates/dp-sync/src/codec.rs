@@ -42,6 +42,15 @@ impl Codec {
         }
     }
 
+    /// The file name extension of a payload so compressed.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Codec::None => ".tar",
+            Codec::Gzip => ".tar.gz",
+            Codec::Bzip2 => ".tar.bz2",
+        }
+    }
+
     /// The program tar runs to unpack it, or nothing.
     pub fn program(self) -> &'static str {
         match self {

@@ -61,9 +61,10 @@ pub fn sync_host(
             exchanges: 1,
             ..stats
         }),
-        Ok(plan) => {
-            build_host(conn, record, p, opts, plan).map(|s| SyncStats { exchanges: 2, ..s })
-        }
+        Ok(plan) => build_host(conn, record, p, opts, plan).map(|s| SyncStats {
+            exchanges: s.exchanges + 2,
+            ..s
+        }),
         Err(PrepareError::Held(m)) | Err(PrepareError::Failed(m)) => Err(m),
     }
 }
@@ -221,7 +222,7 @@ pub(crate) fn build_host_then(
     state: HostState,
     then: Option<Then>,
 ) -> Result<(SyncStats, Option<ThenOutput>), String> {
-    match build_exchange(conn, record, p, opts, state, then, false)? {
+    match build_exchange(conn, record, p, opts, state, then, Mode::Plain)? {
         Built::Done(stats, then_out) => Ok((stats, then_out)),
         Built::Missed(_) => Err("the host did not build the release".into()),
     }
@@ -273,8 +274,114 @@ pub(crate) enum Built {
     Missed(Result<HostState, PrepareError>),
 }
 
-/// The build's exchange (then `then`'s script). With `guessed` (the base [`guess`] gave),
-/// the lock and the base check come first in it ([`remote::prepare_guess`]).
+/// How [`build_exchange`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The build alone, its lock taken before.
+    Plain,
+    /// With the base [`guess`] gave: the lock and the base check come first in the
+    /// exchange ([`remote::prepare_guess`]).
+    Guessed,
+    /// The build alone, the payload over SSH even where it would go through the store
+    /// (the host could not fetch it from there).
+    Direct,
+}
+
+/// A payload put in the artifact store ([`crate::store`]).
+pub(crate) struct Payload {
+    /// Its object name.
+    key: String,
+    /// Its SHA-256.
+    sha256: String,
+    /// Its size.
+    bytes: u64,
+    /// Uploaded by this run (the store did not have it).
+    uploaded: bool,
+}
+
+/// A file removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Compresses `tar` with `choice` into a temporary file while hashing it, then puts it in
+/// the store under its hash, unless the store has it already.
+fn upload(
+    p: &Prepared,
+    store: &crate::store::Store,
+    tar: tarstream::TarReader,
+    choice: codec::Choice,
+) -> Result<Payload, String> {
+    use sha2::Digest;
+    use std::io::{Read, Write};
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp =
+        TempFile(std::env::temp_dir().join(format!("dp-payload-{}-{n}", std::process::id())));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&temp.0)
+        .map_err(|e| format!("{}: {e}", temp.0.display()))?;
+    let mut reader = choice.reader(tar);
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut bytes = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!("reading the source: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .map_err(|e| format!("{}: {e}", temp.0.display()))?;
+        bytes += n as u64;
+    }
+    drop(file);
+    let sha256 = hex::encode(hasher.finalize());
+    let key = store.key(&p.release, &sha256, choice.codec.extension());
+    let uploaded = !store.exists(&key)?;
+    if uploaded {
+        store.put(&key, &temp.0, bytes)?;
+    }
+    Ok(Payload {
+        key,
+        sha256,
+        bytes,
+        uploaded,
+    })
+}
+
+/// What every host on `delta`'s base gets beside the sent files.
+fn payload_extras<'a>(
+    delta: &'a Delta,
+    revision: &'a str,
+    sha256sums: Option<&'a str>,
+) -> Vec<(&'a str, &'a [u8])> {
+    // REVISION (Capistrano's convention): the release id, for the app. It travels as an
+    // entry of its own, so it replaces the base's link like any sent file (never writing
+    // through it), at no cost of a process on the host.
+    let mut extra: Vec<(&str, &[u8])> = vec![
+        ("REVISION", revision.as_bytes()),
+        (".dp/remove", &delta.remove_list),
+        (".dp/manifest.drop", delta.drop_lines.as_bytes()),
+        (".dp/manifest.add", delta.add_lines.as_bytes()),
+    ];
+    if let Some(sums) = sha256sums {
+        extra.push((".dp/sha256sums", sums.as_bytes()));
+    }
+    // Last: the host checks it arrived (see remote::build).
+    extra.push((".dp/end", b""));
+    extra
+}
+
+/// The build's exchange (then `then`'s script); see [`Mode`].
 pub(crate) fn build_exchange(
     conn: &mut dyn Transport,
     record: &Record,
@@ -282,8 +389,9 @@ pub(crate) fn build_exchange(
     opts: &SyncOptions,
     state: HostState,
     then: Option<Then>,
-    guessed: bool,
+    mode: Mode,
 ) -> Result<Built, String> {
+    let guessed = mode == Mode::Guessed;
     let root = root_of(record)?;
     let HostState::Build {
         mut stats,
@@ -309,6 +417,52 @@ pub(crate) fn build_exchange(
     stats.removed = delta.removed;
     let payload = delta.payload;
     let choice = codec::choose(codecs, payload, opts.compress);
+    let revision = format!("{}\n", p.release);
+    let extra = payload_extras(&delta, &revision, opts.verify.then_some(&*p.sha256sums));
+    let send: Vec<&manifest::Entry> = delta.send.iter().collect();
+    // A large payload goes through the store: uploaded once, by the first host to need
+    // it, then fetched by each host itself.
+    let stored = match &p.store {
+        Some(store) if mode != Mode::Direct && payload >= store.threshold => {
+            let mut made = false;
+            let up = p
+                .payloads
+                .get_or(&format!("{key} {:?}", choice.codec), || {
+                    made = true;
+                    let tar = tarstream::TarReader::new(&p.src, &send, &extra);
+                    Some(upload(p, store, tar, choice))
+                })
+                .expect("always made");
+            match &*up {
+                Ok(payload) => {
+                    let mut used = crate::StoreUse {
+                        object: payload.key.clone(),
+                        bytes: payload.bytes,
+                        uploaded: made && payload.uploaded,
+                        pruned: 0,
+                    };
+                    if used.uploaded {
+                        p.pruned.call_once(|| match store.prune(&p.release) {
+                            Ok(deleted) => used.pruned = deleted.len(),
+                            Err(e) => stats.warnings.push(format!("old payloads kept: {e}")),
+                        });
+                    }
+                    stats.store = Some(used);
+                    Some((store, up.clone()))
+                }
+                Err(e) if store.fallback_direct => {
+                    stats.warnings.push(format!("{e}; sent over SSH instead"));
+                    None
+                }
+                Err(e) => return Err(e.clone()),
+            }
+        }
+        _ => None,
+    };
+    let fetch = stored.as_ref().and_then(|(store, up)| {
+        let payload = up.as_ref().as_ref().ok()?;
+        Some((store, payload))
+    });
     let plan = remote::BuildPlan {
         root,
         release: &p.release,
@@ -317,6 +471,11 @@ pub(crate) fn build_exchange(
         verify: opts.verify,
         digest: &p.digest,
         codec: choice.codec,
+        fetch: fetch.map(|(store, payload)| remote::Fetch {
+            sha256: &payload.sha256,
+            from: store.host(),
+            fallback: store.fallback_direct,
+        }),
     };
     let mut script = remote::build(&plan).map_err(|e| e.to_string())?;
     stats.bytes_sent += script.len() as u64;
@@ -346,25 +505,15 @@ pub(crate) fn build_exchange(
         stats.bytes_sent = script.len() as u64;
     }
     stats.compression = plan.codec;
-    // REVISION (Capistrano's convention): the release id, for the app. It travels as an
-    // entry of its own, so it replaces the base's link like any sent file (never writing
-    // through it), at no cost of a process on the host.
-    let revision = format!("{}\n", p.release);
-    let mut extra: Vec<(&str, &[u8])> = vec![
-        ("REVISION", revision.as_bytes()),
-        (".dp/remove", &delta.remove_list),
-        (".dp/manifest.drop", delta.drop_lines.as_bytes()),
-        (".dp/manifest.add", delta.add_lines.as_bytes()),
-    ];
-    if opts.verify {
-        extra.push((".dp/sha256sums", p.sha256sums.as_bytes()));
-    }
-    // Last: the host checks it arrived (see remote::build).
-    extra.push((".dp/end", b""));
-    let send: Vec<&manifest::Entry> = delta.send.iter().collect();
-    let tar = tarstream::TarReader::new(&p.src, &send, &extra);
+    // The tar, or the presigned URL of the stored payload (a secret: on stdin only).
+    let input: Box<dyn std::io::Read + Send> = match fetch {
+        Some((store, payload)) => Box::new(std::io::Cursor::new(
+            format!("{}\n", store.get_url(&payload.key)).into_bytes(),
+        )),
+        None => choice.reader(tarstream::TarReader::new(&p.src, &send, &extra)),
+    };
     let mut counted = Counting {
-        inner: choice.reader(tar),
+        inner: input,
         count: 0,
         error: None,
     };
@@ -401,6 +550,31 @@ pub(crate) fn build_exchange(
         }
         stats.bytes_received += at as u64;
         stdout.drain(..at + OK.len());
+    }
+    if fetch.is_some_and(|(store, _)| store.fallback_direct)
+        && find(&stdout, remote::UNFETCHED).is_some()
+    {
+        // The host could not have the payload from the store (it said why on stderr):
+        // it gets it over SSH, in one more exchange (its lock is taken).
+        let why = status
+            .as_ref()
+            .map(|s| String::from_utf8_lossy(&s.stderr).trim().to_string())
+            .unwrap_or_default();
+        let why = why
+            .lines()
+            .last()
+            .unwrap_or("the host could not fetch it")
+            .to_string();
+        stats.warnings.push(format!("{why}; sent over SSH instead"));
+        stats.store = None;
+        stats.exchanges += 1;
+        stats.bytes_received += stdout.len() as u64;
+        let state = HostState::Build {
+            stats,
+            base,
+            codecs,
+        };
+        return build_exchange(conn, record, p, opts, state, then, Mode::Direct);
     }
     // The part after the mark is the then-script's; the build is done once it shows.
     let then_part = built_at.map(|at| {

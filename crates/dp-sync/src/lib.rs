@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod plan;
 pub mod remote;
 pub mod scan;
+pub mod store;
 pub mod tarstream;
 mod then;
 
@@ -59,6 +60,8 @@ pub struct SyncOptions {
     /// Redeploy a release that is already live with this content (else the later steps
     /// leave such a host alone: see [`SyncStats::already_live`]).
     pub force: bool,
+    /// Large payloads through an object store (`[artifacts]`; see [`store`]).
+    pub store: Option<store::StoreOptions>,
 }
 
 /// A problem found before any host was touched.
@@ -96,6 +99,13 @@ pub struct Prepared {
     cached: std::sync::Once,
     /// What this machine built on each host last.
     memory: cache::HostMemory,
+    /// The artifact store, when large payloads go through one.
+    store: Option<store::Store>,
+    /// Payloads put in the store, by base digest and codec: uploaded once for all hosts
+    /// on that base (a failure too is kept, not retried by every host).
+    payloads: OncePer<Result<host::Payload, String>>,
+    /// Old payloads were deleted from the store (once per run, after an upload).
+    pruned: std::sync::Once,
 }
 
 impl Prepared {
@@ -131,6 +141,12 @@ pub fn prepare(opts: &SyncOptions) -> Result<Prepared, SyncError> {
     if let Some(id) = &opts.release {
         check_release_id(id).map_err(SyncError::Invalid)?;
     }
+    let store = opts
+        .store
+        .as_ref()
+        .map(store::Store::open)
+        .transpose()
+        .map_err(SyncError::Invalid)?;
     let started = Instant::now();
     let cache = if opts.cache {
         cache::ManifestCache::open_default()
@@ -168,6 +184,9 @@ pub fn prepare(opts: &SyncOptions) -> Result<Prepared, SyncError> {
         deltas: OncePer::default(),
         cached: std::sync::Once::new(),
         memory: cache::HostMemory::open(opts.cache),
+        store,
+        payloads: OncePer::default(),
+        pruned: std::sync::Once::new(),
     })
 }
 
@@ -207,9 +226,13 @@ pub struct SyncStats {
     pub already_live: bool,
     /// How the upload was compressed.
     pub compression: codec::Codec,
+    /// The payload came from the artifact store (`[artifacts]`), not over SSH.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreUse>,
     /// Exchanges with the host: 2 (the lock and base, then the build), or 1 (a release
     /// complete already; or the build sent with the lock on the base this machine built
-    /// there last, see [`cache::HostMemory`]).
+    /// there last, see [`cache::HostMemory`]); one more where a payload the host could
+    /// not fetch from the store was sent over SSH instead.
     pub exchanges: u8,
     /// Things the user should know (an expired lock taken over, leftovers cleaned).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -218,6 +241,25 @@ pub struct SyncStats {
     pub ms: u64,
     /// Milliseconds scanning and hashing the source (once for all hosts).
     pub scan_ms: u64,
+}
+
+/// A payload the host fetched from the artifact store (`steps.sync.store`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreUse {
+    /// The object's name: `<prefix>/<release>/<sha256>.tar[.gz|.bz2]`.
+    pub object: String,
+    /// Its size: what the host fetched.
+    pub bytes: u64,
+    /// This host's sync uploaded it. A payload is uploaded once for all the hosts that
+    /// need it, and not at all when the store has it already.
+    pub uploaded: bool,
+    /// Old payloads this upload deleted from the store (`[artifacts] keep`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub pruned: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Scans the source while connecting to the hosts, then syncs them: the whole step.
@@ -304,7 +346,7 @@ fn run_phased(
                 return Ok(
                     match host::build_host_then(conn, record, p, opts, plan, then) {
                         Ok((mut stats, then_out)) => {
-                            stats.exchanges = 2;
+                            stats.exchanges += 2;
                             Ok(Stage::Built(stats, then_out))
                         }
                         Err(m) => Err(PrepareError::Failed(m)),
@@ -314,9 +356,10 @@ fn run_phased(
         }
         if !first || alone {
             if let Some(state) = host::guess(record, p) {
-                return match host::build_exchange(conn, record, p, opts, state, then, true)? {
+                let guessed = host::Mode::Guessed;
+                return match host::build_exchange(conn, record, p, opts, state, then, guessed)? {
                     host::Built::Done(mut stats, then_out) => {
-                        stats.exchanges = 1;
+                        stats.exchanges += 1;
                         Ok(Ok(Stage::Built(stats, then_out)))
                     }
                     host::Built::Missed(said) => Ok(said.map(Stage::Prepared)),
@@ -404,7 +447,7 @@ fn run_phased(
             .remove(&i)
             .expect("planned");
         let (mut stats, then_out) = build_host_then(conn, record, p, opts, plan, then)?;
-        stats.exchanges = 2;
+        stats.exchanges += 2;
         stats.ms = (started.elapsed().as_millis() as u64)
             .saturating_sub(then_out.as_ref().map_or(0, |t| t.ms));
         stats.scan_ms = p.scan_ms;

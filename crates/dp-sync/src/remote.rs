@@ -104,7 +104,25 @@ pub struct BuildPlan<'a> {
     /// SHA-256 of the new manifest, which the host rebuilds from the base's manifest,
     /// `.dp/manifest.drop` (base lines to leave out) and `.dp/manifest.add` (lines to add).
     pub digest: &'a str,
+    /// The payload comes from the artifact store, not stdin (see [`Fetch`]).
+    pub fetch: Option<Fetch<'a>>,
 }
+
+/// A payload in the artifact store ([`crate::store`]): the host reads its presigned URL
+/// from stdin, fetches it and checks its hash (`sh/fetch.sh`).
+pub struct Fetch<'a> {
+    /// The payload's SHA-256.
+    pub sha256: &'a str,
+    /// The store's host, for messages.
+    pub from: &'a str,
+    /// A payload the host cannot have is reported (`payload unfetched` on stdout), to be
+    /// sent over SSH instead.
+    pub fallback: bool,
+}
+
+/// What the build script prints when a payload from the store could not be had and the
+/// client is to send it instead.
+pub const UNFETCHED: &[u8] = b"payload unfetched\n";
 
 /// Script 2 (`sh/build.sh`): build the release from the tar on stdin.
 pub fn build(plan: &BuildPlan) -> Result<String, QuoteError> {
@@ -115,7 +133,13 @@ pub fn build(plan: &BuildPlan) -> Result<String, QuoteError> {
         .set("codec", plan.codec.tar_flag().trim_end())?
         .set("shared", &plan.shared.join("\n"))?
         .set("verify", if plan.verify { "1" } else { "" })?
-        .push(dp_core::sh_file!("sh/build.sh"));
+        .set("fetch", plan.fetch.as_ref().map_or("", |f| f.sha256))?;
+    if let Some(f) = &plan.fetch {
+        s.set("fetch_from", f.from)?
+            .set("fallback", if f.fallback { "1" } else { "" })?
+            .push(dp_core::sh_file!("sh/fetch.sh"));
+    }
+    s.push(dp_core::sh_file!("sh/build.sh"));
     Ok(s.into_string())
 }
 
@@ -151,6 +175,7 @@ mod tests {
             verify: false,
             codec: crate::codec::Codec::None,
             digest: &digest,
+            fetch: None,
         };
         let script = build(&plan).unwrap();
         let entries: Vec<&crate::manifest::Entry> = manifest.entries.iter().collect();

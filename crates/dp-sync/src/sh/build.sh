@@ -4,16 +4,24 @@
 # its manifest), base (the release to hard-link from; empty for none), codec (tar's
 # decompression flag, -z or -j; empty for none), shared (paths under $root/shared linked
 # into the release, one per line, a directory with a trailing /) and verify (non-empty:
-# check every file with sha256sum before marking the release complete).
+# check every file with sha256sum before marking the release complete). With `fetch`
+# set (the payload's SHA-256), the payload comes from the artifact store instead of
+# stdin (sh/fetch.sh, which comes before).
 # shellcheck disable=SC2154 # root, releases and the values above come before.
 
 inc="$releases/.incoming-$rel"
 tmp="$releases/.tmp-$rel"
-dp_rm "$inc" "$tmp"
+dp_rm "$inc" "$tmp" "$inc.payload"
 mkdir -- "$inc"
 # The hard links are made first, while the client is still compressing and sending.
 [ -z "$base" ] || cp -al -- "$releases/$base" "$tmp"
-tar -x ${codec:+"$codec"} -p --no-same-owner -f - -C "$inc"
+if [ -z "$fetch" ]; then
+  tar -x ${codec:+"$codec"} -p --no-same-owner -f - -C "$inc"
+else
+  dp_fetch
+  tar -x ${codec:+"$codec"} -p --no-same-owner -f "$inc.payload" -C "$inc"
+  rm -f -- "$inc.payload"
+fi
 # `.dp/end` is the stream's last entry: without it the upload was cut short (tar exits
 # 0 when its input ends between two entries).
 [ -f "$inc/.dp/end" ] || { echo "the upload was cut short" >&2; exit 1; }
