@@ -1030,7 +1030,8 @@ pub fn busybox_applets(dir: &Path) -> PathBuf {
 }
 
 /// The test object store: a one-node Garage (an S3-compatible server) on a free loopback
-/// port, with a bucket `dp-artifacts` and a key allowed on it, behind the counting proxy
+/// port (`scripts/garage.sh`), with a bucket `dp-artifacts` and a key allowed on it,
+/// behind the counting proxy
 /// `fixtures/s3_proxy.py` (which logs each request and injects faults). Shared by every
 /// test of this run (each uses a prefix of its own) and stopped when the test binary
 /// exits (the same stdin guard as sshd).
@@ -1041,24 +1042,6 @@ pub struct Garage {
     pub key: (String, String),
     dir: PathBuf,
     _guards: Vec<(Child, ChildStdin)>,
-}
-
-fn garage_bin() -> PathBuf {
-    if let Ok(out) = Command::new("sh")
-        .args(["-c", "command -v garage"])
-        .output()
-    {
-        let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        if !p.is_empty() {
-            return PathBuf::from(p);
-        }
-    }
-    let p = PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/garage");
-    assert!(
-        p.exists(),
-        "garage not found: run `make test` (scripts/test-env.sh installs it with cargo install)"
-    );
-    p
 }
 
 impl Garage {
@@ -1072,90 +1055,29 @@ impl Garage {
         let dir = run_dir("dp-garage-");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let bin = garage_bin();
-        let (rpc, s3) = (free_port(), free_port());
-        let secret: String = (0..32)
-            .map(|i| format!("{:02x}", (i * 37 + 11) % 256))
-            .collect();
-        let config = dir.join("garage.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\n\
-                 replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
-                 rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\n\
-                 [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
-                 root_domain = \".s3.garage.localhost\"\n",
-                d = dir.display()
-            ),
-        )
-        .unwrap();
-        let garage = |args: &[&str]| -> Result<String, String> {
-            let out = Command::new(&bin)
-                .arg("-c")
-                .arg(&config)
-                .args(args)
-                .output()
-                .unwrap();
-            if out.status.success() {
-                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-            } else {
-                Err(format!(
-                    "garage {args:?}: {}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ))
-            }
-        };
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/garage.sh");
         let server = format!(
-            "{bin} -c {config} server > {d}/garage.log 2>&1 & pid=$!; read _; kill $pid; wait $pid",
-            bin = bin.display(),
-            config = config.display(),
+            "{script} start {d} 2> {d}/start.log || touch {d}/failed; read _; {script} stop {d}",
+            script = script.display(),
             d = dir.display()
         );
-        let mut guards = vec![spawn_guarded(Command::new("sh").args(["-c", &server]))];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", rpc)).is_err() {
+        let mut guards = vec![spawn_guarded(Command::new("bash").args(["-c", &server]))];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let endpoint = loop {
+            if let Ok(e) = std::fs::read_to_string(dir.join("endpoint")) {
+                break e.trim().to_string();
+            }
             assert!(
-                Instant::now() < deadline,
-                "garage did not start:\n{}",
-                std::fs::read_to_string(dir.join("garage.log")).unwrap_or_default()
+                Instant::now() < deadline && !dir.join("failed").exists(),
+                "the store did not start (`make test` installs garage): {}",
+                std::fs::read_to_string(dir.join("start.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
-        }
-        let id = loop {
-            match garage(&["node", "id", "-q"]) {
-                Ok(out) => break out.trim().split('@').next().unwrap().to_string(),
-                Err(e) if Instant::now() > deadline => panic!(
-                    "garage did not start: {e}\n{}",
-                    std::fs::read_to_string(dir.join("garage.log")).unwrap_or_default()
-                ),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
         };
-        garage(&["layout", "assign", "-z", "dc1", "-c", "1G", &id]).unwrap();
-        garage(&["layout", "apply", "--version", "1"]).unwrap();
-        let created = garage(&["key", "create", "dp-test"]).unwrap();
-        let field = |name: &str| {
-            created
-                .lines()
-                .find_map(|l| l.trim().strip_prefix(name))
-                .map(|v| v.trim_start_matches(':').trim().to_string())
-                .unwrap_or_else(|| panic!("no {name} in: {created}"))
-        };
-        let key = (field("Key ID"), field("Secret key"));
-        garage(&["bucket", "create", "dp-artifacts"]).unwrap();
-        garage(&[
-            "bucket",
-            "allow",
-            "--read",
-            "--write",
-            "--owner",
-            "dp-artifacts",
-            "--key",
-            "dp-test",
-        ])
-        .unwrap();
+        let key = std::fs::read_to_string(dir.join("key")).unwrap();
+        let (id, secret) = key.trim().split_once(' ').unwrap();
+        let key = (id.to_string(), secret.to_string());
+        let s3 = endpoint.rsplit(':').next().unwrap().to_string();
         let port = free_port();
         let proxy = format!(
             "python3 {fixture} {port} {s3} {d} > {d}/proxy.log 2>&1 & pid=$!; read _; kill $pid; wait $pid",
@@ -1168,12 +1090,6 @@ impl Garage {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "the store's proxy did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // The S3 API answers once the layout is live.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", s3)).is_err() {
-            assert!(Instant::now() < deadline, "garage's S3 API did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
         Garage {
