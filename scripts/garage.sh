@@ -40,6 +40,8 @@ metadata_dir = "$dir/meta"
 data_dir = "$dir/data"
 db_engine = "sqlite"
 replication_factor = 1
+# The store shares this machine with the client and every host: no zstd on its blocks.
+compression_level = "none"
 rpc_bind_addr = "127.0.0.1:$rpc"
 rpc_public_addr = "127.0.0.1:$rpc"
 rpc_secret = "$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')"

@@ -7,6 +7,10 @@ is not limited; order is kept; each connection gets its own pair of queues.
 
 Listens on 127.0.0.1:LISTEN_PORT for each pair and forwards to 127.0.0.1:TARGET_PORT.
 Prints "ready" once every port listens; runs until killed.
+
+With UPLINK_MBPS set, the bytes every connection carries towards its target share one
+budget of that many megabits per second: the deploying machine's uplink, when the
+proxy stands between it and the hosts (answers coming back are not limited).
 """
 import asyncio
 import os
@@ -15,10 +19,29 @@ import socket
 import sys
 
 
-async def pipe(reader, writer, delay):
-    """Reads chunks as they come and writes each DELAY after it arrived."""
+class Uplink:
+    """One rate shared by every connection: each chunk waits for its turn on the wire."""
+
+    def __init__(self, mbps):
+        self.rate = mbps * 1e6 / 8
+        self.free_at = 0.0
+
+    async def send(self, n):
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.free_at = max(now, self.free_at) + n / self.rate
+        await asyncio.sleep(self.free_at - now)
+
+
+UPLINK = Uplink(float(os.environ["UPLINK_MBPS"])) if os.environ.get("UPLINK_MBPS") else None
+
+
+async def pipe(reader, writer, delay, uplink=None):
+    """Reads chunks as they come and writes each DELAY after it arrived (and after its
+    turn on `uplink`, when given)."""
     loop = asyncio.get_running_loop()
-    queue = asyncio.Queue()
+    # Bounded: a slow uplink holds the sender back (as TCP would), not this memory.
+    queue = asyncio.Queue(maxsize=256)
 
     async def read():
         while True:
@@ -37,6 +60,8 @@ async def pipe(reader, writer, delay):
                 if writer.can_write_eof():
                     writer.write_eof()
                 return
+            if uplink is not None:
+                await uplink.send(len(data))
             writer.write(data)
             await writer.drain()
 
@@ -59,7 +84,7 @@ async def serve(listen, target, delay):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             await asyncio.gather(
-                pipe(client_r, server_w, delay), pipe(server_r, client_w, delay)
+                pipe(client_r, server_w, delay, UPLINK), pipe(server_r, client_w, delay)
             )
         except Exception:  # a connection torn down midway ends only itself
             pass
