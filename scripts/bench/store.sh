@@ -30,24 +30,30 @@ python3 scripts/bench/gen-site.py "$site" >/dev/null
 chmod -R a+rX "$site"
 cp "$f/deploy.toml" "$work/direct.toml"
 endpoint=$(cat "$work/garage/endpoint")
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 if [ -n "${UPLINK_MBPS:-}" ]; then
-    # The configs name the proxy's ports (its known_hosts entries too).
+    # The configs name the proxy's ports (its known_hosts entries too); the ports are
+    # held all at once while picked, so that no two are the same.
+    read -r -a free < <(python3 -c 'import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])' "$((n + 1))")
     pairs=()
     cp "$f/known_hosts" "$work/known_hosts"
+    i=0
     while read -r _ port; do
-        p=$(free_port)
+        p=${free[$i]}; i=$((i + 1))
         pairs+=("$p:$port")
         sed -i "s/\]:$port /]:$p /" "$work/known_hosts"
         sed -i "s/port = $port,/port = $p,/" "$work/direct.toml"
     done <"$f/hosts.txt"
     sed -i "s|$f/known_hosts|$work/known_hosts|" "$work/direct.toml"
-    p=$(free_port)
+    p=${free[$i]}
     pairs+=("$p:${endpoint##*:}")
     endpoint="http://127.0.0.1:$p"
     python3 scripts/bench/delay_proxy.py 0 "${pairs[@]}" >"$work/proxy.out" &
     ppid_=$!
     for _ in $(seq 1 100); do grep -q ready "$work/proxy.out" 2>/dev/null && break; sleep 0.05; done
+    grep -q ready "$work/proxy.out" || { echo "store: the proxy did not start" >&2; exit 1; }
 fi
 {
     cat "$work/direct.toml"

@@ -233,4 +233,175 @@ mod tests {
         assert!(!dir.join("root/releases/r1").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A first release's tar (without compression) of `src/`, with its extras, and the
+    /// digest of its manifest.
+    fn first_release_tar(dir: &std::path::Path) -> (Vec<u8>, String) {
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("src/a.txt"), "a\n").unwrap();
+        let manifest: Manifest = crate::scan::scan(&dir.join("src"), &Default::default()).unwrap();
+        let mut add = format!("{}\n", Manifest::header());
+        for line in manifest.lines() {
+            add.push_str(line);
+            add.push('\n');
+        }
+        let entries: Vec<&crate::manifest::Entry> = manifest.entries.iter().collect();
+        let extra: Vec<(&str, &[u8])> = vec![
+            (".dp/remove", b""),
+            (".dp/manifest.drop", b""),
+            (".dp/manifest.add", add.as_bytes()),
+            (".dp/end", b""),
+        ];
+        let mut tar = Vec::new();
+        TarReader::new(&dir.join("src"), &entries, &extra)
+            .read_to_end(&mut tar)
+            .unwrap();
+        (tar, manifest.digest())
+    }
+
+    /// The build script fetches a stored payload with curl, or with wget where the host
+    /// has no curl, checks its hash, and says why it could not, without the URL's query.
+    #[test]
+    fn a_stored_payload_is_fetched_with_curl_or_wget_and_checked() {
+        use std::process::{Command, Stdio};
+        let have = |tool: &str| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if !have("curl") || !have("wget") || !have("python3") {
+            panic!("curl, wget and python3 are needed: run make test (scripts/test-env.sh)");
+        }
+        let dir = std::env::temp_dir().join(format!("dp-remote-fetch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (tar, digest) = first_release_tar(&dir);
+        let sha = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&tar))
+        };
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        std::fs::write(dir.join("www/payload.tar"), &tar).unwrap();
+        // A PATH without curl: every program of /usr/bin and /bin but curl.
+        let no_curl = dir.join("no-curl");
+        std::fs::create_dir_all(&no_curl).unwrap();
+        for d in ["/usr/bin", "/bin"] {
+            for e in std::fs::read_dir(d).unwrap().flatten() {
+                if e.file_name() != "curl" {
+                    let _ = std::os::unix::fs::symlink(e.path(), no_curl.join(e.file_name()));
+                }
+            }
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir.join("www"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "http.server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let from = format!("127.0.0.1:{port}");
+        let build = |release: &str, path: &str, sha256: &str, fallback: bool| {
+            let root = dir.join("root");
+            std::fs::create_dir_all(root.join("releases")).unwrap();
+            let plan = BuildPlan {
+                root: root.to_str().unwrap(),
+                release,
+                base: None,
+                shared: &[],
+                verify: false,
+                codec: crate::codec::Codec::None,
+                digest: &digest,
+                fetch: Some(Fetch {
+                    sha256,
+                    from: &from,
+                    fallback,
+                }),
+            };
+            let script = build(&plan).unwrap();
+            let mut c = Command::new("sh");
+            c.args(["-c", &script])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if !path.is_empty() {
+                c.env("PATH", path);
+            }
+            let mut child = c.spawn().unwrap();
+            let url = format!("http://{from}/{release}.tar?X-Amz-Signature=secret\n");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(url.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            (out, root.join("releases").join(release))
+        };
+        std::fs::copy(dir.join("www/payload.tar"), dir.join("www/r1.tar")).unwrap();
+        std::fs::copy(dir.join("www/payload.tar"), dir.join("www/r2.tar")).unwrap();
+        let no_curl_path = no_curl.display().to_string();
+        for (release, path) in [("r1", ""), ("r2", no_curl_path.as_str())] {
+            let (out, built) = build(release, path, &sha, false);
+            assert!(
+                out.status.success(),
+                "{release}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(std::fs::read_to_string(built.join("a.txt")).unwrap(), "a\n");
+            assert!(built.join(".dp/complete").exists());
+        }
+        // Another hash: rejected, nothing built, nothing left behind but hidden leftovers.
+        std::fs::copy(dir.join("www/payload.tar"), dir.join("www/r3.tar")).unwrap();
+        let (out, built) = build("r3", "", &"0".repeat(64), false);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains(&format!("fetched from {from} has SHA-256 {sha}"))
+                && err.contains("rejected"),
+            "{err}"
+        );
+        assert!(!built.exists());
+        // Not there (404), with each fetcher: the error names the store and the status,
+        // never the query; with the fallback, stdout says so.
+        for path in ["", no_curl_path.as_str()] {
+            let (out, built) = build("r4", path, &sha, true);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success());
+            assert!(
+                err.contains(&format!("fetching the payload from {from} failed"))
+                    && err.contains("404"),
+                "{err}"
+            );
+            assert!(!err.contains("secret") && !err.contains("X-Amz"), "{err}");
+            assert_eq!(
+                out.stdout,
+                UNFETCHED,
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert!(!built.exists());
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
