@@ -12,7 +12,7 @@ set -euo pipefail
 
 cmd=${1:-}; dir=${2:-}
 [ -n "$dir" ] || { echo "usage: scripts/garage.sh start|stop DIR" >&2; exit 2; }
-garage=$(command -v garage || echo "$HOME/.cargo/bin/garage")
+garage=$(command -v garage || echo "${CARGO_HOME:-$HOME/.cargo}/bin/garage")
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }

@@ -66,9 +66,9 @@ fi
 
 # The artifact store tests: Garage, an S3-compatible server, built once per machine (about
 # 11 minutes on 2 cores); a test service only, nothing of dp links it.
-if ! command -v garage >/dev/null 2>&1 && ! [ -x "$HOME/.cargo/bin/garage" ]; then
+if ! command -v garage >/dev/null 2>&1 && ! [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/garage" ]; then
     echo "test-env: installing garage (cargo install, once per machine)" >&2
-    cargo install --quiet --locked garage --version 2.5.0 --no-default-features \
+    cargo install --locked garage --version 2.5.0 --no-default-features \
         --features bundled-libs,sqlite --target-dir "${TMPDIR:-/tmp}/dp-garage-build" >&2
     rm -rf "${TMPDIR:-/tmp}/dp-garage-build"
 fi
