@@ -149,10 +149,23 @@ fn deploys_through_the_store() {
     }
     assert_eq!(count(&garage.requests(&format!("/{prefix}/")), "GET"), 3);
 
-    // A large one goes through the store again, and r1's payload goes (keep = 1).
-    std::fs::write(dir.path().join("site/blob.bin"), noise(300_000, 2)).unwrap();
+    // A large one goes through the store again, and r1's payload goes (keep = 1). The
+    // plan says so; and even above the 4 MiB a guessed build may carry over SSH, the
+    // lock and the build go in one exchange (the first host's lock is taken first).
+    std::fs::write(dir.path().join("site/blob.bin"), noise(5 << 20, 2)).unwrap();
+    let plan = dp(&dir, garage, &["deploy", "--plan", "--release", "r3"]);
+    plan.code(0);
+    for r in plan.records() {
+        assert_eq!(r.steps["plan"]["via_store"], true, "{}", plan.stdout);
+    }
     let out = dp(&dir, garage, &["deploy", "--release", "r3"]);
     out.code(0);
+    let exchanges: Vec<u64> = out
+        .records()
+        .iter()
+        .map(|r| r.steps["sync"]["exchanges"].as_u64().unwrap())
+        .collect();
+    assert_eq!(exchanges, [2, 1, 1], "{}", out.stdout);
     let site = tree(&dir.path().join("site"));
     for root in &roots {
         assert_eq!(current(root), "releases/r3");

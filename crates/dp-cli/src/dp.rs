@@ -574,7 +574,12 @@ fn plan_table(records: &[Record]) -> std::io::Result<()> {
                 "nothing (already live)".to_string()
             } else {
                 let bytes = p["send_bytes"].as_u64().unwrap_or(0);
-                format!("{} files, {}", p["send_files"], human_bytes(bytes))
+                let via = if p["via_store"] == true {
+                    " via the store"
+                } else {
+                    ""
+                };
+                format!("{} files, {}{via}", p["send_files"], human_bytes(bytes))
             };
             vec![
                 r.host.clone(),

@@ -229,7 +229,7 @@ pub(crate) fn build_host_then(
 }
 
 /// How big a payload may be to be sent on a guess ([`guess`]): a wrong guess sends it
-/// for nothing.
+/// for nothing (one that goes through the artifact store is guessed at any size).
 const GUESS_MAX: u64 = 4 << 20;
 
 /// The state [`prepare_host`] would find on the host, guessed from what this machine
@@ -247,7 +247,12 @@ pub(crate) fn guess(record: &Record, p: &Prepared) -> Option<HostState> {
     let delta = p.deltas.get_or(&built.digest, || {
         Some(Delta::new(Some(&*manifest), &p.manifest))
     })?;
-    if delta.payload > GUESS_MAX {
+    // Through the store, a wrong guess sends only a URL (and leaves one payload unused).
+    let stored = p
+        .store
+        .as_ref()
+        .is_some_and(|s| delta.payload >= s.threshold);
+    if delta.payload > GUESS_MAX && !stored {
         return None;
     }
     Some(HostState::Build {

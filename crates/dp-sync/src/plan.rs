@@ -23,6 +23,9 @@ pub struct HostPlan {
     pub send_files: usize,
     /// About the bytes that would be sent (before compression).
     pub send_bytes: u64,
+    /// They would go through the artifact store (`[artifacts]`), not over SSH.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub via_store: bool,
     /// Regular files that would be hard-linked from the base.
     pub linked: usize,
     /// Paths of the base that would not be carried over.
@@ -81,6 +84,10 @@ pub fn plan_host(
     let delta = Delta::new(base.as_deref(), &p.manifest);
     plan.send_files = delta.files_sent;
     plan.send_bytes = delta.payload;
+    plan.via_store = p
+        .store
+        .as_ref()
+        .is_some_and(|s| delta.payload >= s.threshold);
     plan.linked = delta.linked;
     plan.removed = delta.removed;
     let entry = |m: &Manifest, path: &str| m.entries.iter().find(|e| e.path == path).cloned();
