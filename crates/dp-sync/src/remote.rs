@@ -156,17 +156,9 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("dp-remote-build-{}-{end}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("src")).unwrap();
-        std::fs::write(dir.join("src/a.txt"), "a\n").unwrap();
-        let manifest: Manifest = crate::scan::scan(&dir.join("src"), &Default::default()).unwrap();
-        let mut add = format!("{}\n", Manifest::header());
-        for line in manifest.lines() {
-            add.push_str(line);
-            add.push('\n');
-        }
+        let (tar, digest) = first_release_tar(&dir, end);
         let root = dir.join("root");
         std::fs::create_dir_all(root.join("releases")).unwrap();
-        let digest = manifest.digest();
         let plan = BuildPlan {
             root: root.to_str().unwrap(),
             release: "r1",
@@ -178,19 +170,6 @@ mod tests {
             fetch: None,
         };
         let script = build(&plan).unwrap();
-        let entries: Vec<&crate::manifest::Entry> = manifest.entries.iter().collect();
-        let mut extra: Vec<(&str, &[u8])> = vec![
-            (".dp/remove", b""),
-            (".dp/manifest.drop", b""),
-            (".dp/manifest.add", add.as_bytes()),
-        ];
-        if end {
-            extra.push((".dp/end", b""));
-        }
-        let mut tar = Vec::new();
-        TarReader::new(&dir.join("src"), &entries, &extra)
-            .read_to_end(&mut tar)
-            .unwrap();
         let mut child = std::process::Command::new("sh")
             .args(["-c", &script])
             .stdin(std::process::Stdio::piped())
@@ -234,9 +213,9 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A first release's tar (without compression) of `src/`, with its extras, and the
-    /// digest of its manifest.
-    fn first_release_tar(dir: &std::path::Path) -> (Vec<u8>, String) {
+    /// A first release's tar (without compression) of `dir/src` (one file, made here),
+    /// with its extras (the closing `.dp/end` when `end`), and the digest of its manifest.
+    fn first_release_tar(dir: &std::path::Path, end: bool) -> (Vec<u8>, String) {
         std::fs::create_dir_all(dir.join("src")).unwrap();
         std::fs::write(dir.join("src/a.txt"), "a\n").unwrap();
         let manifest: Manifest = crate::scan::scan(&dir.join("src"), &Default::default()).unwrap();
@@ -246,12 +225,14 @@ mod tests {
             add.push('\n');
         }
         let entries: Vec<&crate::manifest::Entry> = manifest.entries.iter().collect();
-        let extra: Vec<(&str, &[u8])> = vec![
+        let mut extra: Vec<(&str, &[u8])> = vec![
             (".dp/remove", b""),
             (".dp/manifest.drop", b""),
             (".dp/manifest.add", add.as_bytes()),
-            (".dp/end", b""),
         ];
+        if end {
+            extra.push((".dp/end", b""));
+        }
         let mut tar = Vec::new();
         TarReader::new(&dir.join("src"), &entries, &extra)
             .read_to_end(&mut tar)
@@ -275,7 +256,7 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("dp-remote-fetch-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let (tar, digest) = first_release_tar(&dir);
+        let (tar, digest) = first_release_tar(&dir, true);
         let sha = {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(&tar))
