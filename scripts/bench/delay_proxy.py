@@ -65,10 +65,15 @@ async def pipe(reader, writer, delay, uplink=None):
             writer.write(data)
             await writer.drain()
 
+    # A connection reset ends both halves: the other is cancelled, not left pending.
+    tasks = [asyncio.ensure_future(read()), asyncio.ensure_future(write())]
     try:
-        await asyncio.gather(read(), write())
+        await asyncio.gather(*tasks)
     except (ConnectionError, OSError):
         pass
+    finally:
+        for t in tasks:
+            t.cancel()
 
 
 async def serve(listen, target, delay):

@@ -19,7 +19,7 @@ bin=$PWD/target/release
 work=$(mktemp -d -p /dev/shm dp-bench.XXXXXX)
 chmod 755 "$work"
 hpid=
-trap '[ -n "$hpid" ] && kill $hpid; '"$PWD"'/scripts/fleet.sh stop "$work/fleet"; rm -rf "$work"' EXIT
+trap '[ -z "$hpid" ] || kill $hpid 2>/dev/null || true; '"$PWD"'/scripts/fleet.sh stop "$work/fleet"; rm -rf "$work"' EXIT
 export DP_CACHE_DIR=$work/cache PATH="$bin:$PATH"
 unset PIP_FIND_LINKS
 FLEET_USER=${BENCH_USER:-dp-bench} scripts/fleet.sh start "$n" "$work/fleet" >/dev/null

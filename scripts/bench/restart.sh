@@ -12,7 +12,7 @@ bin=$PWD/target/release
 work=$(mktemp -d -p /dev/shm dp-bench.XXXXXX)
 chmod 755 "$work"
 hpid=
-trap '[ -n "$hpid" ] && kill $hpid; scripts/fleet.sh stop "$work/fleet"; rm -rf "$work"' EXIT
+trap '[ -z "$hpid" ] || kill $hpid 2>/dev/null || true; scripts/fleet.sh stop "$work/fleet"; rm -rf "$work"' EXIT
 export DP_CACHE_DIR=$work/cache
 FLEET_USER=${BENCH_USER:-dp-bench} scripts/fleet.sh start "$n" "$work/fleet" >/dev/null
 f=$work/fleet

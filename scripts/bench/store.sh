@@ -18,7 +18,7 @@ bin=$PWD/target/release
 work=$(mktemp -d -p /dev/shm dp-store.XXXXXX)
 chmod 755 "$work"
 ppid_=
-trap '[ -n "$ppid_" ] && kill $ppid_; scripts/fleet.sh stop "$work/fleet" 2>/dev/null; scripts/garage.sh stop "$work/garage"; rm -rf "$work"' EXIT
+trap '[ -z "$ppid_" ] || kill $ppid_ 2>/dev/null || true; scripts/fleet.sh stop "$work/fleet" 2>/dev/null; scripts/garage.sh stop "$work/garage"; rm -rf "$work"' EXIT
 export DP_CACHE_DIR=$work/cache
 FLEET_USER=${BENCH_USER:-dp-bench} scripts/fleet.sh start "$n" "$work/fleet" >/dev/null
 f=$work/fleet
