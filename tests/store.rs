@@ -99,6 +99,13 @@ fn deploys_through_the_store() {
         config(fleet, garage, &roots, prefix, "keep = 1\n"),
     );
 
+    // Setup checks the store takes and deletes an object, and the hosts can fetch.
+    let setup = dp(&dir, garage, &["setup"]);
+    setup.code(0);
+    let checks = garage.requests(&format!("/{prefix}/.dp-check"));
+    assert_eq!(count(&checks, "PUT"), 1, "{checks:?}");
+    assert_eq!(count(&checks, "DELETE"), 1, "{checks:?}");
+
     let out = dp(&dir, garage, &["deploy", "--release", "r1", "-v"]);
     out.code(0);
     let site = tree(&dir.path().join("site"));
@@ -127,7 +134,7 @@ fn deploys_through_the_store() {
         .filter(|s| s["store"]["uploaded"] == true)
         .count();
     assert_eq!(uploaded, 1, "{}", out.stdout);
-    let requests = garage.requests(&format!("/{prefix}/"));
+    let requests = garage.requests(&format!("/{prefix}/r"));
     assert_eq!(count(&requests, "PUT"), 1, "{requests:?}");
     assert_eq!(
         count(&requests, "GET"),
@@ -147,7 +154,7 @@ fn deploys_through_the_store() {
     for r in out.records() {
         assert!(r.steps["sync"].get("store").is_none(), "{}", out.stdout);
     }
-    assert_eq!(count(&garage.requests(&format!("/{prefix}/")), "GET"), 3);
+    assert_eq!(count(&garage.requests(&format!("/{prefix}/r")), "GET"), 3);
 
     // A large one goes through the store again, and r1's payload goes (keep = 1). The
     // plan says so; and even above the 4 MiB a guessed build may carry over SSH, the
@@ -177,7 +184,7 @@ fn deploys_through_the_store() {
         .map(|r| r.steps["sync"]["store"]["pruned"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(pruned, 1, "{}", out.stdout);
-    let requests = garage.requests(&format!("/{prefix}/"));
+    let requests = garage.requests(&format!("/{prefix}/r"));
     assert_eq!(
         requests
             .iter()
@@ -299,6 +306,15 @@ fn store_faults_switch_no_host() {
     };
     std::fs::write(dir.path().join("site/blob.bin"), noise(200_000, 6)).unwrap();
     dir.write("deploy.toml", down(""));
+    let setup = dp(&dir, garage, &["setup"]);
+    assert_ne!(setup.code, 0);
+    assert!(
+        setup
+            .stderr
+            .contains(&format!("artifact store 127.0.0.1:{dead}")),
+        "{}",
+        setup.stderr
+    );
     let out = dp(&dir, garage, &["deploy", "--release", "r4"]);
     out.code(1);
     assert!(

@@ -285,7 +285,7 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 _ => &[],
             };
             let python = deps.and_then(|d| d.python.clone());
-            let tools: Vec<&str> = tools
+            let mut tools: Vec<&str> = tools
                 .iter()
                 .map(|t| {
                     if *t == "python3" {
@@ -295,6 +295,18 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                     }
                 })
                 .collect();
+            // With an artifact store: this machine can write to it, and each host can
+            // fetch from it.
+            if let Some(a) = &config.artifacts {
+                let keep = config
+                    .keep
+                    .map(|k| k as usize)
+                    .unwrap_or(dp_core::defaults::KEEP);
+                dp_sync::store::Store::open(&dp_sync::store::StoreOptions::from_config(a, keep))
+                    .and_then(|store| store.check())
+                    .map_err(anyhow::Error::msg)?;
+                tools.push("curl|wget");
+            }
             dp_flow::admin::setup(&mut records, jobs, &tools);
             finish(records, "setup", args.json)
         }

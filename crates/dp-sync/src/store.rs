@@ -296,6 +296,24 @@ impl Store {
             .map_err(|e| self.failed("uploading the payload", e))
     }
 
+    /// Checks that the store takes an object under the prefix and lets it be deleted
+    /// (`dp setup`): puts an empty `<prefix>/.dp-check`, then deletes it.
+    pub fn check(&self) -> Result<(), String> {
+        let key = format!("{}.dp-check", self.prefix);
+        let url = PutObject::new(&self.bucket, Some(&self.credentials), &key).sign(Self::SIGN_FOR);
+        self.agent
+            .put(url.as_str())
+            .send_bytes(&[])
+            .map_err(|e| self.failed("writing a test object", e))?;
+        let url =
+            DeleteObject::new(&self.bucket, Some(&self.credentials), &key).sign(Self::SIGN_FOR);
+        self.agent
+            .delete(url.as_str())
+            .call()
+            .map_err(|e| self.failed("deleting a test object", e))?;
+        Ok(())
+    }
+
     /// A presigned URL for a host to fetch `key` with (a secret while it lasts).
     pub fn get_url(&self, key: &str) -> String {
         rusty_s3::actions::GetObject::new(&self.bucket, Some(&self.credentials), key)
