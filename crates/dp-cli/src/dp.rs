@@ -297,12 +297,8 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
                 .collect();
             // With an artifact store: this machine can write to it, and each host can
             // fetch from it.
-            if let Some(a) = &config.artifacts {
-                let keep = config
-                    .keep
-                    .map(|k| k as usize)
-                    .unwrap_or(dp_core::defaults::KEEP);
-                dp_sync::store::Store::open(&dp_sync::store::StoreOptions::from_config(a, keep))
+            if let Some(o) = dp_sync::store::StoreOptions::from_config(&config) {
+                dp_sync::store::Store::open(&o)
                     .and_then(|store| store.check())
                     .map_err(anyhow::Error::msg)?;
                 tools.push("curl|wget");

@@ -91,15 +91,9 @@ pub fn exec(args: Args) -> anyhow::Result<Exit> {
         cache: !args.no_cache,
         compress: !args.no_compress,
         force: args.force,
-        store: config.as_ref().and_then(|c| {
-            let keep = c
-                .keep
-                .map(|k| k as usize)
-                .unwrap_or(dp_core::defaults::KEEP);
-            c.artifacts
-                .as_ref()
-                .map(|a| dp_sync::store::StoreOptions::from_config(a, keep))
-        }),
+        store: config
+            .as_ref()
+            .and_then(dp_sync::store::StoreOptions::from_config),
     };
     let mut records = read_input("-")?;
     let mut sessions = Sessions::new();

@@ -444,6 +444,11 @@ impl Config {
         Ok(config)
     }
 
+    /// Complete releases kept on each host (`keep`, else [`defaults::KEEP`]).
+    pub fn keep_releases(&self) -> usize {
+        self.keep.map_or(crate::defaults::KEEP, |k| k as usize)
+    }
+
     /// The stage names, sorted.
     pub fn stage_names(&self) -> Vec<&str> {
         self.stages.keys().map(String::as_str).collect()

@@ -96,12 +96,7 @@ pub fn plan(config: &Config, config_path: &Path, o: &Overrides) -> Result<Plan, 
         cache: true,
         compress: true,
         force: o.force,
-        store: config.artifacts.as_ref().map(|a| {
-            dp_sync::store::StoreOptions::from_config(
-                a,
-                config.keep.map(|k| k as usize).unwrap_or(defaults::KEEP),
-            )
-        }),
+        store: dp_sync::store::StoreOptions::from_config(config),
     };
     let deps = config.deps.clone().unwrap_or_default();
     let kind = Kind::parse(
@@ -243,7 +238,7 @@ pub fn restart_options(config: &Config, o: &Overrides) -> Result<RestartOptions,
         app_log: r.app_log.clone(),
         timeout: r.timeout.unwrap_or(dp_restart::DEFAULT_TIMEOUT),
         max_fail: 0,
-        keep: config.keep.map(|k| k as usize).unwrap_or(defaults::KEEP),
+        keep: config.keep_releases(),
         jobs,
         action: dp_restart::Action::Deploy,
         lease,

@@ -48,9 +48,11 @@ pub struct StoreOptions {
 }
 
 impl StoreOptions {
-    /// From deploy.toml's `[artifacts]`, with `keep` the releases kept on the hosts.
-    pub fn from_config(c: &dp_core::config::ArtifactsConfig, keep: usize) -> StoreOptions {
-        StoreOptions {
+    /// From deploy.toml's `[artifacts]`, if it has one (`keep` defaults to the releases
+    /// kept on the hosts).
+    pub fn from_config(config: &dp_core::config::Config) -> Option<StoreOptions> {
+        let c = config.artifacts.as_ref()?;
+        Some(StoreOptions {
             store: c.store.clone(),
             endpoint: c.endpoint.clone(),
             region: c.region.clone(),
@@ -58,8 +60,10 @@ impl StoreOptions {
             threshold: c.threshold.unwrap_or(THRESHOLD),
             fallback_direct: c.fallback == Some(dp_core::config::Fallback::Direct),
             url_ttl: c.url_ttl.unwrap_or(URL_TTL),
-            keep: c.keep.map_or(keep, |k| k as usize),
-        }
+            keep: c
+                .keep
+                .map_or_else(|| config.keep_releases(), |k| k as usize),
+        })
     }
 }
 
