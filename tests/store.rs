@@ -74,6 +74,24 @@ fn roots(fleet: &Fleet, test: &str) -> Vec<PathBuf> {
     (0..3).map(|i| fleet.root_for(i, test)).collect()
 }
 
+/// Puts the file at `path` in the store as `key` (curl signs the request).
+fn put_object(garage: &Garage, key: &str, path: &Path) {
+    let put = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--aws-sigv4", "aws:amz:garage:s3"])
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "--user"])
+        .arg(format!("{}:{}", garage.key.0, garage.key.1))
+        .arg("-T")
+        .arg(path)
+        .arg(format!("{}/dp-artifacts/{key}", garage.endpoint))
+        .output()
+        .unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+}
+
 fn count(lines: &[String], method: &str) -> usize {
     lines
         .iter()
@@ -160,6 +178,13 @@ fn deploys_through_the_store() {
     // plan says so; and even above the 4 MiB a guessed build may carry over SSH, the
     // lock and the build go in one exchange (the first host's lock is taken first).
     std::fs::write(dir.path().join("site/blob.bin"), noise(5 << 20, 2)).unwrap();
+    // Not a payload: never deleted.
+    std::fs::write(dir.path().join("notes.txt"), "keep me\n").unwrap();
+    put_object(
+        garage,
+        &format!("{prefix}/r0/notes.txt"),
+        &dir.path().join("notes.txt"),
+    );
     let plan = dp(&dir, garage, &["deploy", "--plan", "--release", "r3"]);
     plan.code(0);
     for r in plan.records() {
@@ -193,6 +218,7 @@ fn deploys_through_the_store() {
         1,
         "{requests:?}"
     );
+    assert_eq!(count(&requests, "DELETE"), 1, "{requests:?}");
 }
 
 /// Faults on the store's side, each checked on every host: a corrupted object is
@@ -220,20 +246,7 @@ fn store_faults_switch_no_host() {
     // the same payload, which the store has: every host fetches it and rejects it.
     let garbage = dir.path().join("garbage");
     std::fs::write(&garbage, noise(1000, 4)).unwrap();
-    let put = std::process::Command::new("curl")
-        .args(["-sS", "--fail", "--aws-sigv4", "aws:amz:garage:s3"])
-        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", "--user"])
-        .arg(format!("{}:{}", garage.key.0, garage.key.1))
-        .arg("-T")
-        .arg(&garbage)
-        .arg(format!("{}/dp-artifacts/{object}", garage.endpoint))
-        .output()
-        .unwrap();
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
+    put_object(garage, &object, &garbage);
     let second = roots(fleet, "dp-store-faults-b");
     dir.write("deploy.toml", config(fleet, garage, &second, prefix, ""));
     let out = dp(&dir, garage, &["deploy", "--release", "r1"]);

@@ -179,6 +179,22 @@ fn credentials(profile: Option<&str>) -> Result<Credentials, String> {
     })
 }
 
+/// The release of a payload's object name under the prefix (`<release>/<sha256>.tar`,
+/// `.tar.gz` or `.tar.bz2`); `None` for anything else, which dp never deletes (a bucket
+/// or prefix may hold other objects).
+fn payload_release(name: &str) -> Option<&str> {
+    let (release, file) = name.split_once('/')?;
+    let hash = [".tar", ".tar.gz", ".tar.bz2"]
+        .iter()
+        .find_map(|ext| file.strip_suffix(ext))?;
+    let ok = dp_core::layout::check_release_id(release).is_ok()
+        && hash.len() == 64
+        && hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    ok.then_some(release)
+}
+
 /// The S3 error code in an error response's body (`<Code>NoSuchKey</Code>`).
 fn error_code(body: &str) -> Option<&str> {
     let start = body.find("<Code>")? + "<Code>".len();
@@ -356,9 +372,9 @@ impl Store {
                 let key = percent_encoding::percent_decode_str(&o.key)
                     .decode_utf8_lossy()
                     .into_owned();
-                let Some((rel, _)) = key
+                let Some(rel) = key
                     .strip_prefix(self.prefix.as_str())
-                    .and_then(|k| k.split_once('/'))
+                    .and_then(payload_release)
                 else {
                     continue;
                 };
@@ -433,6 +449,25 @@ mod tests {
         assert_eq!((c.key(), c.secret(), c.token()), ("C", "D", Some("T")));
         assert!(profile_keys(text, "broken").is_none());
         assert!(profile_keys(text, "missing").is_none());
+    }
+
+    #[test]
+    fn only_payloads_are_pruned() {
+        let hash = "ab".repeat(32);
+        for ext in [".tar", ".tar.gz", ".tar.bz2"] {
+            assert_eq!(payload_release(&format!("r1/{hash}{ext}")), Some("r1"));
+        }
+        for other in [
+            format!("r1/{hash}.zip"),
+            format!("r1/{}.tar", "ab".repeat(31)),
+            format!("r1/{}.tar", "AB".repeat(32)),
+            format!("r1/x/{hash}.tar"),
+            format!("{hash}.tar"),
+            "backups/db.sql".to_string(),
+            ".dp-check".to_string(),
+        ] {
+            assert_eq!(payload_release(&other), None, "{other}");
+        }
     }
 
     #[test]
