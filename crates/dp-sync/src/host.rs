@@ -248,11 +248,7 @@ pub(crate) fn guess(record: &Record, p: &Prepared) -> Option<HostState> {
         Some(Delta::new(Some(&*manifest), &p.manifest))
     })?;
     // Through the store, a wrong guess sends only a URL (and leaves one payload unused).
-    let stored = p
-        .store
-        .as_ref()
-        .is_some_and(|s| delta.payload >= s.threshold);
-    if delta.payload > GUESS_MAX && !stored {
+    if delta.payload > GUESS_MAX && p.store_for(delta.payload).is_none() {
         return None;
     }
     Some(HostState::Build {
@@ -321,8 +317,6 @@ fn upload(
     tar: tarstream::TarReader,
     choice: codec::Choice,
 ) -> Result<Payload, String> {
-    use sha2::Digest;
-    use std::io::{Read, Write};
     static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let temp =
@@ -332,24 +326,18 @@ fn upload(
         .create_new(true)
         .open(&temp.0)
         .map_err(|e| format!("{}: {e}", temp.0.display()))?;
-    let mut reader = choice.reader(tar);
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut bytes = 0u64;
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| format!("reading the source: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])
-            .map_err(|e| format!("{}: {e}", temp.0.display()))?;
-        bytes += n as u64;
-    }
+    // A read error is the source's; any other, the temporary file's.
+    let mut reader = Counting {
+        inner: choice.reader(tar),
+        count: 0,
+        error: None,
+    };
+    let (bytes, sha256) =
+        crate::scan::hash_copy(&mut reader, &mut file).map_err(|e| match &reader.error {
+            Some(e) => format!("reading the source: {e}"),
+            None => format!("{}: {e}", temp.0.display()),
+        })?;
     drop(file);
-    let sha256 = hex::encode(hasher.finalize());
     let key = store.key(&p.release, &sha256, choice.codec.extension());
     let uploaded = !store.exists(&key)?;
     if uploaded {
@@ -427,8 +415,8 @@ pub(crate) fn build_exchange(
     let send: Vec<&manifest::Entry> = delta.send.iter().collect();
     // A large payload goes through the store: uploaded once, by the first host to need
     // it, then fetched by each host itself.
-    let stored = match &p.store {
-        Some(store) if mode != Mode::Direct && payload >= store.threshold => {
+    let stored = match p.store_for(payload) {
+        Some(store) if mode != Mode::Direct => {
             let mut made = false;
             let up = p
                 .payloads
@@ -563,13 +551,10 @@ pub(crate) fn build_exchange(
         // it gets it over SSH, in one more exchange (its lock is taken).
         let why = status
             .as_ref()
-            .map(|s| String::from_utf8_lossy(&s.stderr).trim().to_string())
-            .unwrap_or_default();
-        let why = why
-            .lines()
-            .last()
-            .unwrap_or("the host could not fetch it")
-            .to_string();
+            .map(|s| s.stderr_tail(1))
+            .ok()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "the host could not fetch it".into());
         stats.warnings.push(format!("{why}; sent over SSH instead"));
         stats.store = None;
         stats.exchanges += 1;

@@ -109,6 +109,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The artifact store, when a payload of this many bytes goes through it.
+    fn store_for(&self, payload: u64) -> Option<&store::Store> {
+        self.store.as_ref().filter(|s| payload >= s.threshold)
+    }
+
     /// Remembers that this release is built on the host (see [`cache::HostMemory`]).
     fn remember_host(&self, record: &Record, codecs: codec::HostCodecs) {
         self.memory.put(

@@ -84,10 +84,7 @@ pub fn plan_host(
     let delta = Delta::new(base.as_deref(), &p.manifest);
     plan.send_files = delta.files_sent;
     plan.send_bytes = delta.payload;
-    plan.via_store = p
-        .store
-        .as_ref()
-        .is_some_and(|s| delta.payload >= s.threshold);
+    plan.via_store = p.store_for(delta.payload).is_some();
     plan.linked = delta.linked;
     plan.removed = delta.removed;
     let entry = |m: &Manifest, path: &str| m.entries.iter().find(|e| e.path == path).cloned();

@@ -4,7 +4,7 @@
 use crate::manifest::{is_clean_relative, Entry, Kind, Manifest};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -267,17 +267,22 @@ pub fn scan(src: &Path, opts: &ScanOptions) -> Result<Manifest, ScanError> {
 
 /// Size and SHA-256 of a file, streamed.
 pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut file = std::fs::File::open(path)?;
+    hash_copy(&mut std::fs::File::open(path)?, &mut std::io::sink())
+}
+
+/// Size and SHA-256 of what `from` gives, written to `to` as it is read.
+pub fn hash_copy(from: &mut dyn Read, to: &mut dyn Write) -> std::io::Result<(u64, String)> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf)?;
+        let n = from.read(&mut buf)?;
         if n == 0 {
             break;
         }
         size += n as u64;
         hasher.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
     }
     Ok((size, hex::encode(hasher.finalize())))
 }
