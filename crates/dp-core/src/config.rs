@@ -680,21 +680,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 mod size {
-    use serde::{Deserialize, Deserializer};
+    use serde::Deserializer;
 
+    /// A size in bytes (`threshold = 1048576`) or with its unit (`"1MiB"`).
     pub fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Value {
-            Number(u64),
-            Text(String),
-        }
-        match Value::deserialize(d)? {
-            Value::Number(n) => Ok(Some(n)),
-            Value::Text(t) => super::parse_size(&t)
-                .map(Some)
-                .map_err(serde::de::Error::custom),
-        }
+        super::number_or_text(d)?
+            .map(|t| super::parse_size(&t))
+            .transpose()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -716,6 +709,27 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, "deploy.toml", Path::new("/cfg"))
+    }
+
+    #[test]
+    fn artifact_threshold_in_bytes_or_with_a_unit() {
+        let threshold = |v: &str| {
+            parse(&format!(
+                "[artifacts]\nstore = \"s3://b-1/p\"\nthreshold = {v}\n"
+            ))
+            .map(|c| c.artifacts.unwrap().threshold.unwrap())
+        };
+        assert_eq!(threshold("1048576").unwrap(), 1 << 20);
+        assert_eq!(threshold("\"1MiB\"").unwrap(), 1 << 20);
+        assert_eq!(threshold("\"512 KiB\"").unwrap(), 512 << 10);
+        assert_eq!(threshold("\"2MB\"").unwrap(), 2_000_000);
+        for bad in ["\"1 parsec\"", "-1", "\"MiB\""] {
+            let e = threshold(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("threshold") && e.contains("invalid size"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]
