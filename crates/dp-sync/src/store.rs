@@ -112,10 +112,11 @@ fn env(name: &str) -> Option<String> {
 }
 
 /// The credentials file's path (`AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`).
-fn credentials_file() -> Option<PathBuf> {
-    env("AWS_SHARED_CREDENTIALS_FILE")
-        .map(PathBuf::from)
-        .or_else(|| env("HOME").map(|h| Path::new(&h).join(".aws/credentials")))
+fn credentials_file() -> PathBuf {
+    env("AWS_SHARED_CREDENTIALS_FILE").map_or_else(
+        || dp_core::config::expand_home(Path::new("~/.aws/credentials")),
+        PathBuf::from,
+    )
 }
 
 /// The keys of `[profile]` in an AWS credentials file's text.
@@ -165,16 +166,15 @@ fn credentials(profile: Option<&str>) -> Result<Credentials, String> {
         .or_else(|| env("AWS_PROFILE"))
         .unwrap_or_else(|| "default".into());
     let file = credentials_file();
-    let found = file
-        .as_ref()
-        .and_then(|f| std::fs::read_to_string(f).ok())
+    let found = std::fs::read_to_string(&file)
+        .ok()
         .and_then(|text| profile_keys(&text, &name));
     found.ok_or_else(|| {
         format!(
             "no credentials for the artifact store: set AWS_ACCESS_KEY_ID and \
              AWS_SECRET_ACCESS_KEY, or give profile [{name}] aws_access_key_id and \
              aws_secret_access_key in {}",
-            file.map_or("~/.aws/credentials".into(), |f| f.display().to_string())
+            file.display()
         )
     })
 }
@@ -184,9 +184,10 @@ fn credentials(profile: Option<&str>) -> Result<Credentials, String> {
 /// or prefix may hold other objects).
 fn payload_release(name: &str) -> Option<&str> {
     let (release, file) = name.split_once('/')?;
-    let hash = [".tar", ".tar.gz", ".tar.bz2"]
+    use crate::codec::Codec;
+    let hash = [Codec::None, Codec::Gzip, Codec::Bzip2]
         .iter()
-        .find_map(|ext| file.strip_suffix(ext))?;
+        .find_map(|c| file.strip_suffix(c.extension()))?;
     let ok = dp_core::layout::check_release_id(release).is_ok()
         && hash.len() == 64
         && hash
