@@ -150,6 +150,45 @@ mod tests {
     use crate::tarstream::TarReader;
     use std::io::{Read, Write};
 
+    /// Runs the build script of a first `release` (of a manifest with `digest`, from the
+    /// store when `fetch` says so) under `dir/root` with `sh`, `input` on its stdin and
+    /// PATH set to `path` when not empty. Gives its output and the release's directory.
+    fn run_first_build(
+        dir: &std::path::Path,
+        (release, digest): (&str, &str),
+        fetch: Option<Fetch>,
+        input: &[u8],
+        path: &str,
+    ) -> (std::process::Output, std::path::PathBuf) {
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("releases")).unwrap();
+        let plan = BuildPlan {
+            root: root.to_str().unwrap(),
+            release,
+            base: None,
+            shared: &[],
+            verify: false,
+            codec: crate::codec::Codec::None,
+            digest,
+            fetch,
+        };
+        let script = build(&plan).unwrap();
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if !path.is_empty() {
+            c.env("PATH", path);
+        }
+        let mut child = c.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        (
+            child.wait_with_output().unwrap(),
+            root.join("releases").join(release),
+        )
+    }
+
     /// Runs the build script of a first release with `sh`, the tar on stdin; `end` says
     /// whether the stream carries its closing `.dp/end`.
     fn build_first_release(end: bool) -> (std::process::Output, std::path::PathBuf) {
@@ -157,28 +196,8 @@ mod tests {
             std::env::temp_dir().join(format!("dp-remote-build-{}-{end}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (tar, digest) = first_release_tar(&dir, end);
-        let root = dir.join("root");
-        std::fs::create_dir_all(root.join("releases")).unwrap();
-        let plan = BuildPlan {
-            root: root.to_str().unwrap(),
-            release: "r1",
-            base: None,
-            shared: &[],
-            verify: false,
-            codec: crate::codec::Codec::None,
-            digest: &digest,
-            fetch: None,
-        };
-        let script = build(&plan).unwrap();
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(&tar).unwrap();
-        (child.wait_with_output().unwrap(), dir)
+        let (out, _) = run_first_build(&dir, ("r1", &digest), None, &tar, "");
+        (out, dir)
     }
 
     #[test]
@@ -301,41 +320,13 @@ mod tests {
         }
         let from = format!("127.0.0.1:{port}");
         let build = |release: &str, path: &str, sha256: &str, fallback: bool| {
-            let root = dir.join("root");
-            std::fs::create_dir_all(root.join("releases")).unwrap();
-            let plan = BuildPlan {
-                root: root.to_str().unwrap(),
-                release,
-                base: None,
-                shared: &[],
-                verify: false,
-                codec: crate::codec::Codec::None,
-                digest: &digest,
-                fetch: Some(Fetch {
-                    sha256,
-                    from: &from,
-                    fallback,
-                }),
+            let fetch = Fetch {
+                sha256,
+                from: &from,
+                fallback,
             };
-            let script = build(&plan).unwrap();
-            let mut c = Command::new("sh");
-            c.args(["-c", &script])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            if !path.is_empty() {
-                c.env("PATH", path);
-            }
-            let mut child = c.spawn().unwrap();
             let url = format!("http://{from}/{release}.tar?X-Amz-Signature=secret\n");
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(url.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            (out, root.join("releases").join(release))
+            run_first_build(&dir, (release, &digest), Some(fetch), url.as_bytes(), path)
         };
         std::fs::copy(dir.join("www/payload.tar"), dir.join("www/r1.tar")).unwrap();
         std::fs::copy(dir.join("www/payload.tar"), dir.join("www/r2.tar")).unwrap();
