@@ -339,6 +339,18 @@ pub fn user() -> String {
     sh("id", &["-un"]).trim().to_string()
 }
 
+/// Waits (at most `within`) until something accepts connections on loopback `port`.
+pub fn listening(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 /// A free loopback TCP port (free when asked; callers retry if it is taken meanwhile).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -945,12 +957,7 @@ impl Nginx {
             dir.display()
         );
         let (child, stdin) = spawn_guarded(Command::new("sh").args(["-c", &script]));
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        listening(port, Duration::from_secs(4));
         Nginx {
             port,
             guard: Some((child, stdin)),
@@ -1087,11 +1094,10 @@ impl Garage {
             d = dir.display()
         );
         guards.push(spawn_guarded(Command::new("sh").args(["-c", &proxy])));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the store's proxy did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            listening(port, Duration::from_secs(20)),
+            "the store's proxy did not start"
+        );
         Garage {
             endpoint: format!("http://127.0.0.1:{port}"),
             key,
