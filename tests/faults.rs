@@ -1286,6 +1286,22 @@ fn a_dependency_build_longer_than_the_lease_keeps_the_hosts_locked() {
     assert!(running("sleep 7.25").is_empty());
 }
 
+/// A host whose sshd allows one session at a time (`MaxSessions 1`), one of three. dp
+/// opens the next command's channel while one runs (a round trip less), which that host
+/// refuses: the refusal costs only the round trip, and the deploy, migration and all,
+/// completes everywhere.
+#[test]
+fn a_host_allowing_one_session_at_a_time_deploys_like_the_others() {
+    let mut fleet = Fleet::start(3);
+    fleet.hosts[2].relaunch_with("MaxSessions 1\n");
+    let case = Case::on(&fleet, "faults-one-session", true);
+    case.live_then_change();
+    case.assert_rerun_completes(Form::OneLine, "r2");
+    // The refusals happened (the test tried what it says).
+    let log = std::fs::read_to_string(fleet.hosts[2].dir.join("sshd.log")).unwrap();
+    assert!(log.contains("no more sessions"), "{log}");
+}
+
 /// A host whose PATH puts BusyBox's tools first (set by its sshd), one of three: `dp
 /// setup` names it and what it lacks, and a deploy is refused there before anything
 /// changes, so no host switches.

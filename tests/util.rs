@@ -379,7 +379,7 @@ pub struct SshHost {
     pub root: PathBuf,
     /// `ssh-ed25519 AAAA...` of its host key.
     pub host_key: String,
-    dir: PathBuf,
+    pub dir: PathBuf,
     guard: Option<(Child, ChildStdin)>,
     /// Lines added to its sshd_config.
     extra_config: String,
@@ -444,8 +444,9 @@ impl SshHost {
         host
     }
 
-    /// Restarts this sshd on its port with `extra` lines in its sshd_config (for example
-    /// `SetEnv PATH=...`, which sessions get after sshd's default PATH).
+    /// Restarts this sshd on its port with `extra` lines first in its sshd_config (for
+    /// example `SetEnv PATH=...`, which sessions get after sshd's default PATH; first,
+    /// because sshd keeps a keyword's first value; no `Match` blocks).
     pub fn relaunch_with(&mut self, extra: &str) {
         self.stop();
         self.extra_config = extra.to_string();
@@ -464,11 +465,11 @@ impl SshHost {
             std::fs::write(
                 &config,
                 format!(
-                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_ed25519\n\
+                    "{extra}Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_ed25519\n\
                      PidFile none\nAuthorizedKeysFile {dir}/authorized_keys\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                      PubkeyAuthentication yes\nUsePAM no\nStrictModes no\nPermitRootLogin yes\n\
-                     PrintMotd no\nMaxStartups 200\nMaxSessions 100\nLogLevel VERBOSE\n{extra}",
+                     PrintMotd no\nMaxStartups 200\nMaxSessions 100\nLogLevel VERBOSE\n",
                     dir = self.dir.display(),
                     extra = self.extra_config,
                 ),

@@ -63,6 +63,18 @@ pub struct SshTransport {
     host: String,
     /// What connecting learned (host key state, cipher, time).
     pub info: ConnectInfo,
+    /// A session channel opened ahead, while the previous command ran, for the next one:
+    /// the next command then waits one round trip less.
+    spare: Spare,
+}
+
+/// The channel opened ahead (see [`SshTransport::spare`]).
+enum Spare {
+    None,
+    /// Its open request is on the wire; libssh2 holds it as the session's one open in
+    /// progress, so no other channel may be opened until it is settled.
+    Opening,
+    Ready(Channel),
 }
 
 /// Default seconds of silence before a keepalive asks the host to answer (OpenSSH's
@@ -247,6 +259,7 @@ impl SshTransport {
                 cipher,
                 connect_ms: started.elapsed().as_millis() as u64,
             },
+            spare: Spare::None,
         })
     }
 
@@ -285,11 +298,53 @@ impl SshTransport {
     }
 
     /// Opens a direct-tcpip channel: a TCP connection from the host to `host:port`.
-    pub fn direct_tcpip(&self, host: &str, port: u16) -> Result<Channel, TransportError> {
+    pub fn direct_tcpip(&mut self, host: &str, port: u16) -> Result<Channel, TransportError> {
+        // libssh2 opens one channel at a time: a spare still opening would be taken for
+        // this one.
+        self.settle_spare();
         nb(&self.session, self.fd, self.control_timeout(), || {
             self.session.channel_direct_tcpip(host, port, None)
         })
         .map_err(self.control_err("open a tunnel"))
+    }
+
+    /// A session channel for the next command: the spare, else a new one.
+    fn take_channel(&mut self) -> Result<Channel, TransportError> {
+        // A spare refused (sshd's MaxSessions counts it) is no error: a new one is asked
+        // for once the previous command's channel is closed.
+        self.settle_spare();
+        if let Spare::Ready(channel) = std::mem::replace(&mut self.spare, Spare::None) {
+            return Ok(channel);
+        }
+        let (session, fd, control) = (&self.session, self.fd, self.control_timeout());
+        nb(session, fd, control, || session.channel_session())
+            .map_err(self.control_err("open channel"))
+    }
+
+    /// Sends the open request of a spare channel, unless there is one; its answer waits in
+    /// libssh2's queue until the channel is taken. A spare that cannot be opened is no error: the
+    /// next command opens its own and reports what stops it.
+    fn start_spare(&mut self) {
+        if !matches!(self.spare, Spare::None) {
+            return;
+        }
+        let (session, fd, control) = (&self.session, self.fd, self.control_timeout());
+        self.spare = match send_request(session, fd, control, || session.channel_session()) {
+            Ok(Some(channel)) => Spare::Ready(channel),
+            Ok(None) => Spare::Opening,
+            Err(_) => Spare::None,
+        };
+    }
+
+    /// Waits for the spare's answer, so that another channel can be opened.
+    fn settle_spare(&mut self) {
+        if matches!(self.spare, Spare::Opening) {
+            let (session, fd, control) = (&self.session, self.fd, self.control_timeout());
+            self.spare = match nb(session, fd, control, || session.channel_session()) {
+                Ok(channel) => Spare::Ready(channel),
+                Err(_) => Spare::None,
+            };
+        }
     }
 
     fn pump(
@@ -426,13 +481,21 @@ impl Transport for SshTransport {
         stdout: &mut (dyn Write + Send),
     ) -> Result<ExecStatus, TransportError> {
         let (stdin, hold_stdin) = stdin.into_parts();
-        let (session, fd, control) = (&self.session, self.fd, self.control_timeout());
-        let mut channel = nb(session, fd, control, || session.channel_session())
-            .map_err(self.control_err("open channel"))?;
+        let control = self.control_timeout();
+        let mut channel = self.take_channel()?;
         // The login shell only starts /bin/sh with the script (see quote::sh_command).
         let command = crate::quote::sh_command(&super::live::script(script));
-        nb(session, fd, control, || channel.exec(&command))
+        let (session, fd) = (&self.session, self.fd);
+        let started = send_request(session, fd, control, || channel.exec(&command))
             .map_err(self.control_err("start command"))?;
+        // The spare's open request goes out with the command, and its answer comes back
+        // while the command runs.
+        self.start_spare();
+        let (session, fd) = (&self.session, self.fd);
+        if started.is_none() {
+            nb(session, fd, control, || channel.exec(&command))
+                .map_err(self.control_err("start command"))?;
+        }
         let mut tail = TailBuffer::new(STDERR_TAIL, Some(&self.host));
         if let Err(e) = self.pump(&mut channel, stdin, hold_stdin, stdout, &mut tail) {
             let _ = nb(session, fd, Duration::from_secs(2), || channel.close());
@@ -551,21 +614,48 @@ fn nb<T>(
     session: &Session,
     fd: RawFd,
     timeout: Duration,
-    mut op: impl FnMut() -> Result<T, ssh2::Error>,
+    op: impl FnMut() -> Result<T, ssh2::Error>,
 ) -> Result<T, ssh2::Error> {
+    drive(session, fd, timeout, false, op).map(|done| done.expect("driven to the end"))
+}
+
+/// Runs a non-blocking libssh2 request until it is on the wire: its result when it also
+/// got its answer, None when only the answer is left (the operation is then called again
+/// later to take it). Nothing else may be sent while a request is half sent.
+fn send_request<T>(
+    session: &Session,
+    fd: RawFd,
+    timeout: Duration,
+    op: impl FnMut() -> Result<T, ssh2::Error>,
+) -> Result<Option<T>, ssh2::Error> {
+    drive(session, fd, timeout, true, op)
+}
+
+/// [`nb`], or with `until_sent` [`send_request`].
+fn drive<T>(
+    session: &Session,
+    fd: RawFd,
+    timeout: Duration,
+    until_sent: bool,
+    mut op: impl FnMut() -> Result<T, ssh2::Error>,
+) -> Result<Option<T>, ssh2::Error> {
     let deadline = Instant::now() + timeout;
     loop {
         match op() {
             Err(e) if e.code() == ErrorCode::Session(EAGAIN) => {
+                if until_sent && !blocked_outbound(session) {
+                    return Ok(None);
+                }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return Err(ssh2::Error::new(ErrorCode::Session(TIMEOUT), "timed out"));
                 }
-                if let Err(io) = wait_socket(session, fd, false, left.min(Duration::from_secs(5))) {
+                let wait = left.min(Duration::from_secs(5));
+                if let Err(io) = wait_socket(session, fd, until_sent, wait) {
                     return Err(ssh2::Error::new(ErrorCode::Session(-7), leak_message(io)));
                 }
             }
-            other => return other,
+            other => return other.map(Some),
         }
     }
 }

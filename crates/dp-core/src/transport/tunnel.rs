@@ -91,7 +91,7 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 fn serve(
-    ssh: SshTransport,
+    mut ssh: SshTransport,
     listener: TcpListener,
     host: &str,
     port: u16,
