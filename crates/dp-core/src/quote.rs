@@ -84,6 +84,21 @@ pub fn quote_str(arg: &str) -> Result<String, QuoteError> {
     quote(arg.as_bytes())
 }
 
+/// `bytes` as a format for the shell's `printf` that prints exactly them: letters,
+/// digits and `-_./:@+,` as they are, every other byte as a three-digit octal escape
+/// (POSIX printf; NUL included). The result needs no quoting.
+pub fn printf_format(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 3);
+    for &b in bytes {
+        if is_safe(b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\{b:03o}"));
+        }
+    }
+    out
+}
+
 fn is_safe(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-_./:@%+,".contains(&b)
 }
@@ -119,6 +134,29 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{shell}: {e} (make test installs it)"));
             assert!(out.status.success(), "{shell}: {out:?}");
             assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{shell}");
+        }
+    }
+
+    #[test]
+    fn printf_format_prints_every_byte_in_every_posix_shell() {
+        let mut bytes: Vec<u8> = (0..=255u8).collect();
+        // Escapes followed by digits, and the escape characters themselves.
+        bytes.extend_from_slice(br"\0\\1%%d%s7\x41\n\0000123\u00e9");
+        let format = printf_format(&bytes);
+        assert!(format.bytes().all(|b| b == b'\\' || is_safe(b)), "{format}");
+        let script = format!("printf {}", quote_str(&format).unwrap());
+        for shell in ["sh", "dash", "bash", "busybox", "zsh"] {
+            let mut cmd = std::process::Command::new(shell);
+            match shell {
+                "busybox" => cmd.args(["sh", "-c", &script]),
+                "zsh" => cmd.args(["--emulate", "sh", "-c", &script]),
+                _ => cmd.args(["-c", &script]),
+            };
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("{shell}: {e} (make test installs it)"));
+            assert!(out.status.success(), "{shell}: {out:?}");
+            assert_eq!(out.stdout, bytes, "{shell}");
         }
     }
 

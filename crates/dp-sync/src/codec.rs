@@ -104,6 +104,26 @@ pub fn choose(host: HostCodecs, payload: u64, allowed: bool) -> Choice {
 }
 
 impl Choice {
+    /// For a payload small enough to go inside the script (see `host::INLINE_BELOW`):
+    /// compressed whatever its size, since every byte there is escaped; gzip first, as
+    /// it unpacks fastest.
+    pub fn inline(host: HostCodecs, allowed: bool) -> Choice {
+        match () {
+            _ if allowed && host.gzip => Choice {
+                codec: Codec::Gzip,
+                level: 9,
+            },
+            _ if allowed && host.bzip2 => Choice {
+                codec: Codec::Bzip2,
+                level: 9,
+            },
+            _ => Choice {
+                codec: Codec::None,
+                level: 0,
+            },
+        }
+    }
+
     /// `plain`, compressed as it is read.
     pub fn reader<'a, R: Read + Send + 'a>(self, plain: R) -> Box<dyn Read + Send + 'a> {
         match self.codec {

@@ -309,6 +309,35 @@ impl Drop for TempFile {
     }
 }
 
+/// Payloads estimated below this many bytes (before compression) are tried inside the
+/// script ([`inline_payload`]).
+const INLINE_BELOW: u64 = 32 << 10;
+/// The most a payload may take inside the script, escaped: the script with it must stay
+/// well inside one argument's limit on the host (128 KiB on Linux), and each byte there
+/// costs up to 9 on the wire.
+const INLINE_MAX: usize = 24 << 10;
+
+/// The payload compressed for the script and escaped for its `printf`, when it fits in
+/// [`INLINE_MAX`]. A source that cannot be read gives None: the stream reports it.
+fn inline_payload(
+    p: &Prepared,
+    send: &[&manifest::Entry],
+    extra: &[(&str, &[u8])],
+    codecs: codec::HostCodecs,
+    compress: bool,
+) -> Option<(codec::Choice, String)> {
+    let choice = codec::Choice::inline(codecs, compress);
+    let mut bytes = Vec::new();
+    let tar = choice.reader(tarstream::TarReader::new(&p.src, send, extra));
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(tar, INLINE_MAX as u64 + 1),
+        &mut bytes,
+    )
+    .ok()?;
+    let format = dp_core::quote::printf_format(&bytes);
+    (format.len() <= INLINE_MAX).then_some((choice, format))
+}
+
 /// Compresses `tar` with `choice` into a temporary file while hashing it, then puts it in
 /// the store under its hash, unless the store has it already.
 fn upload(
@@ -456,6 +485,16 @@ pub(crate) fn build_exchange(
         let payload = up.as_ref().as_ref().ok()?;
         Some((store, payload))
     });
+    // A small payload goes inside the script, so the host need not wait for its input.
+    let (choice, inline) = match fetch {
+        None if payload < INLINE_BELOW => {
+            match inline_payload(p, &send, &extra, codecs, opts.compress) {
+                Some((choice, format)) => (choice, Some(format)),
+                None => (choice, None),
+            }
+        }
+        _ => (choice, None),
+    };
     let plan = remote::BuildPlan {
         root,
         release: &p.release,
@@ -469,6 +508,7 @@ pub(crate) fn build_exchange(
             from: store.host(),
             fallback: store.fallback_direct,
         }),
+        inline: inline.as_deref(),
     };
     let mut script = remote::build(&plan).map_err(|e| e.to_string())?;
     stats.bytes_sent += script.len() as u64;
@@ -503,6 +543,7 @@ pub(crate) fn build_exchange(
         Some((store, payload)) => Box::new(std::io::Cursor::new(
             format!("{}\n", store.get_url(&payload.key)).into_bytes(),
         )),
+        None if inline.is_some() => Box::new(std::io::empty()),
         None => choice.reader(tarstream::TarReader::new(&p.src, &send, &extra)),
     };
     let mut counted = Counting {

@@ -106,6 +106,10 @@ pub struct BuildPlan<'a> {
     pub digest: &'a str,
     /// The payload comes from the artifact store, not stdin (see [`Fetch`]).
     pub fetch: Option<Fetch<'a>>,
+    /// The payload is in the script itself, as a format for `printf`
+    /// ([`dp_core::quote::printf_format`]), not on stdin: it is there with the command,
+    /// where input would follow one round trip later.
+    pub inline: Option<&'a str>,
 }
 
 /// A payload in the artifact store ([`crate::store`]): the host reads its presigned URL
@@ -133,7 +137,8 @@ pub fn build(plan: &BuildPlan) -> Result<String, QuoteError> {
         .set("codec", plan.codec.tar_flag().trim_end())?
         .set("shared", &plan.shared.join("\n"))?
         .set("verify", if plan.verify { "1" } else { "" })?
-        .set("fetch", plan.fetch.as_ref().map_or("", |f| f.sha256))?;
+        .set("fetch", plan.fetch.as_ref().map_or("", |f| f.sha256))?
+        .set("inline", plan.inline.unwrap_or(""))?;
     if let Some(f) = &plan.fetch {
         s.set("fetch_from", f.from)?
             .set("fallback", if f.fallback { "1" } else { "" })?
@@ -151,12 +156,13 @@ mod tests {
     use std::io::{Read, Write};
 
     /// Runs the build script of a first `release` (of a manifest with `digest`, from the
-    /// store when `fetch` says so) under `dir/root` with `sh`, `input` on its stdin and
-    /// PATH set to `path` when not empty. Gives its output and the release's directory.
+    /// store when `fetch` says so, from the script when `inline`) under `dir/root` with
+    /// `sh`, `input` on its stdin and PATH set to `path` when not empty. Gives its output
+    /// and the release's directory.
     fn run_first_build(
         dir: &std::path::Path,
         (release, digest): (&str, &str),
-        fetch: Option<Fetch>,
+        (fetch, inline): (Option<Fetch>, Option<&str>),
         input: &[u8],
         path: &str,
     ) -> (std::process::Output, std::path::PathBuf) {
@@ -171,6 +177,7 @@ mod tests {
             codec: crate::codec::Codec::None,
             digest,
             fetch,
+            inline,
         };
         let script = build(&plan).unwrap();
         let mut c = std::process::Command::new("sh");
@@ -196,7 +203,7 @@ mod tests {
             std::env::temp_dir().join(format!("dp-remote-build-{}-{end}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (tar, digest) = first_release_tar(&dir, end);
-        let (out, _) = run_first_build(&dir, ("r1", &digest), None, &tar, "");
+        let (out, _) = run_first_build(&dir, ("r1", &digest), (None, None), &tar, "");
         (out, dir)
     }
 
@@ -229,6 +236,29 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(!dir.join("root/releases/r1").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A small payload inside the script: the release is built from it with nothing on
+    /// stdin, every byte intact.
+    #[test]
+    fn a_payload_inside_the_script_builds_the_release() {
+        let dir = std::env::temp_dir().join(format!("dp-remote-inline-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        let bytes: Vec<u8> = (0..=255u8).chain(*br"%s\0\n'%%").collect();
+        std::fs::write(dir.join("src/all-bytes"), &bytes).unwrap();
+        let (tar, digest) = first_release_tar(&dir, true);
+        let format = dp_core::quote::printf_format(&tar);
+        let (out, release) = run_first_build(&dir, ("r1", &digest), (None, Some(&format)), b"", "");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read(release.join("all-bytes")).unwrap(), bytes);
+        assert_eq!(std::fs::read(release.join("a.txt")).unwrap(), b"a\n");
+        assert!(release.join(".dp/complete").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -326,7 +356,13 @@ mod tests {
                 fallback,
             };
             let url = format!("http://{from}/{release}.tar?X-Amz-Signature=secret\n");
-            run_first_build(&dir, (release, &digest), Some(fetch), url.as_bytes(), path)
+            run_first_build(
+                &dir,
+                (release, &digest),
+                (Some(fetch), None),
+                url.as_bytes(),
+                path,
+            )
         };
         std::fs::copy(dir.join("www/payload.tar"), dir.join("www/r1.tar")).unwrap();
         std::fs::copy(dir.join("www/payload.tar"), dir.join("www/r2.tar")).unwrap();

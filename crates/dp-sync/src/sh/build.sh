@@ -6,7 +6,8 @@
 # into the release, one per line, a directory with a trailing /) and verify (non-empty:
 # check every file with sha256sum before marking the release complete). With `fetch`
 # set (the payload's SHA-256), the payload comes from the artifact store instead of
-# stdin (sh/fetch.sh, which comes before).
+# stdin (sh/fetch.sh, which comes before); with `inline` set, from this script itself
+# (a small payload, as a format for printf).
 # shellcheck disable=SC2154 # root, releases and the values above come before.
 
 inc="$releases/.incoming-$rel"
@@ -15,7 +16,10 @@ dp_rm "$inc" "$tmp" "$inc.payload"
 mkdir -- "$inc"
 # The hard links are made first, while the client is still compressing and sending.
 [ -z "$base" ] || cp -al -- "$releases/$base" "$tmp"
-if [ -z "$fetch" ]; then
+if [ -n "$inline" ]; then
+  # shellcheck disable=SC2059 # the format is the payload (quote::printf_format)
+  printf "$inline" | tar -x ${codec:+"$codec"} -p --no-same-owner -f - -C "$inc"
+elif [ -z "$fetch" ]; then
   tar -x ${codec:+"$codec"} -p --no-same-owner -f - -C "$inc"
 else
   dp_fetch
