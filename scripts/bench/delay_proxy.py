@@ -11,6 +11,10 @@ Prints "ready" once every port listens; runs until killed.
 With UPLINK_MBPS set, the bytes every connection carries towards its target share one
 budget of that many megabits per second: the deploying machine's uplink, when the
 proxy stands between it and the hosts (answers coming back are not limited).
+
+With TRACE=FILE set, every chunk is logged to FILE as it arrives: milliseconds since the
+proxy started, the connection's number, its direction (> towards the target, < back) and
+its length; where the round trips of a protocol go, read off the wire.
 """
 import asyncio
 import os
@@ -34,9 +38,10 @@ class Uplink:
 
 
 UPLINK = Uplink(float(os.environ["UPLINK_MBPS"])) if os.environ.get("UPLINK_MBPS") else None
+TRACE = open(os.environ["TRACE"], "a", buffering=1) if os.environ.get("TRACE") else None
 
 
-async def pipe(reader, writer, delay, uplink=None):
+async def pipe(reader, writer, delay, uplink=None, trace=None):
     """Reads chunks as they come and writes each DELAY after it arrived (and after its
     turn on `uplink`, when given)."""
     loop = asyncio.get_running_loop()
@@ -46,6 +51,8 @@ async def pipe(reader, writer, delay, uplink=None):
     async def read():
         while True:
             data = await reader.read(65536)
+            if trace is not None:
+                TRACE.write(f"{loop.time() * 1000 - START:10.1f} {trace} {len(data)}\n")
             await queue.put((loop.time() + delay, data))
             if not data:
                 return
@@ -78,6 +85,9 @@ async def pipe(reader, writer, delay, uplink=None):
 
 async def serve(listen, target, delay):
     async def handle(client_r, client_w):
+        global CONNECTIONS
+        CONNECTIONS += 1
+        number = CONNECTIONS
         try:
             server_r, server_w = await asyncio.open_connection("127.0.0.1", target)
         except OSError:
@@ -89,7 +99,8 @@ async def serve(listen, target, delay):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             await asyncio.gather(
-                pipe(client_r, server_w, delay, UPLINK), pipe(server_r, client_w, delay)
+                pipe(client_r, server_w, delay, UPLINK, TRACE and f"{number} >"),
+                pipe(server_r, client_w, delay, None, TRACE and f"{number} <"),
             )
         except Exception:  # a connection torn down midway ends only itself
             pass
@@ -99,7 +110,13 @@ async def serve(listen, target, delay):
     return await asyncio.start_server(handle, "127.0.0.1", listen)
 
 
+CONNECTIONS = 0
+START = 0.0
+
+
 async def main():
+    global START
+    START = asyncio.get_running_loop().time() * 1000
     delay = float(sys.argv[1]) / 1000
     servers = []
     for pair in sys.argv[2:]:
