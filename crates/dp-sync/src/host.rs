@@ -485,59 +485,81 @@ pub(crate) fn build_exchange(
         let payload = up.as_ref().as_ref().ok()?;
         Some((store, payload))
     });
-    // A small payload goes inside the script, so the host need not wait for its input.
-    let (choice, inline) = match fetch {
-        None if payload < INLINE_BELOW => {
-            match inline_payload(p, &send, &extra, codecs, opts.compress) {
-                Some((choice, format)) => (choice, Some(format)),
-                None => (choice, None),
-            }
-        }
-        _ => (choice, None),
-    };
-    let plan = remote::BuildPlan {
-        root,
-        release: &p.release,
-        base: base.as_ref().map(|b| b.id.as_str()),
-        shared: &opts.scan.shared,
-        verify: opts.verify,
-        digest: &p.digest,
-        codec: choice.codec,
-        fetch: fetch.map(|(store, payload)| remote::Fetch {
-            sha256: &payload.sha256,
-            from: store.host(),
-            fallback: store.fallback_direct,
+    let then_part = then.map(|f| f(record));
+    let mut then_out = match &then_part {
+        Some(Err(e)) => Some(ThenOutput {
+            output: Err(e.clone()),
+            ms: 0,
         }),
-        inline: inline.as_deref(),
+        _ => None,
     };
-    let mut script = remote::build(&plan).map_err(|e| e.to_string())?;
-    stats.bytes_sent += script.len() as u64;
-    let mut then_out = None;
-    match then.map(|f| f(record)) {
-        Some(Ok(s)) => script.push_str(&then_script(&s)),
-        Some(Err(e)) => {
-            then_out = Some(ThenOutput {
-                output: Err(e),
-                ms: 0,
-            })
-        }
-        None => {}
-    }
     let chained = then_out.is_none() && then.is_some();
-    if guessed {
-        let b = base.as_ref().expect("a guess has a base");
-        script = remote::prepare_guess(
+    // The whole script for one exchange: the build (its payload inside when `inline`),
+    // the then-script, and with a guess the preparation first. Gives it and the build's
+    // length.
+    let assemble = |choice: codec::Choice, inline: Option<&str>| {
+        let plan = remote::BuildPlan {
             root,
-            &p.release,
-            opts.lease,
-            &p.offer,
-            (&b.id, &b.digest, choice.codec.program()),
-            &script,
-        )
-        .map_err(|e| e.to_string())?;
-        stats.bytes_sent = script.len() as u64;
+            release: &p.release,
+            base: base.as_ref().map(|b| b.id.as_str()),
+            shared: &opts.scan.shared,
+            verify: opts.verify,
+            digest: &p.digest,
+            codec: choice.codec,
+            fetch: fetch.map(|(store, payload)| remote::Fetch {
+                sha256: &payload.sha256,
+                from: store.host(),
+                fallback: store.fallback_direct,
+            }),
+            inline,
+        };
+        let mut script = remote::build(&plan).map_err(|e| e.to_string())?;
+        let build_len = script.len();
+        if let Some(Ok(s)) = &then_part {
+            script.push_str(&then_script(s));
+        }
+        if guessed {
+            let b = base.as_ref().expect("a guess has a base");
+            script = remote::prepare_guess(
+                root,
+                &p.release,
+                opts.lease,
+                &p.offer,
+                (&b.id, &b.digest, choice.codec.program()),
+                &script,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>((script, build_len))
+    };
+    // A small payload goes inside the script, so the host need not wait for its input,
+    // when the command still fits in one request.
+    let mut inline = match fetch {
+        None if payload < INLINE_BELOW => inline_payload(p, &send, &extra, codecs, opts.compress),
+        _ => None,
+    };
+    let mut assembled = None;
+    if let Some((choice, format)) = &inline {
+        let (script, build_len) = assemble(*choice, Some(format))?;
+        if dp_core::transport::fits_one_request(&script) {
+            assembled = Some((*choice, script, build_len));
+        } else {
+            inline = None;
+        }
     }
-    stats.compression = plan.codec;
+    let (choice, script, build_len) = match assembled {
+        Some(a) => a,
+        None => {
+            let (script, build_len) = assemble(choice, None)?;
+            (choice, script, build_len)
+        }
+    };
+    if guessed {
+        stats.bytes_sent = script.len() as u64;
+    } else {
+        stats.bytes_sent += build_len as u64;
+    }
+    stats.compression = choice.codec;
     // The tar, or the presigned URL of the stored payload (a secret: on stdin only).
     let input: Box<dyn std::io::Read + Send> = match fetch {
         Some((store, payload)) => Box::new(std::io::Cursor::new(

@@ -40,6 +40,16 @@ pub struct ExecStatus {
 /// How much of a command's stderr is kept for error messages.
 pub const STDERR_TAIL: usize = 64 * 1024;
 
+/// The largest command sent in one exec request: libssh2 sends no packet of 35000 bytes
+/// or more (MAX_SSH_PACKET_LEN, less its 256 of headroom), and the command is most of it.
+pub const COMMAND_MAX: usize = 32 << 10;
+
+/// Whether `script`, as the SSH transport sends it, fits in [`COMMAND_MAX`]: what may go
+/// inside a script instead of on its stdin is sized with this.
+pub fn fits_one_request(script: &str) -> bool {
+    crate::quote::sh_command(&live::script(script)).len() <= COMMAND_MAX
+}
+
 impl ExecStatus {
     /// True when the command exited with status 0.
     pub fn success(&self) -> bool {
