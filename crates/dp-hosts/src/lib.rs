@@ -74,7 +74,7 @@ pub struct CheckStats {
 /// Connects to every host not already failed, at most `jobs` at once, runs `true`, and
 /// records the result in `steps.hosts` (or `error`). Nothing on the hosts is changed.
 pub fn check(records: &mut [Record], jobs: usize) {
-    match dp_core::parallel::pool(jobs) {
+    match dp_core::parallel::pool(jobs, records.len()) {
         Some(pool) => pool.install(|| records.par_iter_mut().for_each(check_one)),
         None => records.iter_mut().for_each(check_one),
     }
