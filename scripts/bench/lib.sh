@@ -3,11 +3,13 @@
 # now: seconds since the epoch, with nanoseconds.
 now() { date +%s.%N; }
 
-# time_cmd CMD...: run CMD, print its wall time in seconds.
+# time_cmd CMD...: run CMD, print its wall time in seconds (on failure, what it said).
 time_cmd() {
-    local t0 t1
+    local t0 t1 err
+    err=$(mktemp)
     t0=$(now)
-    "$@" >/dev/null 2>&1 || { echo "bench: command failed: $*" >&2; return 1; }
+    "$@" >/dev/null 2>"$err" || { echo "bench: command failed: $*" >&2; tail -n 20 "$err" >&2; rm -f "$err"; return 1; }
+    rm -f "$err"
     t1=$(now)
     awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.4f\n", b - a}' 
 }
