@@ -60,6 +60,14 @@ pub(crate) struct Delta {
 }
 
 impl Delta {
+    /// Nothing to send, remove or change in the manifest: the release is its base's tree.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.send.is_empty()
+            && self.remove_list.is_empty()
+            && self.drop_lines.is_empty()
+            && self.add_lines.is_empty()
+    }
+
     pub(crate) fn new(base: Option<&Manifest>, new: &Manifest) -> Delta {
         let empty = Manifest::default();
         let base_manifest = base.unwrap_or(&empty);

@@ -485,6 +485,8 @@ pub(crate) fn build_exchange(
         let payload = up.as_ref().as_ref().ok()?;
         Some((store, payload))
     });
+    // Nothing changed: no payload; the host makes the release from its base.
+    let unchanged = base.is_some() && delta.is_empty() && !opts.verify && fetch.is_none();
     let then_part = then.map(|f| f(record));
     let mut then_out = match &then_part {
         Some(Err(e)) => Some(ThenOutput {
@@ -512,6 +514,7 @@ pub(crate) fn build_exchange(
                 fallback: store.fallback_direct,
             }),
             inline,
+            unchanged,
         };
         let mut script = remote::build(&plan).map_err(|e| e.to_string())?;
         let build_len = script.len();
@@ -535,6 +538,7 @@ pub(crate) fn build_exchange(
     // A small payload goes inside the script, so the host need not wait for its input,
     // when the command still fits in one request.
     let mut inline = match fetch {
+        None if unchanged => None,
         None if payload < INLINE_BELOW => inline_payload(p, &send, &extra, codecs, opts.compress),
         _ => None,
     };
@@ -565,7 +569,7 @@ pub(crate) fn build_exchange(
         Some((store, payload)) => Box::new(std::io::Cursor::new(
             format!("{}\n", store.get_url(&payload.key)).into_bytes(),
         )),
-        None if inline.is_some() => Box::new(std::io::empty()),
+        None if inline.is_some() || unchanged => Box::new(std::io::empty()),
         None => choice.reader(tarstream::TarReader::new(&p.src, &send, &extra)),
     };
     let mut counted = Counting {

@@ -110,6 +110,9 @@ pub struct BuildPlan<'a> {
     /// ([`dp_core::quote::printf_format`]), not on stdin: it is there with the command,
     /// where input would follow one round trip later.
     pub inline: Option<&'a str>,
+    /// Nothing changed against `base`: no payload at all; the host hard-links the base
+    /// and writes the new release's REVISION itself (fewer processes than unpacking).
+    pub unchanged: bool,
 }
 
 /// A payload in the artifact store ([`crate::store`]): the host reads its presigned URL
@@ -138,7 +141,8 @@ pub fn build(plan: &BuildPlan) -> Result<String, QuoteError> {
         .set("shared", &plan.shared.join("\n"))?
         .set("verify", if plan.verify { "1" } else { "" })?
         .set("fetch", plan.fetch.as_ref().map_or("", |f| f.sha256))?
-        .set("inline", plan.inline.unwrap_or(""))?;
+        .set("inline", plan.inline.unwrap_or(""))?
+        .set("unchanged", if plan.unchanged { "1" } else { "" })?;
     if let Some(f) = &plan.fetch {
         s.set("fetch_from", f.from)?
             .set("fallback", if f.fallback { "1" } else { "" })?
@@ -178,6 +182,7 @@ mod tests {
             digest,
             fetch,
             inline,
+            unchanged: false,
         };
         let script = build(&plan).unwrap();
         let mut c = std::process::Command::new("sh");
@@ -259,6 +264,60 @@ mod tests {
         assert_eq!(std::fs::read(release.join("all-bytes")).unwrap(), bytes);
         assert_eq!(std::fs::read(release.join("a.txt")).unwrap(), b"a\n");
         assert!(release.join(".dp/complete").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A release with nothing changed is made from its base without a payload: the
+    /// same files (hard links), the base's manifest, its own REVISION, and the base left
+    /// as it was.
+    #[test]
+    fn an_unchanged_release_is_made_from_its_base_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("dp-remote-unchanged-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (tar, digest) = first_release_tar(&dir, true);
+        let (out, r1) = run_first_build(&dir, ("r1", &digest), (None, None), &tar, "");
+        assert!(out.status.success(), "{out:?}");
+        std::fs::write(r1.join("REVISION"), "r1\n").unwrap();
+        std::fs::write(r1.join(".dp/deps-key"), "k1\n").unwrap();
+        let root = dir.join("root");
+        let plan = BuildPlan {
+            root: root.to_str().unwrap(),
+            release: "r2",
+            base: Some("r1"),
+            shared: &[],
+            verify: false,
+            codec: crate::codec::Codec::None,
+            digest: &digest,
+            fetch: None,
+            inline: None,
+            unchanged: true,
+        };
+        let out = std::process::Command::new("sh")
+            .args(["-c", &build(&plan).unwrap()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let r2 = root.join("releases/r2");
+        let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+        assert_eq!(read(r2.join("REVISION")), "r2\n");
+        assert_eq!(
+            read(r1.join("REVISION")),
+            "r1\n",
+            "the base is not written through"
+        );
+        assert_eq!(read(r2.join(".dp/manifest")), read(r1.join(".dp/manifest")));
+        assert_eq!(read(r2.join(".dp/manifest.sha256")), format!("{digest}\n"));
+        assert!(r2.join(".dp/complete").exists() && r1.join(".dp/complete").exists());
+        assert!(
+            !r2.join(".dp/deps-key").exists(),
+            "the base's bookkeeping stays its own"
+        );
+        assert_eq!(read(r1.join(".dp/deps-key")), "k1\n");
+        let ino = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(ino(r1.join("a.txt")), ino(r2.join("a.txt")));
+        assert!(!root.join("releases/.tmp-r2").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

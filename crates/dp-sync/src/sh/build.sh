@@ -7,60 +7,79 @@
 # check every file with sha256sum before marking the release complete). With `fetch`
 # set (the payload's SHA-256), the payload comes from the artifact store instead of
 # stdin (sh/fetch.sh, which comes before); with `inline` set, from this script itself
-# (a small payload, as a format for printf).
+# (a small payload, as a format for printf); with `unchanged` set, there is none (the
+# release is the base's tree).
 # shellcheck disable=SC2154 # root, releases and the values above come before.
 
 inc="$releases/.incoming-$rel"
 tmp="$releases/.tmp-$rel"
 dp_rm "$inc" "$tmp" "$inc.payload"
-mkdir -- "$inc"
-# The hard links are made first, while the client is still compressing and sending.
-[ -z "$base" ] || cp -al -- "$releases/$base" "$tmp"
-if [ -n "$inline" ]; then
-  # shellcheck disable=SC2059 # the format is the payload (quote::printf_format)
-  printf "$inline" | tar -x ${codec:+"$codec"} -p --no-same-owner -f - -C "$inc"
-elif [ -z "$fetch" ]; then
-  tar -x ${codec:+"$codec"} -p --no-same-owner -f - -C "$inc"
+if [ -n "$unchanged" ]; then
+  # Nothing sent (remote.rs, BuildPlan::unchanged): the base's tree and manifest, with
+  # this release's REVISION and digest; the base's other bookkeeping is not this
+  # release's. Both files are unlinked before they are written: they are hard links
+  # into the base, which must never change.
+  cp -al -- "$releases/$base" "$tmp"
+  set -- "$tmp/REVISION"
+  for dp_f in "$tmp"/.dp/* "$tmp"/.dp/.[!.]* "$tmp"/.dp/..?*; do
+    if { [ -e "$dp_f" ] || [ -L "$dp_f" ]; } && [ "$dp_f" != "$tmp/.dp/manifest" ]; then
+      set -- "$@" "$dp_f"
+    fi
+  done
+  rm -rf -- "$@"
+  printf '%s\n' "$rel" > "$tmp/REVISION"
+  printf '%s\n' "$digest" > "$tmp/.dp/manifest.sha256"
 else
-  dp_fetch
-  tar -x ${codec:+"$codec"} -p --no-same-owner -f "$inc.payload" -C "$inc"
-  rm -f -- "$inc.payload"
-fi
-# `.dp/end` is the stream's last entry: without it the upload was cut short (tar exits
-# 0 when its input ends between two entries).
-[ -f "$inc/.dp/end" ] || { echo "the upload was cut short" >&2; exit 1; }
-dp_unchanged=
-if [ -z "$base" ]; then
-  LC_ALL=C sort -- "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
-else
-  if [ -s "$inc/.dp/remove" ]; then (cd "$tmp" && xargs -0 rm -rf -- < "$inc/.dp/remove"); fi
-  if [ -s "$inc/.dp/manifest.drop" ] || [ -s "$inc/.dp/manifest.add" ]; then
-    # Both sides are in canonical (byte) order, so a merge is enough.
-    { grep -v -x -F -f "$inc/.dp/manifest.drop" -- "$releases/$base/.dp/manifest" || [ $? -eq 1 ]; } |
-      LC_ALL=C sort -m -- - "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
+  mkdir -- "$inc"
+  # The hard links are made first, while the client is still compressing and sending.
+  [ -z "$base" ] || cp -al -- "$releases/$base" "$tmp"
+  if [ -n "$inline" ]; then
+    # A file, not a pipe: printf is the shell's own, so no process is started for it.
+    # shellcheck disable=SC2059 # the format is the payload (quote::printf_format)
+    printf "$inline" > "$inc.payload"
+    tar -x ${codec:+"$codec"} -p --no-same-owner -f "$inc.payload" -C "$inc"
+  elif [ -z "$fetch" ]; then
+    tar -x ${codec:+"$codec"} -p --no-same-owner -f - -C "$inc"
   else
-    # Nothing changed: the manifest is the base's, digest and all.
-    cp -- "$releases/$base/.dp/manifest" "$inc/.dp/manifest"
-    dp_unchanged=1
+    dp_fetch
+    tar -x ${codec:+"$codec"} -p --no-same-owner -f "$inc.payload" -C "$inc"
   fi
-fi
-# The base's own .dp (its manifest, completion mark, deps key) is not the new release's.
-rm -rf -- ${base:+"$tmp/.dp"} "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.dp/end"
-if [ -z "$dp_unchanged" ]; then
-  dp_digest=$(sha256sum < "$inc/.dp/manifest")
-  dp_digest=${dp_digest%% *}
-  if [ "$dp_digest" != "$digest" ]; then
-    echo "the manifest rebuilt on the host does not match (got $dp_digest)" >&2
-    exit 1
+  # `.dp/end` is the stream's last entry: without it the upload was cut short (tar exits
+  # 0 when its input ends between two entries).
+  [ -f "$inc/.dp/end" ] || { echo "the upload was cut short" >&2; exit 1; }
+  dp_unchanged=
+  if [ -z "$base" ]; then
+    LC_ALL=C sort -- "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
+  else
+    if [ -s "$inc/.dp/remove" ]; then (cd "$tmp" && xargs -0 rm -rf -- < "$inc/.dp/remove"); fi
+    if [ -s "$inc/.dp/manifest.drop" ] || [ -s "$inc/.dp/manifest.add" ]; then
+      # Both sides are in canonical (byte) order, so a merge is enough.
+      { grep -v -x -F -f "$inc/.dp/manifest.drop" -- "$releases/$base/.dp/manifest" || [ $? -eq 1 ]; } |
+        LC_ALL=C sort -m -- - "$inc/.dp/manifest.add" > "$inc/.dp/manifest"
+    else
+      # Nothing changed: the manifest is the base's, digest and all.
+      cp -- "$releases/$base/.dp/manifest" "$inc/.dp/manifest"
+      dp_unchanged=1
+    fi
   fi
-fi
-printf '%s\n' "$digest" > "$inc/.dp/manifest.sha256"
-if [ -z "$base" ]; then
-  mv -- "$inc" "$tmp"
-else
-  # Sent entries replace the base's hard links; they never write through them.
-  cp -al --remove-destination -- "$inc/." "$tmp/"
-  rm -rf -- "$inc"
+  # The base's own .dp (its manifest, completion mark, deps key) is not the new release's.
+  rm -rf -- ${base:+"$tmp/.dp"} "$inc.payload" "$inc/.dp/remove" "$inc/.dp/manifest.drop" "$inc/.dp/manifest.add" "$inc/.dp/end"
+  if [ -z "$dp_unchanged" ]; then
+    dp_digest=$(sha256sum < "$inc/.dp/manifest")
+    dp_digest=${dp_digest%% *}
+    if [ "$dp_digest" != "$digest" ]; then
+      echo "the manifest rebuilt on the host does not match (got $dp_digest)" >&2
+      exit 1
+    fi
+  fi
+  printf '%s\n' "$digest" > "$inc/.dp/manifest.sha256"
+  if [ -z "$base" ]; then
+    mv -- "$inc" "$tmp"
+  else
+    # Sent entries replace the base's hard links; they never write through them.
+    cp -al --remove-destination -- "$inc/." "$tmp/"
+    rm -rf -- "$inc"
+  fi
 fi
 # Shared paths: a link each, ../ as deep as the path, to $root/shared.
 if [ -n "$shared" ]; then
