@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CARGO_FLAGS ?= --locked
 
-.PHONY: all build release demo demo-stop demo-django demo-django-stop test test-env fmt man bench bench-hosts bench-sync bench-deps bench-migrate bench-restart bench-django bench-scale bench-wan bench-store clean
+.PHONY: all build release demo demo-stop demo-django demo-django-stop test test-env fmt man bench bench-hosts bench-sync bench-deps bench-migrate bench-restart bench-django bench-scale bench-wan bench-rtt bench-store clean
 
 all: build
 
@@ -47,7 +47,7 @@ man:
 	DP_BLESS=1 $(CARGO) test $(CARGO_FLAGS) --test integration -- man::
 
 ## Benchmarks (release build; numbers on stdout).
-bench: bench-hosts bench-sync bench-deps bench-migrate bench-restart bench-django bench-scale bench-wan bench-store
+bench: bench-hosts bench-sync bench-deps bench-migrate bench-restart bench-django bench-scale bench-wan bench-rtt bench-store
 
 bench-hosts: test-env release
 	scripts/bench/hosts.sh
@@ -72,6 +72,9 @@ bench-scale: test-env release
 
 bench-wan: test-env release
 	scripts/bench/wan.sh
+
+bench-rtt: test-env release
+	scripts/bench/rtt.sh
 
 bench-store: test-env release
 	scripts/bench/store.sh
