@@ -1302,6 +1302,37 @@ fn a_host_allowing_one_session_at_a_time_deploys_like_the_others() {
     assert!(log.contains("no more sessions"), "{log}");
 }
 
+/// dp opens each host's next channel while a command runs. In a one-by-one rollout
+/// whose restarts take 2 s, with the last host's sshd closing session channels idle for a
+/// second (`ChannelTimeout`, OpenSSH 9.2): every host switches, and no sshd logs a
+/// protocol error. A channel still being opened when dp is done has no number from the
+/// server yet; closing it as libssh2 would (as "channel 0") makes sshd cut the connection
+/// and log it.
+#[test]
+fn channels_opened_ahead_leave_no_protocol_error_on_any_host() {
+    let mut fleet = Fleet::start(3);
+    fleet.hosts[2].relaunch_with("ChannelTimeout session=1s\n");
+    let case = Case::on(&fleet, "faults-channel-ahead", false);
+    case.live_then_change_page();
+    case.set_restart(
+        "if [ {host} != h3 ]; then sleep 2; fi; echo {release} > {root}/restarted",
+        "",
+    );
+    case.assert_rerun_completes(Form::OneLine, "r2");
+    for (host, root) in fleet.hosts.iter().zip(&case.roots) {
+        assert_eq!(
+            std::fs::read_to_string(root.join("restarted")).unwrap(),
+            "r2\n"
+        );
+        let log = std::fs::read_to_string(host.dir.join("sshd.log")).unwrap();
+        assert!(
+            !log.contains("nonexistent channel") && !log.contains("bad id"),
+            "{}: {log}",
+            host.name
+        );
+    }
+}
+
 /// A host whose PATH puts BusyBox's tools first (set by its sshd), one of three: `dp
 /// setup` names it and what it lacks, and a deploy is refused there before anything
 /// changes, so no host switches.

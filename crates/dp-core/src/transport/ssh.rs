@@ -473,6 +473,26 @@ impl SshTransport {
     }
 }
 
+impl Drop for SshTransport {
+    fn drop(&mut self) {
+        if !matches!(self.spare, Spare::Opening) {
+            return;
+        }
+        // Its answer has usually come, with the last command's: taken, the spare is a
+        // channel libssh2 closes properly. One still unanswered has no number from the
+        // server, and libssh2 would close it as channel 0, which sshd answers by cutting
+        // the connection and logging a protocol error: the connection is cut here first.
+        match self.session.channel_session() {
+            Ok(channel) => self.spare = Spare::Ready(channel),
+            Err(e) if e.code() == ErrorCode::Session(EAGAIN) => {
+                // SAFETY: shutdown on the session's own socket, which it keeps open.
+                unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+            }
+            Err(_) => self.spare = Spare::None,
+        }
+    }
+}
+
 impl Transport for SshTransport {
     fn exec_stdin(
         &mut self,
