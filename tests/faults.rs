@@ -543,6 +543,17 @@ impl Tmpfs {
         let _ = f.write_all(&[0u8]);
     }
 
+    /// Fills the file system, then frees `bytes` of it again.
+    fn fill_leaving(&self, bytes: u64) {
+        self.fill();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("filler"))
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(bytes)).unwrap();
+    }
+
     fn unfill(&self) {
         std::fs::remove_file(self.path.join("filler")).unwrap();
     }
@@ -584,6 +595,22 @@ fn a_full_disk_on_one_host_switches_no_host_and_leaves_no_lock() {
         );
         fs.unfill();
         case.assert_rerun_completes(form, "r2");
+
+        // Room for the lock but not for the upload (which goes inside the script, and
+        // is written to a file there): the cause is named all the same.
+        case.dir.write("site/index.html", "v3\n");
+        fs.fill_leaving(4096);
+        let out = case.deploy(form, "r3", &[]);
+        out.code(1);
+        for (r, root) in out.records().iter().zip(&case.roots) {
+            assert_eq!(current(root), "releases/r2", "{}: not switched", r.host);
+            assert!(!root.join(".dp/lock").exists(), "{}: lock left", r.host);
+        }
+        let e = out.records()[2].error.clone().unwrap();
+        assert_eq!(e.step, "sync");
+        assert!(e.message.contains("No space left on device"), "{e:?}");
+        fs.unfill();
+        case.assert_rerun_completes(form, "r3");
     }
 }
 
