@@ -68,9 +68,7 @@ pub fn quote(arg: impl AsRef<[u8]>) -> Result<String, QuoteError> {
                 }
                 let bad_len = e.error_len().unwrap_or(bad.len());
                 out.push_str("\"$(printf '");
-                for b in &bad[..bad_len] {
-                    out.push_str(&format!("\\{b:03o}"));
-                }
+                out.push_str(&printf_format(&bad[..bad_len]));
                 out.push_str("')\"");
                 rest = &bad[bad_len..];
             }
