@@ -15,6 +15,9 @@
 # - `dp_deps_path RELEASE_DIR`: puts the programs of the release's dependency
 #   environment first on PATH (the directory dp-deps recorded in .dp/deps-bin: .venv/bin,
 #   node_modules/.bin, or LINK/bin for a command; before that record, the first two).
+# - `dp_write_file FILE FORMAT [ARG...]`: printf's output into FILE; when that fails,
+#   the same again through cat, which names the cause (dash's printf says only "I/O
+#   error"; a full disk, say).
 # - `dp_lock_read`: sets `dp_cur` to the deploy lock's line (empty without a lock).
 # - `dp_lock_is RELEASE`: true if the deploy lock names RELEASE (`dp_lock_read` first).
 # - `dp_unlock RELEASE`: removes the deploy lock if RELEASE holds it (printing
@@ -47,6 +50,8 @@
 
 dp_mkdir() { for dp_d; do [ -d "$dp_d" ] || { mkdir -p -- "$@"; return; }; done; }
 dp_rm() { for dp_p; do if [ -e "$dp_p" ] || [ -L "$dp_p" ]; then rm -rf -- "$@"; return; fi; done; }
+# shellcheck disable=SC2059 # the format is the caller's.
+dp_write_file() { dp_wf=$1; shift; printf "$@" > "$dp_wf" || printf "$@" | cat > "$dp_wf"; }
 dp_lock_read() { dp_cur=; IFS= read -r dp_cur 2>/dev/null < "$root/.dp/lock" || true; }
 dp_lock_is() { dp_lock_read; case $dp_cur in *\"release\":\"$1\",*) return 0 ;; esac; return 1; }
 dp_unlock() { if dp_lock_is "$1"; then rm -f -- "$root/.dp/lock"; echo "lock released"; fi; }

@@ -18,9 +18,7 @@ dp_lock() {
   # The lock is written whole to a file of this process, then linked or renamed into
   # place: it is complete or absent, never empty or partial.
   dp_write() {
-    printf '%s\n' "$dp_info" > "$lock.$$" && return
-    # dash's printf says only "I/O error"; cat names the cause (a full disk, say).
-    printf '%s\n' "$dp_info" | cat > "$lock.$$" && return
+    dp_write_file "$lock.$$" '%s\n' "$dp_info" && return
     rm -f -- "$lock.$$"
     echo "cannot write the deploy lock in $root/.dp (see above)" >&2
     exit "$dp_lock_write_failed"

@@ -35,12 +35,8 @@ else
   [ -z "$base" ] || cp -al -- "$releases/$base" "$tmp"
   if [ -n "$inline" ]; then
     # A file, not a pipe: printf is the shell's own, so no process is started for it.
-    # shellcheck disable=SC2059 # the format is the payload (quote::printf_format)
-    if ! printf "$inline" > "$inc.payload"; then
-      # dash's printf says only "I/O error"; cat names the cause (a full disk, say).
-      # shellcheck disable=SC2059
-      printf "$inline" | cat > "$inc.payload"
-    fi
+    # The format is the payload (quote::printf_format).
+    dp_write_file "$inc.payload" "$inline"
     tar -x ${codec:+"$codec"} -p --no-same-owner -f "$inc.payload" -C "$inc"
   elif [ -z "$fetch" ]; then
     tar -x ${codec:+"$codec"} -p --no-same-owner -f - -C "$inc"
