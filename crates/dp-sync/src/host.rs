@@ -317,16 +317,15 @@ const INLINE_BELOW: u64 = 32 << 10;
 /// costs up to 9 on the wire.
 const INLINE_MAX: usize = 24 << 10;
 
-/// The payload compressed for the script and escaped for its `printf`, when it fits in
-/// [`INLINE_MAX`]. A source that cannot be read gives None: the stream reports it.
+/// The payload compressed with `choice` for the script and escaped for its `printf`,
+/// when it fits in [`INLINE_MAX`]. A source that cannot be read gives None: the stream
+/// reports it.
 fn inline_payload(
     p: &Prepared,
     send: &[&manifest::Entry],
     extra: &[(&str, &[u8])],
-    codecs: codec::HostCodecs,
-    compress: bool,
-) -> Option<(codec::Choice, String)> {
-    let choice = codec::Choice::inline(codecs, compress);
+    choice: codec::Choice,
+) -> Option<String> {
     let mut bytes = Vec::new();
     let tar = choice.reader(tarstream::TarReader::new(&p.src, send, extra));
     std::io::Read::read_to_end(
@@ -335,7 +334,7 @@ fn inline_payload(
     )
     .ok()?;
     let format = dp_core::quote::printf_format(&bytes);
-    (format.len() <= INLINE_MAX).then_some((choice, format))
+    (format.len() <= INLINE_MAX).then_some(format)
 }
 
 /// Compresses `tar` with `choice` into a temporary file while hashing it, then puts it in
@@ -539,7 +538,16 @@ pub(crate) fn build_exchange(
     // when the command still fits in one request.
     let mut inline = match fetch {
         None if unchanged => None,
-        None if payload < INLINE_BELOW => inline_payload(p, &send, &extra, codecs, opts.compress),
+        None if payload < INLINE_BELOW => {
+            // The same for every host on this base: escaped once.
+            let choice = codec::Choice::inline(codecs, opts.compress);
+            p.inlines
+                .get_or(&format!("{key} {:?}", choice.codec), || {
+                    Some(inline_payload(p, &send, &extra, choice))
+                })
+                .and_then(|format| (*format).clone())
+                .map(|format| (choice, format))
+        }
         _ => None,
     };
     let mut assembled = None;

@@ -104,6 +104,9 @@ pub struct Prepared {
     /// Payloads put in the store, by base digest and codec: uploaded once for all hosts
     /// on that base (a failure too is kept, not retried by every host).
     payloads: OncePer<Result<host::Payload, String>>,
+    /// Small payloads escaped for the build script (see `host::inline_payload`), by base
+    /// digest and codec: made once for all hosts on that base (one too large, once too).
+    inlines: OncePer<Option<String>>,
     /// Old payloads were deleted from the store (once per run, after an upload).
     pruned: std::sync::Once,
 }
@@ -191,6 +194,7 @@ pub fn prepare(opts: &SyncOptions) -> Result<Prepared, SyncError> {
         memory: cache::HostMemory::open(opts.cache),
         store,
         payloads: OncePer::default(),
+        inlines: OncePer::default(),
         pruned: std::sync::Once::new(),
     })
 }
