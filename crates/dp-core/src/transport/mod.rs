@@ -17,6 +17,8 @@ pub mod knownhosts;
 pub mod live;
 pub mod local;
 pub mod passphrase;
+#[cfg(dp_openssl3)]
+pub mod signer;
 pub mod ssh;
 pub mod tunnel;
 

@@ -3,7 +3,8 @@
 //! Much as OpenSSH asks: from the program in `SSH_ASKPASS` when `SSH_ASKPASS_REQUIRE` is
 //! `force` or `prefer`, or when there is no terminal; otherwise at a prompt on the
 //! terminal with echo off. A deploy to 20 hosts asks once. An OpenSSH-format key is
-//! decrypted once, here, and handed to libssh2 from memory for every host. The opened key
+//! decrypted once, here, and handed to libssh2 from memory for every host (an Ed25519
+//! one, as any Ed25519 key, signs through [`super::signer`] instead). The opened key
 //! and the passphrase stay in this process's memory (never in records, logs, argv or
 //! files). Every copy dp makes is wiped when dropped (zeroize): they are read a byte at a
 //! time into a buffer that never grows (so no buffered reader and no reallocation leaves
@@ -78,6 +79,26 @@ pub fn userauth(
 ) -> Result<(), ssh2::Error> {
     let mut raw = session.raw();
     let raw: *mut libssh2_sys::LIBSSH2_SESSION = &mut *raw;
+    #[cfg(dp_openssl3)]
+    {
+        let plain = match unlocked {
+            Some(Unlocked::Key(plain)) => Some(Some(plain.expose())),
+            Some(Unlocked::Passphrase(_)) => None,
+            None => Some(None),
+        };
+        if let Some(key) = plain.and_then(|plain| super::signer::opened(key, plain)) {
+            let user = std::ffi::CString::new(user).map_err(|_| {
+                ssh2::Error::new(ssh2::ErrorCode::Session(-1), "NUL in a user name")
+            })?;
+            // SAFETY: the session is locked (the guard lives to the end of this function).
+            let rc = unsafe { super::signer::userauth(raw, &user, &key) };
+            return if rc >= 0 {
+                Ok(())
+            } else {
+                Err(ssh2::Error::from_session_error_raw(raw, rc))
+            };
+        }
+    }
     let rc = match unlocked {
         Some(Unlocked::Key(plain)) => {
             let plain = plain.expose().as_bytes();
