@@ -53,12 +53,17 @@ pub fn check_release_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The helpers of `sh/helpers.sh`, one function each: (name, definition), in file order.
+/// The helpers of `sh/helpers.sh` and of `sh/lock.sh` (the deploy lock's functions), one
+/// function each: (name, definition), in file order.
 fn helpers() -> &'static [(String, String)] {
     static HELPERS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
     HELPERS.get_or_init(|| {
         let mut all: Vec<(String, String)> = Vec::new();
-        for line in crate::sh_file!("sh/helpers.sh").lines() {
+        let files = [
+            crate::sh_file!("sh/helpers.sh"),
+            crate::sh_file!("sh/lock.sh"),
+        ];
+        for line in files.iter().flat_map(|f| f.lines()) {
             // A definition starts at the line's start: `name() {`.
             let name = line.split_once("() ").map(|(n, _)| n).filter(|n| {
                 !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -69,7 +74,7 @@ fn helpers() -> &'static [(String, String)] {
                     text.push_str(line);
                     text.push('\n');
                 }
-                (None, None) => panic!("helpers.sh: {line:?} is outside a function"),
+                (None, None) => panic!("helpers: {line:?} is outside a function"),
             }
         }
         all
@@ -114,9 +119,11 @@ fn helpers_for(body: &str) -> String {
 }
 
 /// A host-side script as it is sent: assignments `root=...` and `releases=...` (then
-/// "$root" and "$releases" are the deploy root and its releases), the helpers of
-/// `sh/helpers.sh` the script uses, then pieces that are shell files (`sh_file!`), each
-/// after its values as quoted assignments.
+/// "$root" and "$releases" are the deploy root and its releases), the helpers
+/// ([`helpers`]) the script uses, then pieces that are shell files (`sh_file!`), each
+/// after its values as quoted assignments. A script sent inside another
+/// ([`Script::into_inner`]) leaves its helpers to the outer one, which then carries each
+/// once for both.
 #[derive(Debug, Clone)]
 pub struct Script {
     head: String,
@@ -160,6 +167,13 @@ impl Script {
     pub fn into_string(self) -> String {
         let helpers = helpers_for(&self.body);
         self.head + &helpers + &self.body
+    }
+
+    /// The script without its helpers, to be pushed into another [`Script`] for the same
+    /// root, whose [`Script::into_string`] defines the helpers both use, once, before
+    /// either runs (a subshell sees them too).
+    pub fn into_inner(self) -> String {
+        self.head + &self.body
     }
 }
 
@@ -315,6 +329,43 @@ mod tests {
             "{all:?}"
         );
         assert!(names("a dp_cur_rel b", "dp_cur_rel") && !names("dp_current", "dp_cur"));
+    }
+
+    #[test]
+    fn a_script_inside_another_shares_its_helpers_once() {
+        let root = std::env::temp_dir().join(format!("dp-inner-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let root_text = root.to_str().unwrap();
+        // The lock's helpers as those of helpers.sh: the outer takes it, the inner, in a
+        // subshell as a then-script runs, holds it and makes a directory.
+        let lock =
+            crate::lock::acquire_script("r1", std::time::Duration::from_secs(60), false).unwrap();
+        let mut inner = Script::new(root_text).unwrap();
+        inner.push(&lock).push("dp_mkdir \"$root/made\"\n");
+        let mut outer = Script::new(root_text).unwrap();
+        outer
+            .push(&lock)
+            .push(&format!("(\n{})\n", inner.into_inner()));
+        let text = outer.into_string();
+        for definition in ["dp_lock() {", "dp_mkdir() {", "dp_lock_is() {"] {
+            assert_eq!(text.matches(definition).count(), 1, "{definition}: {text}");
+        }
+        let out = std::process::Command::new("sh")
+            .args(["-c", &text])
+            .output()
+            .unwrap();
+        let made = root.join("made").is_dir();
+        let lock_file = std::fs::read_to_string(root.join(".dp/lock")).unwrap_or_default();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "lock taken\nlock held\n"
+        );
+        assert!(
+            made && lock_file.contains("\"release\":\"r1\""),
+            "{lock_file}"
+        );
     }
 
     #[test]

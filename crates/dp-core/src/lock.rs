@@ -114,10 +114,10 @@ impl Renew {
 /// Shell lines (in a [`Script`]) that take or renew the lock for
 /// `release`, or exit [`HELD_STATUS`] with the holder's lock line on stderr. Prints one of
 /// `lock taken`, `lock renewed`, `lock taken-over <old line>` on stdout; with `renew`
-/// false, a lock that already names `release` is left as it is (`lock held`). They define
-/// `dp_lock hold|renew`, which the script may call again later, and
+/// false, a lock that already names `release` is left as it is (`lock held`). They set
+/// what `dp_lock hold|renew` needs, which the script may call again later, as it may
 /// `dp_locked COMMAND...`, which keeps the lease renewed on the host while a long command
-/// runs.
+/// runs: both are helpers of `sh/lock.sh`, which the [`Script`] carries once.
 pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<String, QuoteError> {
     let prefix = format!(
         "{{\"release\":\"{}\",\"holder\":{},\"pid\":{},\"time\":",
@@ -128,8 +128,7 @@ pub fn acquire_script(release: &str, lease: Duration, renew: bool) -> Result<Str
     Ok(format!(
         "dp_lock_rel={release}\ndp_lock_prefix={prefix}\ndp_lock_lease={lease}\n\
          dp_lock_third={third}\ndp_lock_poll={poll}\ndp_lock_held={held}\n\
-         dp_lock_write_failed={write_failed}\n{lock_sh}dp_lock {mode}\n",
-        lock_sh = crate::sh_file!("sh/lock.sh"),
+         dp_lock_write_failed={write_failed}\ndp_lock {mode}\n",
         prefix = quote_str(&prefix)?,
         third = (lease.as_secs() / 3).max(1),
         poll = (lease.as_secs() / 3).clamp(1, 5),

@@ -11,7 +11,7 @@
 
 mod script;
 
-use dp_core::layout::{release_of, root_of};
+use dp_core::layout::{release_of, root_of, Script};
 use dp_core::lock;
 use dp_core::parallel::Sessions;
 use dp_core::template::{self, render, Escape};
@@ -219,7 +219,7 @@ pub fn deps_host(
     record: &Record,
     opts: &DepsOptions,
 ) -> Result<DepsStats, String> {
-    let script = host_script(record, opts)?;
+    let script = host_script(record, opts)?.into_string();
     let out = conn.run_held(&script).map_err(|e| e.to_string())?;
     interpret(out)
 }
@@ -227,7 +227,7 @@ pub fn deps_host(
 /// The script that makes one host's dependencies ready and runs the build command (see
 /// [`interpret`]). A host where the release is already live
 /// ([`dp_core::gate::already_live`]) gets no build.
-pub fn host_script(record: &Record, opts: &DepsOptions) -> Result<String, String> {
+pub fn host_script(record: &Record, opts: &DepsOptions) -> Result<Script, String> {
     let root = root_of(record)?;
     let release = release_of(record)?;
     let build = match &opts.build {

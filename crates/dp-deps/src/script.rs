@@ -13,18 +13,6 @@ fn words(list: &[String]) -> Result<String, QuoteError> {
         .join(" "))
 }
 
-/// The environment build's own shell: the kinds, then `sh/build.sh`.
-fn build_text() -> &'static str {
-    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TEXT.get_or_init(|| {
-        format!(
-            "{}{}",
-            dp_core::sh_file!("sh/kinds.sh"),
-            dp_core::sh_file!("sh/build.sh")
-        )
-    })
-}
-
 /// The script (`sh/deps.sh`): renew the deploy lock, compute the key on the host, reuse
 /// or build the environment, link it into the release, then run the `[build]` command.
 /// Prints `kind`, `key`, `cache`, `waited` and `build ok`.
@@ -33,7 +21,7 @@ pub fn deps(
     release: &str,
     opts: &DepsOptions,
     build: Option<&Build>,
-) -> Result<String, QuoteError> {
+) -> Result<Script, QuoteError> {
     let (kind, command, link) = match &opts.kind {
         Kind::Auto => ("auto", "", ""),
         Kind::Pip => ("pip", "", ""),
@@ -46,7 +34,10 @@ pub fn deps(
         opts.lease,
         opts.renew.due(),
     )?)
-    .push(dp_core::sh_file!("sh/kinds.sh"))
+    // Once in the script: this shell evaluates the kinds, and the environment build's own
+    // shell runs them before `sh/build.sh`.
+    .set("dp_kinds", dp_core::sh_file!("sh/kinds.sh"))?
+    .push("eval \"$dp_kinds\"\n")
     .set("rel", release)?
     .set("kind", kind)?
     .set("python", &opts.python)?
@@ -60,10 +51,10 @@ pub fn deps(
     // A build may take long: the lease is renewed before it, unless the lock was just
     // renewed above.
     .set("renew", if opts.renew.due() { "" } else { "1" })?
-    .set("build_text", build_text())?
+    .set("build_text", dp_core::sh_file!("sh/build.sh"))?
     .set("step", build.map_or("", |b| b.command.as_str()))?
     .num("step_secs", build.map_or(1, |b| b.timeout.as_secs().max(1)))
     .num("step_failed", BUILD_FAILED_STATUS)
     .push(dp_core::sh_file!("sh/deps.sh"));
-    Ok(s.into_string())
+    Ok(s)
 }

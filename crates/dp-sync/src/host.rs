@@ -496,8 +496,7 @@ pub(crate) fn build_exchange(
     };
     let chained = then_out.is_none() && then.is_some();
     // The whole script for one exchange: the build (its payload inside when `inline`),
-    // the then-script, and with a guess the preparation first. Gives it and the build's
-    // length.
+    // the then-script, and with a guess the preparation first; the helpers once for all.
     let assemble = |choice: codec::Choice, inline: Option<&str>| {
         let plan = remote::BuildPlan {
             root,
@@ -516,23 +515,23 @@ pub(crate) fn build_exchange(
             unchanged,
         };
         let mut script = remote::build(&plan).map_err(|e| e.to_string())?;
-        let build_len = script.len();
         if let Some(Ok(s)) = &then_part {
-            script.push_str(&then_script(s));
+            script.push(&then_script(&s.clone().into_inner()));
         }
         if guessed {
             let b = base.as_ref().expect("a guess has a base");
-            script = remote::prepare_guess(
+            remote::prepare_guess(
                 root,
                 &p.release,
                 opts.lease,
                 &p.offer,
                 (&b.id, &b.digest, choice.codec.program()),
-                &script,
+                script,
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+        } else {
+            Ok(script.into_string())
         }
-        Ok::<_, String>((script, build_len))
     };
     // A small payload goes inside the script, so the host need not wait for its input,
     // when the command still fits in one request.
@@ -552,24 +551,21 @@ pub(crate) fn build_exchange(
     };
     let mut assembled = None;
     if let Some((choice, format)) = &inline {
-        let (script, build_len) = assemble(*choice, Some(format))?;
+        let script = assemble(*choice, Some(format))?;
         if dp_core::transport::fits_one_request(&script) {
-            assembled = Some((*choice, script, build_len));
+            assembled = Some((*choice, script));
         } else {
             inline = None;
         }
     }
-    let (choice, script, build_len) = match assembled {
+    let (choice, script) = match assembled {
         Some(a) => a,
-        None => {
-            let (script, build_len) = assemble(choice, None)?;
-            (choice, script, build_len)
-        }
+        None => (choice, assemble(choice, None)?),
     };
     if guessed {
         stats.bytes_sent = script.len() as u64;
     } else {
-        stats.bytes_sent += build_len as u64;
+        stats.bytes_sent += script.len() as u64;
     }
     stats.compression = choice.codec;
     // The tar, or the presigned URL of the stored payload (a secret: on stdin only).

@@ -281,8 +281,9 @@ pub fn scan_and_run(
 }
 
 /// A script to run on a host in the same session, right after its release is built
-/// (`dp deploy` makes the dependencies ready this way), made from the host's record.
-pub type Then<'a> = &'a (dyn Fn(&Record) -> Result<String, String> + Sync);
+/// (`dp deploy` makes the dependencies ready this way), made from the host's record; it
+/// is sent inside the build's script, which carries the helpers both use once.
+pub type Then<'a> = &'a (dyn Fn(&Record) -> Result<dp_core::layout::Script, String> + Sync);
 
 /// What the [`Then`] script did on one host.
 #[derive(Debug)]

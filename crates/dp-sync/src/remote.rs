@@ -55,23 +55,24 @@ pub fn prepare(
 /// Scripts 1 and 2 in one exchange, when the client knows which release it built on the
 /// host last (`base`, whose manifest has `digest`): [`prepare`], then, when that release
 /// is still the newest complete one and the host still has the decompressor `program`
-/// (empty: none), the build (`then`: [`build`]'s script, and what follows it) from the
-/// tar stream on stdin (`sh/guess.sh`). Otherwise the script ends as [`prepare`] does,
-/// after `guess missed`, without reading its input.
+/// (empty: none), the build (`then`: [`build`]'s script, and what follows it, whose
+/// helpers are sent once for both) from the tar stream on stdin (`sh/guess.sh`).
+/// Otherwise the script ends as [`prepare`] does, after `guess missed`, without reading
+/// its input.
 pub fn prepare_guess(
     root: &str,
     release: &str,
     lease: Duration,
     known: &[String],
     (base, digest, program): (&str, &str, &str),
-    then: &str,
+    then: Script,
 ) -> Result<String, QuoteError> {
     let mut s = prepare_script(root, release, lease, known)?;
     s.set("guess_base", base)?
         .set("guess_digest", digest)?
         .set("guess_needs", program)?
         .push(dp_core::sh_file!("sh/guess.sh"))
-        .push(then);
+        .push(&then.into_inner());
     Ok(s.into_string())
 }
 
@@ -131,8 +132,9 @@ pub struct Fetch<'a> {
 /// client is to send it instead.
 pub const UNFETCHED: &[u8] = b"payload unfetched\n";
 
-/// Script 2 (`sh/build.sh`): build the release from the tar on stdin.
-pub fn build(plan: &BuildPlan) -> Result<String, QuoteError> {
+/// Script 2 (`sh/build.sh`): build the release from the tar on stdin (as a [`Script`],
+/// which may go on and be sent inside [`prepare_guess`]'s).
+pub fn build(plan: &BuildPlan) -> Result<Script, QuoteError> {
     let mut s = Script::new(plan.root)?;
     s.set("rel", plan.release)?
         .set("digest", plan.digest)?
@@ -149,7 +151,7 @@ pub fn build(plan: &BuildPlan) -> Result<String, QuoteError> {
             .push(dp_core::sh_file!("sh/fetch.sh"));
     }
     s.push(dp_core::sh_file!("sh/build.sh"));
-    Ok(s.into_string())
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -184,7 +186,7 @@ mod tests {
             inline,
             unchanged: false,
         };
-        let script = build(&plan).unwrap();
+        let script = build(&plan).unwrap().into_string();
         let mut c = std::process::Command::new("sh");
         c.args(["-c", &script])
             .stdin(std::process::Stdio::piped())
@@ -210,6 +212,51 @@ mod tests {
         let (tar, digest) = first_release_tar(&dir, end);
         let (out, _) = run_first_build(&dir, ("r1", &digest), (None, None), &tar, "");
         (out, dir)
+    }
+
+    #[test]
+    fn a_guessed_build_defines_each_function_once() {
+        let plan = BuildPlan {
+            root: "/srv/app",
+            release: "r2",
+            base: Some("r1"),
+            shared: &[],
+            verify: false,
+            codec: crate::codec::Codec::None,
+            digest: "d",
+            fetch: None,
+            inline: None,
+            unchanged: false,
+        };
+        let mut build = build(&plan).unwrap();
+        // A then-script that takes the lock too, as dp-deps's does.
+        let mut then = dp_core::layout::Script::new("/srv/app").unwrap();
+        then.push(&dp_core::lock::acquire_script("r2", Duration::from_secs(60), false).unwrap());
+        build.push(&crate::then::then_script(&then.into_inner()));
+        let text = prepare_guess(
+            "/srv/app",
+            "r2",
+            Duration::from_secs(60),
+            &[],
+            ("r1", "d", ""),
+            build,
+        )
+        .unwrap();
+        let mut seen = std::collections::HashSet::new();
+        // Definitions start a line: `name() {`.
+        let defined = text.lines().filter_map(|l| {
+            let (name, _) = l.split_once("() {")?;
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                .then_some(name)
+        });
+        for name in defined {
+            assert!(seen.insert(name), "{name} defined twice");
+        }
+        assert!(
+            seen.contains("dp_lock") && seen.contains("dp_mkdir"),
+            "{seen:?}"
+        );
     }
 
     #[test]
@@ -294,7 +341,7 @@ mod tests {
             unchanged: true,
         };
         let out = std::process::Command::new("sh")
-            .args(["-c", &build(&plan).unwrap()])
+            .args(["-c", &build(&plan).unwrap().into_string()])
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();

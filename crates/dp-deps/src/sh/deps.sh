@@ -1,5 +1,5 @@
 # shellcheck shell=sh
-# dp-deps on a host (see script.rs), after the lock and kinds.sh: compute the
+# dp-deps on a host (see script.rs), after the lock and the kinds: compute the
 # environment's key on the host, reuse or build the environment, link it into the
 # release; then the [build] command. Prints `kind`, `key`, `cache` and `waited`, then
 # `build ok`. Set before this file:
@@ -8,7 +8,8 @@
 #   evaluated); keep_env (names of PIP_* / npm_config_* variables kept);
 # - wait_secs (how long to wait for another deploy building the same environment),
 #   build_secs (the environment build's deadline), renew (non-empty: renew the lease
-#   before the build), build_text (kinds.sh and build.sh: the build's own shell);
+#   before the build), dp_kinds and build_text (kinds.sh, evaluated already, and
+#   build.sh: together the build's own shell);
 # - step (the [build] command; empty for none), step_secs (its deadline) and
 #   step_failed (its exit status when it fails).
 # shellcheck disable=SC2154 # root, releases and the values above come before.
@@ -84,7 +85,7 @@ dp_deps_build() {
     case " $keep_env " in *" $dp_v "*) ;; *) unset "$dp_v" ;; esac
   done
   dp_release_env "$rel"
-  if ! dp_locked dp_deadline "$build_secs" "the dependency build" "$log" sh -c "$build_text" dp-deps-build "$@" 2>/dev/null; then
+  if ! dp_locked dp_deadline "$build_secs" "the dependency build" "$log" sh -c "$dp_kinds$build_text" dp-deps-build "$@" 2>/dev/null; then
     tail -n 25 -- "$log" >&2
     rm -rf -- "$env"
     exit 1
