@@ -5,10 +5,12 @@
 # the connect check (dp-hosts --check), the first full deploy, the no-change redeploy (a
 # new release id with the same content: every file linked, the switch, the restart, the
 # finish) and a one-file redeploy. Each is
-# reported as wall time, client CPU (user + system), client peak memory, and the process
-# ids used per host (machine-wide, from /proc/loadavg's last pid: the hosts' processes,
-# plus dp's own threads, a fixed number), then the wall time per host and its slope
-# against the smallest N. With BASELINE=DIR (the bin directory of another build), that
+# reported as wall time, client CPU (user + system), the hosts' CPU (the whole machine's
+# busy time from /proc/stat, less the client's: sshd and what the scripts start), client
+# peak memory, and the process ids used per host (machine-wide, from /proc/loadavg's last
+# pid: the hosts' processes, plus dp's own threads, a fixed number), then the wall time
+# per host and its slope against the smallest N. The check row (a connection and one
+# small command per host) is the floor under every deploy row. With BASELINE=DIR (the bin directory of another build), that
 # build's no-change and one-file redeploys follow this one's at each N (with a cache of
 # its own), on the same hosts.
 # Usage: [BASELINE=DIR] scripts/bench/scale.sh [N...]
@@ -26,25 +28,30 @@ export DP_CACHE_DIR=$work/cache
 python3 scripts/bench/gen-site.py "$work/site" --files 300 >/dev/null
 chmod -R a+rX "$work/site"
 
-# measure CMD...: "wall cpu peak_kib pids" of one run of CMD (which must succeed).
+# measure CMD...: "wall cpu host_cpu peak_kib pids" of one run of CMD (which must succeed).
 measure() {
     python3 - "$@" <<'PY'
-import resource, subprocess, sys, time
+import os, resource, subprocess, sys, time
 def last_pid():
     return int(open("/proc/loadavg").read().split()[-1])
-p0, t0 = last_pid(), time.time()
+def busy():
+    # user nice system idle iowait irq softirq steal, in clock ticks
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+p0, t0, b0 = last_pid(), time.time(), busy()
 r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-t1, p1 = time.time(), last_pid()
+t1, p1, b1 = time.time(), last_pid(), busy()
 if r.returncode != 0:
     sys.stderr.write(r.stderr.decode(errors="replace")[-2000:])
     sys.exit("scale: command failed: " + " ".join(sys.argv[1:]))
 u = resource.getrusage(resource.RUSAGE_CHILDREN)
 pid_max = int(open("/proc/sys/kernel/pid_max").read())
-print(f"{t1 - t0:.3f} {u.ru_utime + u.ru_stime:.3f} {u.ru_maxrss} {(p1 - p0) % pid_max}")
+cpu = u.ru_utime + u.ru_stime
+print(f"{t1 - t0:.3f} {cpu:.3f} {max(b1 - b0 - cpu, 0):.2f} {u.ru_maxrss} {(p1 - p0) % pid_max}")
 PY
 }
 
-printf '%-5s %-16s %8s %8s %9s %9s %10s\n' hosts what wall_s cpu_s peak_MiB pids/host ms/host
+printf '%-5s %-16s %8s %8s %10s %9s %9s %10s\n' hosts what wall_s cpu_s host_cpu_s peak_MiB pids/host ms/host
 declare -A per_host
 for n in "${sizes[@]}"; do
     "$PWD/scripts/fleet.sh" stop "$work/fleet" 2>/dev/null || true
@@ -64,10 +71,10 @@ for n in "${sizes[@]}"; do
     } >"$work/deploy.toml"
     row() { # row WHAT CMD...
         local what=$1; shift
-        read -r wall cpu kib pids < <(measure "$@")
+        read -r wall cpu host_cpu kib pids < <(measure "$@")
         local ms
         ms=$(awk -v w="$wall" -v n="$n" 'BEGIN {printf "%.1f", w * 1000 / n}')
-        printf '%-5s %-16s %8s %8s %9s %9s %10s\n' "$n" "$what" "$wall" "$cpu" \
+        printf '%-5s %-16s %8s %8s %10s %9s %9s %10s\n' "$n" "$what" "$wall" "$cpu" "$host_cpu" \
             "$((kib / 1024))" "$(awk -v p="$pids" -v n="$n" 'BEGIN {printf "%.1f", p / n}')" "$ms"
         per_host[$what,$n]=$ms
     }

@@ -4,6 +4,9 @@
 # generated 300-file site, batch 25%, restart command `true`, a health command `true`.
 # Medians of RUNS (5) of:
 #   - `ssh h1 true` (OpenSSH client);
+#   - `ssh hN true` to the N hosts at once (OpenSSH client, with dp's key exchange
+#     curve25519-sha256): a connection and a command per host, the floor under any
+#     deploy to them from this machine;
 #   - dp deploy to one host: no change (already live), and one changed file;
 #   - dp deploy to N hosts, one changed file;
 #   - a hand-scripted parallel `rsync -a --link-dest` + `ssh` switch to the N hosts,
@@ -79,6 +82,10 @@ baseline() {
         "root=$f/{}/root/base && rsync -a --link-dest=\"\$root/current/\" -e 'ssh -F $work/ssh_config' $work/site/ {}:\"\$root/releases/$rel/\" &&
          ssh -F $work/ssh_config {} \"cd \$root && ln -sfn releases/$rel .current.tmp && mv -T .current.tmp current && true && true\""
 }
+ssh_all() {
+    echo "$names" | tr ' ' '\n' | xargs -P "$n" -I{} \
+        ssh -F "$work/ssh_config" -o KexAlgorithms=curve25519-sha256 {} true
+}
 for h in $names; do
     mkdir -p "$f/$h/root/base/releases" && cp -a "$work/site" "$f/$h/root/base/releases/b0"
     ln -sfn releases/b0 "$f/$h/root/base/current"
@@ -86,6 +93,7 @@ for h in $names; do
 done
 for _ in $(seq 1 "$runs"); do
     time_cmd ssh -F "$work/ssh_config" h1 true >>"$work/t.ssh"
+    time_cmd ssh_all >>"$work/t.ssh-all"
     time_cmd dp -c "$work/one.toml" deploy >>"$work/t.one-nochange"
     change
     time_cmd dp -c "$work/one.toml" deploy >>"$work/t.one-file"
@@ -109,6 +117,7 @@ report() { # report WHAT FILE
 }
 echo "round trip $rtt ms, $n hosts, medians of $runs"
 report "ssh h1 true" t.ssh
+report "ssh hN true, $n hosts at once" t.ssh-all
 report "dp deploy, 1 host, no change" t.one-nochange
 report "dp deploy, 1 host, 1 file" t.one-file
 report "dp deploy, $n hosts, 1 file, batch 25%" t.all-file
