@@ -62,8 +62,8 @@ dp_deps() {
     dp_rm "$rd/$link"
     ln -s -- "$up../../.dp/deps/$key$sub" "$rd/$link"
   fi
-  printf '%s\n' "$key" > "$rd/.dp/deps-key"
-  printf '%s\n' "$bin" > "$rd/.dp/deps-bin"
+  dp_write_file "$rd/.dp/deps-key" '%s\n' "$key"
+  dp_write_file "$rd/.dp/deps-bin" '%s\n' "$bin"
   echo "kind $kind"
   echo "key $key"
   echo "cache $cache"

@@ -27,8 +27,8 @@ if [ -n "$unchanged" ]; then
     fi
   done
   rm -rf -- "$@"
-  printf '%s\n' "$rel" > "$tmp/REVISION"
-  printf '%s\n' "$digest" > "$tmp/.dp/manifest.sha256"
+  dp_write_file "$tmp/REVISION" '%s\n' "$rel"
+  dp_write_file "$tmp/.dp/manifest.sha256" '%s\n' "$digest"
 else
   mkdir -- "$inc"
   # The hard links are made first, while the client is still compressing and sending.
@@ -72,7 +72,7 @@ else
       exit 1
     fi
   fi
-  printf '%s\n' "$digest" > "$inc/.dp/manifest.sha256"
+  dp_write_file "$inc/.dp/manifest.sha256" '%s\n' "$digest"
   if [ -z "$base" ]; then
     mv -- "$inc" "$tmp"
   else
