@@ -5,7 +5,6 @@ use dp_core::config::{Config, ConfigError, Selection};
 use dp_core::sshconfig::SshAliases;
 use dp_core::transport::{Connection, Transport};
 use dp_core::Record;
-use rayon::prelude::*;
 use serde::Serialize;
 use std::time::Instant;
 
@@ -74,10 +73,7 @@ pub struct CheckStats {
 /// Connects to every host not already failed, at most `jobs` at once, runs `true`, and
 /// records the result in `steps.hosts` (or `error`). Nothing on the hosts is changed.
 pub fn check(records: &mut [Record], jobs: usize) {
-    match dp_core::parallel::pool(jobs, records.len()) {
-        Some(pool) => pool.install(|| records.par_iter_mut().for_each(check_one)),
-        None => records.iter_mut().for_each(check_one),
-    }
+    dp_core::parallel::map(jobs, records.iter_mut().collect(), check_one);
 }
 
 /// Checks one host; see [`check`].
