@@ -486,13 +486,17 @@ pub(crate) fn build_exchange(
     });
     // Nothing changed: no payload; the host makes the release from its base.
     let unchanged = base.is_some() && delta.is_empty() && !opts.verify && fetch.is_none();
-    let then_part = then.map(|f| f(record));
-    let mut then_out = match &then_part {
-        Some(Err(e)) => Some(ThenOutput {
-            output: Err(e.clone()),
-            ms: 0,
-        }),
-        _ => None,
+    // The then-script as it goes inside the build's (its helpers left to the build).
+    let (then_text, mut then_out) = match then.map(|f| f(record)) {
+        Some(Ok(s)) => (Some(then_script(&s.into_inner())), None),
+        Some(Err(e)) => (
+            None,
+            Some(ThenOutput {
+                output: Err(e),
+                ms: 0,
+            }),
+        ),
+        None => (None, None),
     };
     let chained = then_out.is_none() && then.is_some();
     // The whole script for one exchange: the build (its payload inside when `inline`),
@@ -515,8 +519,8 @@ pub(crate) fn build_exchange(
             unchanged,
         };
         let mut script = remote::build(&plan).map_err(|e| e.to_string())?;
-        if let Some(Ok(s)) = &then_part {
-            script.push(&then_script(&s.clone().into_inner()));
+        if let Some(text) = &then_text {
+            script.push(text);
         }
         if guessed {
             let b = base.as_ref().expect("a guess has a base");
