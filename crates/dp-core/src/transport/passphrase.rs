@@ -80,24 +80,8 @@ pub fn userauth(
     let mut raw = session.raw();
     let raw: *mut libssh2_sys::LIBSSH2_SESSION = &mut *raw;
     #[cfg(dp_openssl3)]
-    {
-        let plain = match unlocked {
-            Some(Unlocked::Key(plain)) => Some(Some(plain.expose())),
-            Some(Unlocked::Passphrase(_)) => None,
-            None => Some(None),
-        };
-        if let Some(key) = plain.and_then(|plain| super::signer::opened(key, plain)) {
-            let user = std::ffi::CString::new(user).map_err(|_| {
-                ssh2::Error::new(ssh2::ErrorCode::Session(-1), "NUL in a user name")
-            })?;
-            // SAFETY: the session is locked (the guard lives to the end of this function).
-            let rc = unsafe { super::signer::userauth(raw, &user, &key) };
-            return if rc >= 0 {
-                Ok(())
-            } else {
-                Err(ssh2::Error::from_session_error_raw(raw, rc))
-            };
-        }
+    if let Some(rc) = sign_here(raw, user, key, unlocked)? {
+        return outcome(raw, rc);
     }
     let rc = match unlocked {
         Some(Unlocked::Key(plain)) => {
@@ -145,6 +129,34 @@ pub fn userauth(
             }
         }
     };
+    outcome(raw, rc)
+}
+
+/// Logs in with the Ed25519 key at `key` if this process holds it ([`super::signer`]):
+/// the status libssh2 gave, or None for a key that libssh2 reads itself.
+#[cfg(dp_openssl3)]
+fn sign_here(
+    raw: *mut libssh2_sys::LIBSSH2_SESSION,
+    user: &str,
+    key: &Path,
+    unlocked: Option<&Unlocked>,
+) -> Result<Option<std::ffi::c_int>, ssh2::Error> {
+    let plain = match unlocked {
+        Some(Unlocked::Key(plain)) => Some(plain.expose()),
+        Some(Unlocked::Passphrase(_)) => return Ok(None),
+        None => None,
+    };
+    let Some(key) = super::signer::opened(key, plain) else {
+        return Ok(None);
+    };
+    let user = std::ffi::CString::new(user)
+        .map_err(|_| ssh2::Error::new(ssh2::ErrorCode::Session(-1), "NUL in a user name"))?;
+    // SAFETY: the caller holds the session locked for the call.
+    Ok(Some(unsafe { super::signer::userauth(raw, &user, &key) }))
+}
+
+/// A libssh2 login status as a result.
+fn outcome(raw: *mut libssh2_sys::LIBSSH2_SESSION, rc: std::ffi::c_int) -> Result<(), ssh2::Error> {
     if rc >= 0 {
         Ok(())
     } else {
