@@ -161,6 +161,40 @@ mod tests {
     use crate::tarstream::TarReader;
     use std::io::{Read, Write};
 
+    /// The plan of a first `release` (no base, nothing shared, no compression) of a
+    /// manifest with `digest` under `root`; tests change what they need.
+    fn plan<'a>(root: &'a str, release: &'a str, digest: &'a str) -> BuildPlan<'a> {
+        BuildPlan {
+            root,
+            release,
+            base: None,
+            shared: &[],
+            verify: false,
+            codec: crate::codec::Codec::None,
+            digest,
+            fetch: None,
+            inline: None,
+            unchanged: false,
+        }
+    }
+
+    /// Runs `plan`'s build script with `sh`, `input` on its stdin and PATH set to `path`
+    /// when not empty.
+    fn run_build(plan: &BuildPlan, input: &[u8], path: &str) -> std::process::Output {
+        let script = build(plan).unwrap().into_string();
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if !path.is_empty() {
+            c.env("PATH", path);
+        }
+        let mut child = c.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs the build script of a first `release` (of a manifest with `digest`, from the
     /// store when `fetch` says so, from the script when `inline`) under `dir/root` with
     /// `sh`, `input` on its stdin and PATH set to `path` when not empty. Gives its output
@@ -175,30 +209,12 @@ mod tests {
         let root = dir.join("root");
         std::fs::create_dir_all(root.join("releases")).unwrap();
         let plan = BuildPlan {
-            root: root.to_str().unwrap(),
-            release,
-            base: None,
-            shared: &[],
-            verify: false,
-            codec: crate::codec::Codec::None,
-            digest,
             fetch,
             inline,
-            unchanged: false,
+            ..plan(root.to_str().unwrap(), release, digest)
         };
-        let script = build(&plan).unwrap().into_string();
-        let mut c = std::process::Command::new("sh");
-        c.args(["-c", &script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        if !path.is_empty() {
-            c.env("PATH", path);
-        }
-        let mut child = c.spawn().unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
         (
-            child.wait_with_output().unwrap(),
+            run_build(&plan, input, path),
             root.join("releases").join(release),
         )
     }
@@ -217,16 +233,8 @@ mod tests {
     #[test]
     fn a_guessed_build_defines_each_function_once() {
         let plan = BuildPlan {
-            root: "/srv/app",
-            release: "r2",
             base: Some("r1"),
-            shared: &[],
-            verify: false,
-            codec: crate::codec::Codec::None,
-            digest: "d",
-            fetch: None,
-            inline: None,
-            unchanged: false,
+            ..plan("/srv/app", "r2", "d")
         };
         let mut build = build(&plan).unwrap();
         // A then-script that takes the lock too, as dp-deps's does.
@@ -329,22 +337,11 @@ mod tests {
         std::fs::write(r1.join(".dp/deps-key"), "k1\n").unwrap();
         let root = dir.join("root");
         let plan = BuildPlan {
-            root: root.to_str().unwrap(),
-            release: "r2",
             base: Some("r1"),
-            shared: &[],
-            verify: false,
-            codec: crate::codec::Codec::None,
-            digest: &digest,
-            fetch: None,
-            inline: None,
             unchanged: true,
+            ..plan(root.to_str().unwrap(), "r2", &digest)
         };
-        let out = std::process::Command::new("sh")
-            .args(["-c", &build(&plan).unwrap().into_string()])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
+        let out = run_build(&plan, b"", "");
         assert!(out.status.success(), "{out:?}");
         let r2 = root.join("releases/r2");
         let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
