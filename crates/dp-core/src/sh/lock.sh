@@ -1,9 +1,9 @@
 # shellcheck shell=sh
 # The deploy lock (see lock.rs): the helpers dp_lock hold|renew and dp_locked COMMAND...
 # (layout::Script sends them, as those of helpers.sh, once to a script that uses them).
-# Set before they are called: dp_lock_rel (the release taking the lock), dp_lock_prefix (the
-# lock line up to its time), dp_lock_lease, dp_lock_third, dp_lock_poll (seconds), and
-# the exit statuses dp_lock_held and dp_lock_write_failed.
+# Set before they are called: dp_lock_rel (the release taking the lock), dp_lock_prefix
+# (the lock line up to its time), dp_lock_lease, dp_lock_third, dp_lock_poll (seconds),
+# and the exit statuses dp_lock_held and dp_lock_write_failed.
 # shellcheck disable=SC2154 # root, releases and the dp_lock_* values come before.
 
 dp_lock() {
